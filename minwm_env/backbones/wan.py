@@ -1,0 +1,252 @@
+"""Block-causal, streaming Wan2.1 on top of ``diffusers.WanTransformer3DModel``, without forking it.
+
+What changes around the pretrained model:
+
+* self-attention (``blocks[i].attn1``) gets :class:`CausalSelfAttnProcessor`: RoPE from explicit
+  frame positions, a frame-level mask in full-sequence mode, and the per-layer KV cache in
+  streaming mode;
+* cross-attention (``blocks[i].attn2``) gets :class:`CachedCrossAttnProcessor`, which reads
+  the prompt's K/V from a :class:`PromptState` computed once per episode;
+* :class:`FramePositionRotary` computes Wan's 3-axis RoPE on the fly for any frame position
+  (diffusers' table stops at ``rope_max_seq_len`` = 1024);
+* timesteps are per latent frame, so chunks at different noise levels share one forward.
+
+Both processors fall back to diffusers' own behaviour when called by the unmodified
+``WanTransformer3DModel.forward``, so installing them never changes the bidirectional model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import WanTransformer3DModel
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..flow import check_prediction_type
+from .base import AttentionContext, CausalBackbone, KVCache, PromptState, expand_frame_mask
+
+
+def apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, L, heads, D), as Wan does."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class FramePositionRotary(nn.Module):
+    """Wan's rotary embedding (frame, height, width axes) at explicit frame positions.
+
+    The head dimension splits as in diffusers' ``WanRotaryPosEmbed``: ``2 * (D // 6)`` channels
+    each for height and width, the rest for time; angles are computed in float64 from the
+    positions, so frame 10**6 is as exact as frame 0 and no table runs out.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        self.h_dim = self.w_dim = 2 * (head_dim // 6)
+        self.t_dim = head_dim - self.h_dim - self.w_dim
+
+    def _inv_freq(self, dim: int, device) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device)[: dim // 2] / dim))
+
+    def _angles(self, positions: torch.Tensor, dim: int) -> torch.Tensor:
+        angles = positions.to(torch.float64)[:, None] * self._inv_freq(dim, positions.device)[None, :]
+        return angles.repeat_interleave(2, dim=1)  # (N, dim): pairs share an angle
+
+    def forward(self, frame_positions: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """frame_positions (F,) → cos, sin of shape (1, F·height·width, 1, head_dim), float32."""
+        # float64 angles are computed on the CPU (MPS has no float64) and moved once.
+        positions = frame_positions.detach().to("cpu")
+        num_frames = positions.shape[0]
+        t = self._angles(positions, self.t_dim)
+        h = self._angles(torch.arange(height), self.h_dim)
+        w = self._angles(torch.arange(width), self.w_dim)
+        angles = torch.cat([
+            t[:, None, None, :].expand(num_frames, height, width, -1),
+            h[None, :, None, :].expand(num_frames, height, width, -1),
+            w[None, None, :, :].expand(num_frames, height, width, -1),
+        ], dim=-1).reshape(1, num_frames * height * width, 1, self.head_dim)
+        device = frame_positions.device
+        return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
+def _heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(2, (heads, -1)).transpose(1, 2)  # (B, L, inner) → (B, heads, L, D)
+
+
+class CausalSelfAttnProcessor:
+    """Self-attention with explicit-position RoPE, a frame mask or a KV cache (see module doc)."""
+
+    def __init__(self, layer_index: int):
+        self.layer_index = layer_index
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if not isinstance(rotary_emb, AttentionContext):
+            # Called by the stock WanTransformer3DModel.forward: behave like diffusers.
+            context = AttentionContext(rotary_emb[0], rotary_emb[1], attention_mask, None, False)
+        else:
+            context = rotary_emb
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        query = apply_rotary(query, context.freqs_cos, context.freqs_sin).transpose(1, 2)  # (B, heads, L, D)
+        key = apply_rotary(key, context.freqs_cos, context.freqs_sin).transpose(1, 2)
+        value = value.transpose(1, 2)
+        if context.kv_cache is not None:
+            key, value = context.kv_cache.extend(self.layer_index, key, value)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=context.attention_mask)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class CachedCrossAttnProcessor:
+    """Cross-attention whose prompt K/V come precomputed in a :class:`PromptState`."""
+
+    def __init__(self, layer_index: int):
+        self.layer_index = layer_index
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if isinstance(encoder_hidden_states, PromptState):
+            key = encoder_hidden_states.keys[self.layer_index]
+            value = encoder_hidden_states.values[self.layer_index]
+        else:  # stock forward: project the (already text-embedded) prompt here
+            key, value = prompt_kv(attn, encoder_hidden_states)
+        query = _heads_first(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+        out = F.scaled_dot_product_attention(query, key, value)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def prompt_kv(attn, text_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (_heads_first(attn.norm_k(attn.to_k(text_tokens)), attn.heads),
+            _heads_first(attn.to_v(text_tokens), attn.heads))
+
+
+class CausalWan(CausalBackbone):
+    """Wan2.1 T2V as a block-causal, streaming backbone (the adapter of DESIGN.md §2, §4)."""
+
+    def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v"):
+        super().__init__()
+        config = transformer.config
+        if tuple(config.patch_size)[0] != 1:
+            raise ValueError(f"causal chunking needs a temporal patch of 1, the config has patch_size={config.patch_size}")
+        if config.image_dim is not None or config.added_kv_proj_dim is not None:
+            raise ValueError("image-conditioned Wan (I2V, image_dim/added_kv_proj_dim set) is not supported; "
+                             "use a T2V config, start images enter through the KV cache")
+        self.transformer = transformer
+        self.prediction_type = check_prediction_type(prediction_type)
+        self.rotary = FramePositionRotary(config.attention_head_dim)
+        self.gradient_checkpointing = False
+        for i, block in enumerate(transformer.blocks):
+            block.attn1.set_processor(CausalSelfAttnProcessor(i))
+            block.attn2.set_processor(CachedCrossAttnProcessor(i))
+
+    # -- sizes, all from the config -------------------------------------------------------
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def spatial_patch(self) -> tuple[int, int]:
+        return tuple(self.config.patch_size[1:])
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
+        ph, pw = self.spatial_patch
+        if latent_height % ph or latent_width % pw:
+            raise ValueError(f"latent size {latent_height}x{latent_width} is not divisible by the patch {ph}x{pw}")
+        return (latent_height // ph) * (latent_width // pw)
+
+    # -- conditioning ------------------------------------------------------------------------
+    def null_prompt_embeds(self, batch_size: int) -> torch.Tensor:
+        weight = self.transformer.condition_embedder.text_embedder.linear_1.weight
+        return torch.zeros(batch_size, 1, self.config.text_dim, device=weight.device, dtype=weight.dtype)
+
+    def encode_prompt(self, prompt_embeds: torch.Tensor) -> PromptState:
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != self.config.text_dim:
+            raise ValueError(f"prompt embeddings must be (B, L, {self.config.text_dim}), got {tuple(prompt_embeds.shape)}")
+        text_tokens = self.transformer.condition_embedder.text_embedder(prompt_embeds)
+        keys, values = zip(*(prompt_kv(block.attn2, text_tokens) for block in self.transformer.blocks))
+        return PromptState(list(keys), list(values))
+
+    def new_cache(self, *, batch_size: int, latent_height: int, latent_width: int, window_frames: int,
+                  sink_frames: int, max_new_frames: int) -> KVCache:
+        weight = self.transformer.patch_embedding.weight
+        return KVCache(num_layers=self.num_layers, batch_size=batch_size, num_heads=self.config.num_attention_heads,
+                       head_dim=self.config.attention_head_dim,
+                       tokens_per_frame=self.tokens_per_frame(latent_height, latent_width),
+                       window_frames=window_frames, sink_frames=sink_frames, max_new_frames=max_new_frames,
+                       device=weight.device, dtype=weight.dtype)
+
+    def _timestep_modulation(self, timestep: torch.Tensor, tokens_per_frame: int):
+        """(B, F) timesteps → the output-layer embedding and the blocks' modulation.
+
+        A uniform timestep per sample uses diffusers' (B, 6, dim) form; mixed timesteps (per
+        chunk noise levels) expand per token, which the Wan block accepts as (B, L, 6, dim).
+        """
+        embedder = self.transformer.condition_embedder
+        batch, num_frames = timestep.shape
+        uniform = bool((timestep == timestep[:, :1]).all())
+        flat = timestep[:, 0] if uniform else timestep.reshape(-1)
+        sinusoid = embedder.timesteps_proj(flat)
+        time_dtype = next(embedder.time_embedder.parameters()).dtype
+        temb = embedder.time_embedder(sinusoid.to(time_dtype)).to(self.transformer.patch_embedding.weight.dtype)
+        modulation = embedder.time_proj(embedder.act_fn(temb)).unflatten(-1, (6, -1))
+        if uniform:
+            return temb, modulation  # (B, dim), (B, 6, dim)
+        temb = temb.view(batch, num_frames, 1, -1).expand(-1, -1, tokens_per_frame, -1).flatten(1, 2)
+        modulation = modulation.view(batch, num_frames, 1, 6, -1).expand(-1, -1, tokens_per_frame, -1, -1)
+        return temb, modulation.flatten(1, 2)  # (B, L, dim), (B, L, 6, dim)
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
+                prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
+                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, channels, num_frames, height, width = hidden_states.shape
+        model = self.transformer
+        ph, pw = self.spatial_patch
+        post_h, post_w = height // ph, width // pw
+        tokens_per_frame = self.tokens_per_frame(height, width)
+        if timestep.shape != (batch, num_frames):
+            raise ValueError(f"timestep must be (B, F) = ({batch}, {num_frames}), got {tuple(timestep.shape)}")
+        if frame_positions.shape != (num_frames,):
+            raise ValueError(f"frame_positions must be ({num_frames},), got {tuple(frame_positions.shape)}")
+        if prompt.batch_size != batch:
+            raise ValueError(f"prompt batch {prompt.batch_size} does not match latent batch {batch}")
+        if kv_cache is not None and frame_mask is not None:
+            raise ValueError("frame_mask is for full-sequence mode; streaming mode attends to the whole cache")
+
+        freqs_cos, freqs_sin = self.rotary(frame_positions, post_h, post_w)
+        mask = None if frame_mask is None else expand_frame_mask(frame_mask.to(hidden_states.device), tokens_per_frame)
+        context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write)
+
+        x = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, dim)
+        temb, modulation = self._timestep_modulation(timestep, tokens_per_frame)
+        for block in model.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, prompt, modulation, context, use_reentrant=False)
+            else:
+                x = block(x, prompt, modulation, context)
+        if kv_cache is not None and cache_write:
+            kv_cache.commit(frame_positions.tolist())
+
+        table = model.scale_shift_table  # (1, 2, dim)
+        if temb.ndim == 3:
+            shift, scale = (table.unsqueeze(0) + temb.unsqueeze(2)).unbind(2)
+        else:
+            shift, scale = (table + temb.unsqueeze(1)).unbind(1)
+            shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+        x = (model.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        x = model.proj_out(x)  # (B, L, C·ph·pw)
+        x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)

@@ -1,0 +1,233 @@
+"""Model presets and loading: a world model = causal backbone + latent codec + its settings.
+
+``load_model("tiny")`` builds a preset in memory (random weights, seeded);
+``load_model("/path/to/Wan2.1-T2V-1.3B-Diffusers")`` reads a local diffusers-format folder
+(``transformer/`` and ``vae/``, each a ``config.json`` plus safetensors weights, sharded or
+not) and an optional ``minwm.json`` with our settings. Nothing is ever downloaded. Broken
+folders fail loudly, naming the file: a missing folder or file, a config that does not match
+its weights, a truncated or corrupted weights file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+from .backbones import CausalWan
+from .codec import WanVAECodec
+from .flow import check_prediction_type
+
+SETTINGS_FILE = "minwm.json"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What a checkpoint needs besides weights; saved as ``minwm.json`` beside them."""
+
+    height: int = 480
+    """frame height in pixels"""
+    width: int = 832
+    """frame width in pixels"""
+    prediction_type: str = "v"
+    """what the backbone predicts: "v" (velocity) or "x0" (clean latent)"""
+    chunk_frames: int = 4
+    """latent frames generated per autoregressive step"""
+    window_frames: int = 16
+    """context frames kept in the rolling KV cache"""
+    sink_frames: int = 0
+    """first frames of an episode that never leave the cache"""
+    sampler_timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    """few-step schedule before shifting"""
+    shift: float = 5.0
+    """timestep shift"""
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> "ModelSettings":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+        if "sampler_timesteps" in data:
+            data = {**data, "sampler_timesteps": tuple(data["sampler_timesteps"])}
+        settings = cls(**data)
+        check_prediction_type(settings.prediction_type)
+        return settings
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    transformer: dict
+    vae: dict
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    description: str = ""
+
+
+# Wan2.1-T2V-1.3B: 30 blocks, width 1536 (12 heads × 128), FFN 8960, UMT5 text width 4096.
+_WAN21_13B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", eps=1e-6)
+_TINY_Z = 4
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=_TINY_Z,
+                         out_channels=_TINY_Z, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2),
+        vae=dict(base_dim=8, z_dim=_TINY_Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                 temperal_downsample=[False, True, True], latents_mean=[0.0] * _TINY_Z, latents_std=[1.0] * _TINY_Z),
+        settings=ModelSettings(height=64, width=64),
+        description="2-layer Wan and a small Wan VAE: tests and CPU smoke runs (random weights)",
+    ),
+    "wan21-1.3b": ModelPreset(
+        transformer=_WAN21_13B,
+        vae={},  # diffusers' defaults are the Wan2.1 VAE
+        settings=ModelSettings(height=480, width=832),
+        description="the Wan2.1-T2V-1.3B architecture with random weights, for timing",
+    ),
+}
+
+
+@dataclass
+class WorldModel:
+    """A loaded model: the causal backbone, its latent codec and its settings."""
+
+    backbone: CausalWan
+    codec: WanVAECodec
+    settings: ModelSettings
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.transformer.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.transformer.patch_embedding.weight.dtype
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
+        for module in (self.backbone.transformer, self.codec.vae):
+            torch.nn.Module.to(module, device=device)
+            if dtype is not None:
+                _cast_keeping_fp32(module, dtype)
+        return self
+
+    def eval(self) -> "WorldModel":
+        self.backbone.eval()
+        self.codec.vae.eval()
+        return self
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.transformer.save_pretrained(path / "transformer", safe_serialization=True)
+        self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
+        settings = asdict(self.settings)
+        settings["sampler_timesteps"] = list(settings["sampler_timesteps"])
+        (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast to ``dtype`` except the submodules diffusers keeps in float32 (time embedding, norms)."""
+    # nn.Module.to, not ModelMixin.to: the latter warns about exactly the float32 modules kept below.
+    torch.nn.Module.to(module, dtype=dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, param in module.named_parameters():
+        if any(part in keep for part in name.split(".")):
+            param.data = param.data.float()
+
+
+def build_preset(name: str, seed: int = 0, **settings_overrides) -> WorldModel:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**preset.transformer)
+        vae = AutoencoderKLWan(**preset.vae)
+    settings = replace(preset.settings, **settings_overrides)
+    return WorldModel(CausalWan(transformer, settings.prediction_type), WanVAECodec(vae), settings).eval()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    single = folder / "diffusion_pytorch_model.safetensors"
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ValueError(f"{index} is not a valid safetensors index ({err})") from err
+        files = [folder / s for s in shards]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is listed in {index} but does not exist")
+        return files
+    raise FileNotFoundError(f"no weights in {folder}: expected diffusion_pytorch_model.safetensors "
+                            f"(or a sharded .index.json); only safetensors are loaded, never pickles")
+
+
+def load_component(folder: Path, cls):
+    """Build ``cls`` from ``folder/config.json`` and load its safetensors, checking every tensor."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist (a model folder needs transformer/ and vae/ subfolders)")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err})") from err
+    if config.get("_class_name", cls.__name__) != cls.__name__:
+        raise ValueError(f"{config_path} describes a {config['_class_name']}, expected {cls.__name__}")
+    try:
+        model = cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path} is not a valid {cls.__name__} config ({err})") from err
+    state: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        try:
+            state.update(safetensors.torch.load_file(path))
+        except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{path} is not a readable safetensors file, it may be truncated or corrupted ({err})") from err
+    expected = model.state_dict()
+    ignored = tuple(getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or ())
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(k for k in state.keys() - expected.keys() if not any(p in k for p in ignored))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
+                  for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        details = "; ".join(filter(None, [
+            f"missing {missing[:3]}{' …' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {unexpected[:3]}{' …' if len(unexpected) > 3 else ''}" if unexpected else "",
+            f"shape mismatch {mismatched[:3]}" if mismatched else ""]))
+        raise ValueError(f"the weights in {folder} do not match {config_path}: {details}")
+    model.load_state_dict({k: state[k] for k in expected}, strict=True)
+    return model.eval()
+
+
+def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               seed: int = 0, **settings_overrides) -> WorldModel:
+    """A preset name (see :data:`PRESETS`) or a local diffusers-format folder."""
+    if isinstance(source, str) and source in PRESETS:
+        model = build_preset(source, seed=seed, **settings_overrides)
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model {str(source)!r} is neither a preset ({sorted(PRESETS)}) nor an existing folder")
+        settings_path = folder / SETTINGS_FILE
+        settings = ModelSettings()
+        if settings_path.is_file():
+            try:
+                settings = ModelSettings.from_dict(json.loads(settings_path.read_text()), str(settings_path))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{settings_path} is not valid JSON ({err})") from err
+        settings = replace(settings, **settings_overrides)
+        transformer = load_component(folder / "transformer", WanTransformer3DModel)
+        vae = load_component(folder / "vae", AutoencoderKLWan)
+        model = WorldModel(CausalWan(transformer, settings.prediction_type), WanVAECodec(vae), settings)
+    return model.to(device, dtype).eval()
