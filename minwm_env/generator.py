@@ -62,6 +62,13 @@ def _seeds(seed: int | Sequence[int] | None, batch_size: int) -> list[int]:
     return seeds
 
 
+def pad_prompts(embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad prompt embeddings (B, L, D) to a common length, as Wan pads UMT5 tokens to 512,
+    so conditional and unconditional branches batch into one forward."""
+    length = max(e.shape[1] for e in embeds)
+    return [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds]
+
+
 class StreamingGenerator:
     """Autoregressive, streaming generation from a :class:`~minwm_env.models.WorldModel`."""
 
@@ -115,14 +122,14 @@ class StreamingGenerator:
                 value = value.expand(self.batch_size, -1, -1)
             return value
 
-        cond = embeds(prompt_embeds)
-        if cond.shape[0] != self.batch_size:
-            raise ValueError(f"prompt embeddings have batch {cond.shape[0]}, the generator has {self.batch_size}")
+        branches = [embeds(prompt_embeds)]
+        if self.num_branches == 2:
+            branches.append(embeds(negative_prompt_embeds))
+        for value in branches:
+            if value.shape[0] != self.batch_size:
+                raise ValueError(f"prompt embeddings have batch {value.shape[0]}, the generator has {self.batch_size}")
         with torch.no_grad():
-            state = backbone.encode_prompt(cond)
-            if self.num_branches == 2:
-                state = PromptState.cat([state, backbone.encode_prompt(embeds(negative_prompt_embeds))])
-        return state
+            return PromptState.cat([backbone.encode_prompt(b) for b in pad_prompts(branches)])
 
     @torch.no_grad()
     def reset(self, seed: int | Sequence[int] | None = None, image: torch.Tensor | None = None,
@@ -200,12 +207,11 @@ def generate_clip(model: WorldModel, sampler: Sampler | None = None, *, num_late
     latent_h, latent_w = model.codec.latent_size(model.settings.height, model.settings.width)
     shape = (batch_size, backbone.latent_channels, num_latent_frames, latent_h, latent_w)
     generators = [torch.Generator().manual_seed(s) for s in _seeds(seed, batch_size)]
-    cond = prompt_embeds if prompt_embeds is not None else backbone.null_prompt_embeds(batch_size)
-    prompt = backbone.encode_prompt(cond.to(model.device, model.dtype))
-    guided = sampler.guidance_scale != 1.0
-    if guided:
-        uncond = negative_prompt_embeds if negative_prompt_embeds is not None else backbone.null_prompt_embeds(batch_size)
-        prompt = PromptState.cat([prompt, backbone.encode_prompt(uncond.to(model.device, model.dtype))])
+    branches = [prompt_embeds if prompt_embeds is not None else backbone.null_prompt_embeds(batch_size)]
+    if sampler.guidance_scale != 1.0:
+        branches.append(negative_prompt_embeds if negative_prompt_embeds is not None
+                        else backbone.null_prompt_embeds(batch_size))
+    prompt = PromptState.cat([backbone.encode_prompt(b.to(model.device, model.dtype)) for b in pad_prompts(branches)])
     positions = torch.arange(num_latent_frames)
 
     def predict(x, sigma, with_uncond):
