@@ -50,27 +50,28 @@ class FramePositionRotary(nn.Module):
         self.h_dim = self.w_dim = 2 * (head_dim // 6)
         self.t_dim = head_dim - self.h_dim - self.w_dim
 
-    def _inv_freq(self, dim: int, device) -> torch.Tensor:
-        return 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device)[: dim // 2] / dim))
+    def _inv_freq(self, dim: int) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")[: dim // 2] / dim))
 
     def _angles(self, positions: torch.Tensor, dim: int) -> torch.Tensor:
-        angles = positions.to(torch.float64)[:, None] * self._inv_freq(dim, positions.device)[None, :]
+        angles = positions.to(torch.float64)[:, None] * self._inv_freq(dim)[None, :]
         return angles.repeat_interleave(2, dim=1)  # (N, dim): pairs share an angle
 
-    def forward(self, frame_positions: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, frame_positions: torch.Tensor, height: int, width: int,
+                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """frame_positions (F,) → cos, sin of shape (1, F·height·width, 1, head_dim), float32."""
         # float64 angles are computed on the CPU (MPS has no float64) and moved once.
         positions = frame_positions.detach().to("cpu")
         num_frames = positions.shape[0]
         t = self._angles(positions, self.t_dim)
-        h = self._angles(torch.arange(height), self.h_dim)
-        w = self._angles(torch.arange(width), self.w_dim)
+        h = self._angles(torch.arange(height, device="cpu"), self.h_dim)
+        w = self._angles(torch.arange(width, device="cpu"), self.w_dim)
         angles = torch.cat([
             t[:, None, None, :].expand(num_frames, height, width, -1),
             h[None, :, None, :].expand(num_frames, height, width, -1),
             w[None, None, :, :].expand(num_frames, height, width, -1),
         ], dim=-1).reshape(1, num_frames * height * width, 1, self.head_dim)
-        device = frame_positions.device
+        device = frame_positions.device if device is None else device
         return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
@@ -197,7 +198,8 @@ class CausalWan(CausalBackbone):
         """
         embedder = self.transformer.condition_embedder
         batch, num_frames = timestep.shape
-        uniform = bool((timestep == timestep[:, :1]).all())
+        # (Meta tensors, used to count FLOPs, cannot be compared: take the general path.)
+        uniform = num_frames == 1 or (timestep.device.type != "meta" and bool((timestep == timestep[:, :1]).all()))
         flat = timestep[:, 0] if uniform else timestep.reshape(-1)
         sinusoid = embedder.timesteps_proj(flat)
         time_dtype = next(embedder.time_embedder.parameters()).dtype
@@ -226,7 +228,7 @@ class CausalWan(CausalBackbone):
         if kv_cache is not None and frame_mask is not None:
             raise ValueError("frame_mask is for full-sequence mode; streaming mode attends to the whole cache")
 
-        freqs_cos, freqs_sin = self.rotary(frame_positions, post_h, post_w)
+        freqs_cos, freqs_sin = self.rotary(frame_positions, post_h, post_w, hidden_states.device)
         mask = None if frame_mask is None else expand_frame_mask(frame_mask.to(hidden_states.device), tokens_per_frame)
         context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write)
 
