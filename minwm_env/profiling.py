@@ -51,6 +51,8 @@ class Streaming:
     late_chunk: int
     early_s: list[float]  # with-VAE latencies of the chunks around ``early_chunk``
     late_s: list[float]  # ... and around ``late_chunk``
+    early_no_vae_s: list[float]  # the same chunks without decoding (denoise + cache write)
+    late_no_vae_s: list[float]
     frames_per_s: float  # decoded frames over the time of all timed chunks
 
     @property
@@ -65,6 +67,10 @@ class Streaming:
     def late_over_early(self) -> float:
         """Median of the ratios of chunks timed back to back: robust to slow drifts in load."""
         return statistics.median(late / early for early, late in zip(self.early_s, self.late_s))
+
+    @property
+    def late_over_early_no_vae(self) -> float:
+        return statistics.median(late / early for early, late in zip(self.early_no_vae_s, self.late_no_vae_s))
 
 
 def measure_streaming(model: WorldModel, *, early_chunk: int = 5, late_chunk: int = 200, halfwidth: int = 4,
@@ -83,15 +89,17 @@ def measure_streaming(model: WorldModel, *, early_chunk: int = 5, late_chunk: in
             generator.next_chunk(decode=True)
             if progress is not None:
                 progress.update(1)
-    early_s, late_s, frames = [], [], 0
+    early_s, late_s, early_nv, late_nv, frames = [], [], [], [], 0
     for _ in range(2 * halfwidth + 1):
-        for generator, times in ((early, early_s), (late, late_s)):
+        for generator, times, no_vae in ((early, early_s, early_nv), (late, late_s, late_nv)):
             out = generator.next_chunk(decode=True)
             times.append(out.timings["time/chunk_s"])
+            no_vae.append(out.timings["time/denoise_s"] + out.timings["time/cache_s"])
             frames += out.frames.shape[0] * out.frames.shape[2]
             if progress is not None:
                 progress.update(1)
-    return Streaming(early_chunk, late_chunk, early_s, late_s, frames / (sum(early_s) + sum(late_s)))
+    return Streaming(early_chunk, late_chunk, early_s, late_s, early_nv, late_nv,
+                     frames / (sum(early_s) + sum(late_s)))
 
 
 def reset_peak_memory(device: torch.device) -> None:

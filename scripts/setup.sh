@@ -18,7 +18,8 @@ fi
 
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "minwm setup: torch is missing, installing the CPU build torch==2.13.0"
-  "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+  "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -c "import torch" # fail loudly if the install did not take
 fi
 
 stamp="$(dirname "$(dirname "$PY")")/.minwm-installed"
