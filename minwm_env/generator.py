@@ -23,7 +23,9 @@ from typing import Sequence
 
 import torch
 
+from . import camera
 from .backbones import KVCache, PromptState
+from .conditioning import ActionSpec, FrameConditions, camera_action_spec
 from .models import WorldModel
 from .samplers import EulerSampler, FewStepSampler, Sampler, randn_rows
 
@@ -49,6 +51,8 @@ class ChunkOutput:
     frames: torch.Tensor | None  # (B, 3, T, H, W) in [-1, 1], or None when not decoded
     frame_positions: list[int]  # latent frame positions of this chunk
     timings: dict[str, float] = field(default_factory=dict)  # seconds: time/denoise_s, time/cache_s, ...
+    c2w: torch.Tensor | None = None  # (B, chunk_frames, 4, 4) float64 camera poses, when actions are camera deltas
+    actions: torch.Tensor | None = None  # (B, chunk_frames, d) the validated actions of the chunk
 
 
 def _seeds(seed: int | Sequence[int] | None, batch_size: int) -> list[int]:
@@ -70,7 +74,15 @@ def pad_prompts(embeds: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class StreamingGenerator:
-    """Autoregressive, streaming generation from a :class:`~minwm_env.models.WorldModel`."""
+    """Autoregressive, streaming generation from a :class:`~minwm_env.models.WorldModel`.
+
+    Actions: ``next_chunk(actions)`` takes one action per latent frame, (B, chunk_frames, d),
+    in the model's action space (:attr:`action_spec`: the model's own, else camera deltas).
+    When the action space is camera deltas the generator composes them into camera poses
+    (the episode's first frame is the identity; the action of frame k moves the camera from
+    frame k−1 to k) and hands poses and actions to the model's branches. A model without
+    conditioning branches ignores actions, but poses are still tracked.
+    """
 
     def __init__(self, model: WorldModel, sampler: Sampler | None = None, *, batch_size: int = 1,
                  chunk_frames: int | None = None, window_frames: int | None = None, sink_frames: int | None = None):
@@ -87,11 +99,19 @@ class StreamingGenerator:
             batch_size=batch_size * self.num_branches, latent_height=self.latent_height,
             latent_width=self.latent_width, window_frames=self.window_frames, sink_frames=self.sink_frames,
             max_new_frames=self.chunk_frames)
+        config = model.backbone.conditioning_config
+        self.action_spec: ActionSpec = config.action_spec or camera_action_spec()
+        self.tracks_camera = self.action_spec.names == camera.DELTA_NAMES
+        if config.uses_camera and not self.tracks_camera:
+            raise ValueError(f"camera conditioning ({config.camera}) needs camera-delta actions, the model's "
+                             f"action space is {list(self.action_spec.names)}")
+        self._conditioned = model.backbone.conditioning is not None
         self._prompt: PromptState | None = None
         self._generators: list[torch.Generator] = []
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor, FrameConditions | None] | None = None
         self._stream = None
         self.next_position = 0
+        self.c2w = torch.eye(4, dtype=torch.float64).repeat(batch_size, 1, 1)  # pose of the last frame
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -147,19 +167,33 @@ class StreamingGenerator:
         self._pending = None
         self._stream = self.model.codec.stream()
         self.next_position = 0
+        self.c2w = torch.eye(4, dtype=torch.float64).repeat(self.batch_size, 1, 1)
         if image is None:
             return None
         latent = self.model.codec.encode_image(image.to(self.model.device)).to(self.model.dtype)
-        self._write_cache(latent, torch.tensor([0]))
+        neutral = self.action_spec.neutral().expand(self.batch_size, 1, -1)
+        self._write_cache(latent, torch.tensor([0]), self._conditions(self.c2w[:, None], neutral))
         self.next_position = 1
         return self._stream.push(latent) if decode else None
 
-    def _write_cache(self, latents: torch.Tensor, positions: torch.Tensor) -> None:
+    def _conditions(self, c2w: torch.Tensor, actions: torch.Tensor) -> FrameConditions | None:
+        """Per-frame conditions for the model's branches, repeated for guidance branches."""
+        if not self._conditioned:
+            return None
+        device = self.model.device
+        batch, frames = actions.shape[:2]
+        intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float32).expand(batch, frames, 4)
+        conditions = FrameConditions(camera.invert_pose(c2w).float().to(device), intrinsics.to(device),
+                                     actions.to(device))
+        return conditions.repeat(self.num_branches) if self.num_branches > 1 else conditions
+
+    def _write_cache(self, latents: torch.Tensor, positions: torch.Tensor, conditions: FrameConditions | None) -> None:
         latents = latents.repeat(self.num_branches, 1, 1, 1, 1)
         timestep = torch.zeros(latents.shape[0], latents.shape[2], device=latents.device)
-        self.model.backbone(latents, timestep, positions, self._prompt, kv_cache=self.cache, cache_write=True)
+        self.model.backbone(latents, timestep, positions, self._prompt, kv_cache=self.cache, cache_write=True,
+                            conditions=conditions)
 
-    def _predict(self, positions: torch.Tensor):
+    def _predict(self, positions: torch.Tensor, conditions: FrameConditions | None):
         backbone = self.model.backbone
 
         def predict(x: torch.Tensor, sigma: float, with_uncond: bool):
@@ -167,15 +201,43 @@ class StreamingGenerator:
                 raise ValueError("the sampler's guidance changed after the generator was built")
             x_in = x.repeat(self.num_branches, 1, 1, 1, 1)
             timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
-            out = backbone(x_in, timestep, positions, self._prompt, kv_cache=self.cache)
+            out = backbone(x_in, timestep, positions, self._prompt, kv_cache=self.cache, conditions=conditions)
             return (out[: x.shape[0]], out[x.shape[0]:]) if with_uncond else (out, None)
 
         return predict
 
+    def _chunk_actions(self, actions) -> torch.Tensor:
+        """Validate (B, chunk_frames, d) actions (None: the neutral action) before any state changes."""
+        expected = (self.batch_size, self.chunk_frames, self.action_spec.dim)
+        if actions is None:
+            return self.action_spec.neutral().expand(*expected).clone()
+        actions = self.action_spec.validate(actions)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"actions must have shape {expected} (batch, latent frames of a chunk, "
+                             f"{list(self.action_spec.names)}), got {tuple(actions.shape)}")
+        return actions
+
+    def _chunk_poses(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B, chunk, 4, 4) c2w of the chunk's frames; the episode's frame 0 stays the identity."""
+        if not self.tracks_camera:
+            return self.c2w[:, None].expand(-1, self.chunk_frames, -1, -1).clone()
+        steps = camera.delta_to_matrix(actions.double())
+        if self.next_position == 0:
+            steps[:, 0] = torch.eye(4, dtype=torch.float64)
+        poses, pose = [], self.c2w
+        for i in range(self.chunk_frames):
+            pose = pose @ steps[:, i]
+            poses.append(pose)
+        return torch.stack(poses, dim=1)
+
     @torch.no_grad()
-    def next_chunk(self, decode: bool = True) -> ChunkOutput:
+    def next_chunk(self, actions: torch.Tensor | None = None, decode: bool = True) -> ChunkOutput:
+        """Generate the next chunk under ``actions`` (B, chunk_frames, d); see the class doc."""
         if self._prompt is None:
             raise RuntimeError("call reset() before next_chunk()")
+        actions = self._chunk_actions(actions)
+        c2w = self._chunk_poses(actions)
+        conditions = self._conditions(c2w, actions)
         timings: dict[str, float] = {}
         device = self.model.device
         with timed(timings, "time/chunk_s", device):
@@ -186,15 +248,17 @@ class StreamingGenerator:
             positions = torch.arange(self.next_position, self.next_position + self.chunk_frames)
             with timed(timings, "time/denoise_s", device):
                 noise = randn_rows((self.batch_size, *self.latent_shape), self._generators, device, self.model.dtype)
-                latents = self.sampler.sample(self._predict(positions), noise, self.model.backbone.prediction_type,
-                                              self._generators)
+                latents = self.sampler.sample(self._predict(positions, conditions), noise,
+                                              self.model.backbone.prediction_type, self._generators)
             frames = None
             if decode:
                 with timed(timings, "time/decode_s", device):
                     frames = self._stream.push(latents)
-        self._pending = (latents, positions)
+        self._pending = (latents, positions, conditions)
         self.next_position += self.chunk_frames
-        return ChunkOutput(latents, frames, positions.tolist(), timings)
+        self.c2w = c2w[:, -1]
+        return ChunkOutput(latents, frames, positions.tolist(), timings,
+                           c2w if self.tracks_camera else None, actions)
 
 
 @torch.no_grad()

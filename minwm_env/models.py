@@ -21,9 +21,11 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from .backbones import CausalWan
 from .codec import WanVAECodec
+from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
 
 SETTINGS_FILE = "minwm.json"
+CONDITIONING_DIR = "conditioning"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class ModelSettings:
     """few-step schedule before shifting"""
     shift: float = 5.0
     """timestep shift"""
+    intrinsics: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.5)
+    """camera intrinsics [fx/W, fy/H, cx/W, cy/H] used for camera conditioning (minWM's inference default)"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":
@@ -53,8 +57,9 @@ class ModelSettings:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{source}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
-        if "sampler_timesteps" in data:
-            data = {**data, "sampler_timesteps": tuple(data["sampler_timesteps"])}
+        for key in ("sampler_timesteps", "intrinsics"):
+            if key in data:
+                data = {**data, key: tuple(data[key])}
         settings = cls(**data)
         check_prediction_type(settings.prediction_type)
         return settings
@@ -109,10 +114,12 @@ class WorldModel:
         return self.backbone.transformer.patch_embedding.weight.dtype
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
-        for module in (self.backbone.transformer, self.codec.vae):
+        for module in (self.backbone, self.codec.vae):
             torch.nn.Module.to(module, device=device)
-            if dtype is not None:
-                _cast_keeping_fp32(module, dtype)
+        if dtype is not None:
+            for module in (self.backbone.transformer, self.codec.vae, self.backbone.conditioning):
+                if module is not None:
+                    _cast_keeping_fp32(module, dtype)
         return self
 
     def eval(self) -> "WorldModel":
@@ -125,9 +132,16 @@ class WorldModel:
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.transformer.save_pretrained(path / "transformer", safe_serialization=True)
         self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
-        settings = asdict(self.settings)
-        settings["sampler_timesteps"] = list(settings["sampler_timesteps"])
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.settings).items()}
         (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        if self.backbone.conditioning is not None:
+            self.save_conditioning(path / CONDITIONING_DIR)
+
+    def save_conditioning(self, folder: str | Path) -> None:
+        """The conditioning branches alone (safetensors + JSON spec), apart from the backbone."""
+        if self.backbone.conditioning is None:
+            raise ValueError("this model has no conditioning branches to save")
+        self.backbone.conditioning.save(folder)
 
 
 def _cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -140,7 +154,8 @@ def _cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
             param.data = param.data.float()
 
 
-def build_preset(name: str, seed: int = 0, **settings_overrides) -> WorldModel:
+def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | None = None,
+                 **settings_overrides) -> WorldModel:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
     preset = PRESETS[name]
@@ -149,7 +164,8 @@ def build_preset(name: str, seed: int = 0, **settings_overrides) -> WorldModel:
         transformer = WanTransformer3DModel(**preset.transformer)
         vae = AutoencoderKLWan(**preset.vae)
     settings = replace(preset.settings, **settings_overrides)
-    return WorldModel(CausalWan(transformer, settings.prediction_type), WanVAECodec(vae), settings).eval()
+    backbone = CausalWan(transformer, settings.prediction_type, conditioning)
+    return WorldModel(backbone, WanVAECodec(vae), settings).eval()
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -211,10 +227,19 @@ def load_component(folder: Path, cls):
 
 
 def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               seed: int = 0, **settings_overrides) -> WorldModel:
-    """A preset name (see :data:`PRESETS`) or a local diffusers-format folder."""
+               seed: int = 0, conditioning: ConditioningConfig | str | Path | None = None,
+               **settings_overrides) -> WorldModel:
+    """A preset name (see :data:`PRESETS`) or a local diffusers-format folder.
+
+    ``conditioning`` adds branches: a :class:`ConditioningConfig` (new, zero-initialised) or a
+    folder saved by :meth:`WorldModel.save_conditioning` (trained weights). By default a
+    folder's own ``conditioning/`` subfolder is used when it has one.
+    """
+    branch_weights = None
+    if isinstance(conditioning, (str, Path)):
+        branch_weights, conditioning = Path(conditioning), read_conditioning_config(conditioning)
     if isinstance(source, str) and source in PRESETS:
-        model = build_preset(source, seed=seed, **settings_overrides)
+        model = build_preset(source, seed=seed, conditioning=conditioning, **settings_overrides)
     else:
         folder = Path(source)
         if not folder.is_dir():
@@ -227,7 +252,12 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{settings_path} is not valid JSON ({err})") from err
         settings = replace(settings, **settings_overrides)
+        if conditioning is None and (folder / CONDITIONING_DIR).is_dir():
+            branch_weights = folder / CONDITIONING_DIR
+            conditioning = read_conditioning_config(branch_weights)
         transformer = load_component(folder / "transformer", WanTransformer3DModel)
         vae = load_component(folder / "vae", AutoencoderKLWan)
-        model = WorldModel(CausalWan(transformer, settings.prediction_type), WanVAECodec(vae), settings)
+        model = WorldModel(CausalWan(transformer, settings.prediction_type, conditioning), WanVAECodec(vae), settings)
+    if branch_weights is not None:
+        model.backbone.conditioning.load_weights(branch_weights)
     return model.to(device, dtype).eval()

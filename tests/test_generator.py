@@ -4,29 +4,41 @@ import pytest
 import torch
 
 from conftest import randomize_
-from minwm_env import flow
+from minwm_env import camera, flow
 from minwm_env.backbones import causal_frame_mask
+from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_action_spec
 from minwm_env.generator import StreamingGenerator, generate_clip
+from minwm_env.models import build_preset
+from minwm_env.pose_strings import parse_pose_string
 from minwm_env.samplers import EulerSampler, FewStepSampler, randn_rows
 
 
+CONDITIONINGS = {"none": None, "prope": ConditioningConfig(camera="prope"),
+                 "plucker": ConditioningConfig(camera="plucker"),
+                 "camera-action": ConditioningConfig(action_spec=camera_action_spec())}
+
+
+@pytest.mark.parametrize("conditioning", list(CONDITIONINGS))
 @pytest.mark.parametrize("with_image", [False, True])
-def test_one_step_rollout_equals_full_block_causal_forward(tiny_model, with_image):
+def test_one_step_rollout_equals_full_block_causal_forward(with_image, conditioning):
     """A 1-step sampler makes each chunk one model call on its noise, so the whole rollout
-    can be recomputed by a single full-sequence forward over [clean ; noise] (stage-1 layout)."""
-    randomize_(tiny_model.backbone, seed=2)
+    can be recomputed by a single full-sequence forward over [clean ; noise] (stage-1 layout),
+    with the camera poses composed from the actions."""
+    model = build_preset("tiny", conditioning=CONDITIONINGS[conditioning])
+    randomize_(model.backbone, seed=2)
     chunk, num_chunks, batch = 2, 3, 2
-    gen = StreamingGenerator(tiny_model, FewStepSampler(timesteps=(1000.0,)), batch_size=batch, chunk_frames=chunk)
+    gen = StreamingGenerator(model, FewStepSampler(timesteps=(1000.0,)), batch_size=batch, chunk_frames=chunk)
     image = torch.rand(batch, 3, 64, 64) * 2 - 1 if with_image else None
     gen.reset(seed=11, image=image)
-    chunks = [gen.next_chunk(decode=False).latents for _ in range(num_chunks)]
-    generated = torch.cat(chunks, dim=2)
+    actions = parse_pose_string("w*2,l*2,i*1,a*1").float().reshape(1, num_chunks, chunk, 6).expand(batch, -1, -1, -1)
+    outs = [gen.next_chunk(actions[:, c], decode=False) for c in range(num_chunks)]
+    generated = torch.cat([o.latents for o in outs], dim=2)
 
-    backbone = tiny_model.backbone
+    backbone = model.backbone
     generators = [torch.Generator().manual_seed(s) for s in (11, 12)]
     noise = torch.cat([randn_rows((batch, 4, chunk, 8, 8), generators, "cpu", torch.float32) for _ in range(num_chunks)], 2)
-    prefix = [tiny_model.codec.encode_image(image)] if with_image else []
-    num_prefix = len(prefix)
+    num_prefix = 1 if with_image else 0
+    prefix = [model.codec.encode_image(image)] if with_image else []
     n = chunk * num_chunks
     positions = torch.arange(num_prefix + n)
     blocks = torch.cat([torch.zeros(num_prefix, dtype=torch.long), torch.arange(n) // chunk + 1])
@@ -35,10 +47,60 @@ def test_one_step_rollout_equals_full_block_causal_forward(tiny_model, with_imag
     noisy = torch.cat([torch.zeros(num_prefix + n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
     all_pos = torch.cat([positions, positions[num_prefix:]])
     mask = causal_frame_mask(all_pos, torch.cat([blocks, blocks[num_prefix:]]), noisy=noisy)
+    conditions = None
+    if backbone.conditioning is not None:
+        flat = actions.reshape(batch, n, 6)
+        deltas = flat[:, 1:] if not with_image else flat  # frame 0 of the episode is the identity
+        c2w = camera.compose_deltas(deltas.double())
+        if with_image:
+            flat = torch.cat([torch.zeros(batch, 1, 6), flat], dim=1)
+        c2w_all = torch.cat([c2w, c2w[:, num_prefix:]], dim=1)
+        acts_all = torch.cat([flat, flat[:, num_prefix:]], dim=1)
+        conditions = FrameConditions(camera.invert_pose(c2w_all).float(),
+                                     torch.tensor(model.settings.intrinsics).expand(batch, len(all_pos), 4), acts_all)
+        torch.testing.assert_close(outs[-1].c2w, c2w[:, -chunk:])
     with torch.no_grad():
-        out = backbone(x, timestep, all_pos, backbone.encode_prompt(backbone.null_prompt_embeds(batch)), frame_mask=mask)
+        out = backbone(x, timestep, all_pos, backbone.encode_prompt(backbone.null_prompt_embeds(batch)), frame_mask=mask,
+                       conditions=conditions)
     expected = flow.to_x0(out[:, :, num_prefix + n:], noise, 1.0, backbone.prediction_type)
     torch.testing.assert_close(generated, expected, atol=1e-5, rtol=0)
+
+
+def test_actions_steer_a_conditioned_model_and_bad_actions_leave_state_intact():
+    model = build_preset("tiny", conditioning=ConditioningConfig(camera="prope"))
+    randomize_(model.backbone, seed=3)
+    gen = StreamingGenerator(model)
+    forward = parse_pose_string("w*4").float()[None]
+    turn = parse_pose_string("l*4").float()[None]
+
+    def rollout(first, second):
+        gen.reset(seed=0, image=torch.zeros(1, 3, 64, 64))
+        gen.next_chunk(first, decode=False)
+        return gen.next_chunk(second, decode=False).latents
+
+    a, b = rollout(forward, forward), rollout(forward, turn)
+    assert torch.equal(a, rollout(forward, forward))
+    assert (a - b).abs().max() > 1e-3
+    # Bad actions raise before anything changes; the episode continues identically.
+    gen.reset(seed=0, image=torch.zeros(1, 3, 64, 64))
+    gen.next_chunk(forward, decode=False)
+    for bad, error in [(torch.full((1, 4, 6), float("nan")), ValueError), (torch.zeros(1, 3, 6), ValueError),
+                       (torch.zeros(1, 4, 5), ValueError), (turn * 10, ValueError),
+                       (torch.zeros(1, 4, 6, dtype=torch.bool), TypeError)]:
+        with pytest.raises(error):
+            gen.next_chunk(bad, decode=False)
+    assert torch.equal(gen.next_chunk(forward, decode=False).latents, a)
+
+
+def test_poses_follow_a_pose_string():
+    gen = StreamingGenerator(build_preset("tiny"))
+    gen.reset(seed=0, image=torch.zeros(1, 3, 64, 64))
+    deltas = parse_pose_string("l*30,w*10")  # 12 chunks of 4 would be 40 frames: take 10 chunks
+    poses = []
+    for c in range(10):
+        poses.append(gen.next_chunk(deltas[c * 4:(c + 1) * 4].float()[None], decode=False).c2w)
+    expected = camera.compose_deltas(deltas)[1:]
+    torch.testing.assert_close(torch.cat(poses, dim=1)[0], expected, atol=1e-6, rtol=0)
 
 
 def test_same_seed_same_latents_different_seed_differs(tiny_model):

@@ -116,3 +116,24 @@ def test_half_precision_keeps_time_embedding_in_float32():
     assert transformer.blocks[0].scale_shift_table.dtype == torch.float32
     frames = rollout(model)
     assert torch.isfinite(frames.float()).all()
+
+
+def test_conditioning_saves_with_the_model_and_apart_from_it(tmp_path):
+    from minwm_env.conditioning import ConditioningConfig, diff_drive_action_spec
+
+    config = ConditioningConfig(camera="plucker", action_spec=diff_drive_action_spec(), action_hidden_dim=16)
+    model = build_preset("tiny", conditioning=config)
+    randomize_(model.backbone.conditioning, seed=3)
+    model.save_pretrained(tmp_path / "full")
+    loaded = load_model(tmp_path / "full")
+    assert loaded.backbone.conditioning_config == config
+    for k, v in model.backbone.conditioning.state_dict().items():
+        assert torch.equal(v, loaded.backbone.conditioning.state_dict()[k])
+    # A conditioner trained on its own attaches to a preset backbone.
+    model.save_conditioning(tmp_path / "branch")
+    attached = load_model("tiny", conditioning=tmp_path / "branch")
+    for k, v in model.backbone.conditioning.state_dict().items():
+        assert torch.equal(v, attached.backbone.conditioning.state_dict()[k])
+    (tmp_path / "branch" / "conditioning.safetensors").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="conditioning.safetensors"):
+        load_model("tiny", conditioning=tmp_path / "branch")

@@ -37,6 +37,7 @@ class AttentionContext(NamedTuple):
     attention_mask: torch.Tensor | None  # (L, L_keys) bool, True = may attend; full-sequence mode
     kv_cache: "KVCache | None"  # streaming mode
     cache_write: bool  # keep this forward's K/V in the cache once it is done
+    prope: "object | None" = None  # conditioning.PRoPEInputs when the camera branch is PRoPE
 
 
 @dataclass
@@ -72,7 +73,7 @@ class KVCache:
 
     def __init__(self, *, num_layers: int, batch_size: int, num_heads: int, head_dim: int,
                  tokens_per_frame: int, window_frames: int, sink_frames: int, max_new_frames: int,
-                 device: torch.device | str, dtype: torch.dtype):
+                 device: torch.device | str, dtype: torch.dtype, streams: tuple[str, ...] = ("main",)):
         if window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {window_frames}")
         if sink_frames < 0:
@@ -85,8 +86,10 @@ class KVCache:
         self.max_new_frames = max_new_frames
         capacity = (sink_frames + window_frames + max_new_frames) * tokens_per_frame
         shape = (batch_size, num_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        # One stream per attention that caches: "main" (self-attention), "prope" (camera branch).
+        self.streams = {name: ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)],
+                               [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)])
+                        for name in streams}
         self.frame_positions: list[int] = []  # positions of the cached frames, in buffer order
         self.num_frames_written = 0
 
@@ -98,7 +101,8 @@ class KVCache:
         self.frame_positions = []
         self.num_frames_written = 0
 
-    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor,
+               stream: str = "main") -> tuple[torch.Tensor, torch.Tensor]:
         """Place a forward's K/V (B, heads, L_new, D) after the context; return context + new."""
         start = self.num_frames * self.tokens_per_frame
         end = start + key.shape[2]
@@ -107,14 +111,16 @@ class KVCache:
                              f"({self.max_new_frames * self.tokens_per_frame} tokens), got {key.shape[2]} tokens")
         if key.shape[0] != self.batch_size:
             raise ValueError(f"cache batch is {self.batch_size}, forward batch is {key.shape[0]}")
-        self.keys[layer][:, :, start:end] = key.detach()
-        self.values[layer][:, :, start:end] = value.detach()
+        if stream not in self.streams:
+            raise ValueError(f"this cache has streams {list(self.streams)}, not {stream!r}")
+        keys, values = self.streams[stream][0][layer], self.streams[stream][1][layer]
+        keys[:, :, start:end] = key.detach()
+        values[:, :, start:end] = value.detach()
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad):
             # Training through a cached rollout (stage 3): the buffer is overwritten later, so
             # hand autograd a fresh tensor instead of a view of it.
-            return (torch.cat([self.keys[layer][:, :, :start], key], dim=2),
-                    torch.cat([self.values[layer][:, :, :start], value], dim=2))
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+            return torch.cat([keys[:, :, :start], key], dim=2), torch.cat([values[:, :, :start], value], dim=2)
+        return keys[:, :, :end], values[:, :, :end]
 
     def commit(self, frame_positions: list[int]) -> None:
         """Keep the frames the last forward placed, then evict beyond sink + window."""
@@ -126,14 +132,14 @@ class KVCache:
             return
         tpf = self.tokens_per_frame
         keep_from, keep_to = (num_sink + excess) * tpf, self.num_frames * tpf
-        for buffers in (self.keys, self.values):
-            for buf in buffers:
+        for keys, values in self.streams.values():
+            for buf in keys + values:
                 # Source and destination overlap: copy through a temporary.
                 buf[:, :, num_sink * tpf: keep_to - excess * tpf] = buf[:, :, keep_from:keep_to].clone()
         self.frame_positions = self.frame_positions[:num_sink] + self.frame_positions[num_sink + excess:]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for keys, values in self.streams.values() for t in keys + values)
 
 
 def causal_frame_mask(positions: torch.Tensor, block_ids: torch.Tensor, *, noisy: torch.Tensor | None = None,
@@ -191,6 +197,8 @@ class CausalBackbone(nn.Module, ABC):
     @abstractmethod
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
                 prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
-                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+                frame_mask: torch.Tensor | None = None, conditions=None) -> torch.Tensor:
         """hidden_states (B, C, F, H, W) noisy latents; timestep (B, F) in [0, 1000];
-        frame_positions (F,) integer positions; returns the raw prediction (B, C, F, H, W)."""
+        frame_positions (F,) integer positions; conditions: per-frame camera/actions
+        (:class:`minwm_env.conditioning.FrameConditions`) when the model is conditioned;
+        returns the raw prediction (B, C, F, H, W)."""

@@ -23,6 +23,7 @@ from diffusers import WanTransformer3DModel
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..conditioning import Conditioning, ConditioningConfig, FrameConditions, apply_frame_transform
 from ..flow import check_prediction_type
 from .base import AttentionContext, CausalBackbone, KVCache, PromptState, expand_frame_mask
 
@@ -91,17 +92,35 @@ class CausalSelfAttnProcessor:
             context = AttentionContext(rotary_emb[0], rotary_emb[1], attention_mask, None, False)
         else:
             context = rotary_emb
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # (B, L, heads, D)
         key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        query = apply_rotary(query, context.freqs_cos, context.freqs_sin).transpose(1, 2)  # (B, heads, L, D)
-        key = apply_rotary(key, context.freqs_cos, context.freqs_sin).transpose(1, 2)
-        value = value.transpose(1, 2)
+        out = self._attend(context, apply_rotary(query, context.freqs_cos, context.freqs_sin).transpose(1, 2),
+                           apply_rotary(key, context.freqs_cos, context.freqs_sin).transpose(1, 2),
+                           value.transpose(1, 2), "main")
+        out = attn.to_out[1](attn.to_out[0](out))
+        if context.prope is not None:
+            out = out + self._prope_branch(context, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        return out
+
+    def _attend(self, context: AttentionContext, query, key, value, stream: str) -> torch.Tensor:
         if context.kv_cache is not None:
-            key, value = context.kv_cache.extend(self.layer_index, key, value)
+            key, value = context.kv_cache.extend(self.layer_index, key, value, stream)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=context.attention_mask)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+        return out.transpose(1, 2).flatten(2, 3).type_as(query)  # (B, L, heads·D)
+
+    def _prope_branch(self, context: AttentionContext, query, key, value) -> torch.Tensor:
+        """PRoPE (minWM / Li et al. 2025): q ↦ Pᵀq, k, v ↦ P⁻¹k, P⁻¹v, output ↦ P·out, on the
+        normalised, un-rotated projections; cached K/V carry their own frames' P⁻¹."""
+        prope = context.prope
+        tpf = prope.tokens_per_frame
+        query = apply_frame_transform(query, prope.projection.transpose(-1, -2), tpf)
+        key = apply_frame_transform(key, prope.inverse, tpf)
+        value = apply_frame_transform(value, prope.inverse, tpf)
+        out = self._attend(context, query, key, value, "prope")  # (B, L, heads·D)
+        heads = query.shape[1]
+        out = apply_frame_transform(out.unflatten(2, (heads, -1)).transpose(1, 2), prope.projection, tpf)
+        return prope.out_projections[self.layer_index](out.transpose(1, 2).flatten(2, 3))
 
 
 class CachedCrossAttnProcessor:
@@ -130,7 +149,8 @@ def prompt_kv(attn, text_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 class CausalWan(CausalBackbone):
     """Wan2.1 T2V as a block-causal, streaming backbone (the adapter of DESIGN.md §2, §4)."""
 
-    def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v"):
+    def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v",
+                 conditioning: ConditioningConfig | None = None):
         super().__init__()
         config = transformer.config
         if tuple(config.patch_size)[0] != 1:
@@ -142,6 +162,11 @@ class CausalWan(CausalBackbone):
         self.prediction_type = check_prediction_type(prediction_type)
         self.rotary = FramePositionRotary(config.attention_head_dim)
         self.gradient_checkpointing = False
+        self.conditioning = None
+        if conditioning is not None and (conditioning.uses_camera or conditioning.action_spec is not None):
+            self.conditioning = Conditioning(conditioning, dim=config.num_attention_heads * config.attention_head_dim,
+                                             num_layers=config.num_layers, head_dim=config.attention_head_dim,
+                                             patch=self.spatial_patch)
         for i, block in enumerate(transformer.blocks):
             block.attn1.set_processor(CausalSelfAttnProcessor(i))
             block.attn2.set_processor(CachedCrossAttnProcessor(i))
@@ -188,22 +213,36 @@ class CausalWan(CausalBackbone):
                        head_dim=self.config.attention_head_dim,
                        tokens_per_frame=self.tokens_per_frame(latent_height, latent_width),
                        window_frames=window_frames, sink_frames=sink_frames, max_new_frames=max_new_frames,
-                       device=weight.device, dtype=weight.dtype)
+                       device=weight.device, dtype=weight.dtype,
+                       streams=("main", "prope") if self.uses_prope else ("main",))
 
-    def _timestep_modulation(self, timestep: torch.Tensor, tokens_per_frame: int):
+    @property
+    def conditioning_config(self) -> ConditioningConfig:
+        return ConditioningConfig() if self.conditioning is None else self.conditioning.config
+
+    @property
+    def uses_prope(self) -> bool:
+        return self.conditioning is not None and self.conditioning.prope_out is not None
+
+    def _timestep_modulation(self, timestep: torch.Tensor, tokens_per_frame: int,
+                             frame_embedding: torch.Tensor | None = None):
         """(B, F) timesteps → the output-layer embedding and the blocks' modulation.
 
         A uniform timestep per sample uses diffusers' (B, 6, dim) form; mixed timesteps (per
-        chunk noise levels) expand per token, which the Wan block accepts as (B, L, 6, dim).
+        chunk noise levels) or per-frame action embeddings (added to the timestep embedding)
+        expand per token, which the Wan block accepts as (B, L, 6, dim).
         """
         embedder = self.transformer.condition_embedder
         batch, num_frames = timestep.shape
         # (Meta tensors, used to count FLOPs, cannot be compared: take the general path.)
-        uniform = num_frames == 1 or (timestep.device.type != "meta" and bool((timestep == timestep[:, :1]).all()))
+        uniform = frame_embedding is None and (num_frames == 1 or (
+            timestep.device.type != "meta" and bool((timestep == timestep[:, :1]).all())))
         flat = timestep[:, 0] if uniform else timestep.reshape(-1)
         sinusoid = embedder.timesteps_proj(flat)
         time_dtype = next(embedder.time_embedder.parameters()).dtype
         temb = embedder.time_embedder(sinusoid.to(time_dtype)).to(self.transformer.patch_embedding.weight.dtype)
+        if frame_embedding is not None:
+            temb = temb + frame_embedding.reshape(batch * num_frames, -1).to(temb.dtype)
         modulation = embedder.time_proj(embedder.act_fn(temb)).unflatten(-1, (6, -1))
         if uniform:
             return temb, modulation  # (B, dim), (B, 6, dim)
@@ -213,7 +252,7 @@ class CausalWan(CausalBackbone):
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
                 prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
-                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+                frame_mask: torch.Tensor | None = None, conditions: FrameConditions | None = None) -> torch.Tensor:
         batch, channels, num_frames, height, width = hidden_states.shape
         model = self.transformer
         ph, pw = self.spatial_patch
@@ -228,12 +267,24 @@ class CausalWan(CausalBackbone):
         if kv_cache is not None and frame_mask is not None:
             raise ValueError("frame_mask is for full-sequence mode; streaming mode attends to the whole cache")
 
+        branches = self.conditioning
+        if branches is not None:
+            branches.check(conditions, batch, num_frames)
+        dtype = model.patch_embedding.weight.dtype
+
         freqs_cos, freqs_sin = self.rotary(frame_positions, post_h, post_w, hidden_states.device)
         mask = None if frame_mask is None else expand_frame_mask(frame_mask.to(hidden_states.device), tokens_per_frame)
-        context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write)
+        prope = None if branches is None else branches.prope_inputs(conditions, tokens_per_frame, dtype)
+        context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write, prope)
 
         x = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, dim)
-        temb, modulation = self._timestep_modulation(timestep, tokens_per_frame)
+        frame_embedding = None
+        if branches is not None:
+            rays = branches.token_embedding(conditions, height, width, dtype)
+            if rays is not None:
+                x = x + rays
+            frame_embedding = branches.frame_embedding(conditions, dtype)
+        temb, modulation = self._timestep_modulation(timestep, tokens_per_frame, frame_embedding)
         for block in model.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, prompt, modulation, context, use_reentrant=False)
