@@ -1,0 +1,13 @@
+"""minwm runtime: streaming world models behind a Gymnasium API.
+
+Importing this package registers the environments ``minwm/GroundTruth-v0`` (a rendered 3D
+world) and ``minwm/World-v0`` (the world model).
+"""
+
+from gymnasium.envs.registration import register, registry
+
+__version__ = "0.1.0"
+
+if "minwm/GroundTruth-v0" not in registry:
+    register(id="minwm/GroundTruth-v0", entry_point="minwm_env.envs.ground_truth:GroundTruthEnv",
+             max_episode_steps=200)

@@ -119,11 +119,16 @@ def _look_around(w: _Walker, rng: random.Random, budget: int) -> None:
 
 
 def _out_and_back(w: _Walker, rng: random.Random, budget: int) -> None:
-    while w.openness(0) < 0.6 and len(w.keys) < budget // 4:
-        w.add(rng.choice("lj"), 10, budget)
+    """Turn towards open space, walk out, walk back, turn back: the last pose is the first."""
+    turn_key, turned = rng.choice("lj"), 0
+    while w.openness(turned if turn_key == "l" else -turned) < 0.6 and turned < 60:
+        turned += 10
+    turned = min(turned, max(0, (budget - 2) // 4))
+    w.add(turn_key, turned, budget)
     out_key, back_key = rng.choice([("w", "s"), ("a", "d"), ("d", "a")])
-    taken = w.add(out_key, (budget - len(w.keys)) // 2, budget)
+    taken = w.add(out_key, (budget - len(w.keys) - turned) // 2, budget)
     w.add(back_key, taken, budget)
+    w.add("j" if turn_key == "l" else "l", turned, budget)
     w.add("stay", budget, budget)
 
 

@@ -75,7 +75,7 @@ def make_scene(name: str = "room", seed: int = 0, *, half_extent: float = 3.0, n
     checks = {"room": 8, "gallery": 12, "courtyard": 6, "pillars": 10}[name]
     parts = [
         "<mujoco model='minwm-{}'>".format(name),
-        "<visual><global offwidth='1024' offheight='1024'/>"
+        "<visual><global offwidth='64' offheight='64'/>"
         f"<quality shadowsize='{2048 if shadows else 0}'/><headlight ambient='0.35 0.35 0.35' diffuse='0.4 0.4 0.4'/></visual>",
         "<asset>",
         "<texture type='skybox' builtin='gradient' rgb1='0.55 0.65 0.85' rgb2='0.15 0.2 0.35' width='64' height='64'/>",
