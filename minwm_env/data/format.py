@@ -60,8 +60,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+def atomic_write_json(path: Path, data: Any, indent: int | None = 1) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=indent) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
@@ -271,8 +271,8 @@ class ClipPoses:
         return self.c2w.shape[0]
 
     def validate(self, where: str) -> "ClipPoses":
-        num_frames = check_num_frames(self.c2w.shape[0] if np.ndim(self.c2w) == 3 else -1, f"{where}: number of poses")
         self.c2w = check_rigid(self.c2w, where)
+        num_frames = check_num_frames(self.c2w.shape[0], f"{where}: number of poses")
         if np.abs(self.c2w[0] - np.eye(4)).max() > 1e-6:
             raise ValueError(f"{where}: c2w must be relative to the first frame (c2w[0] = identity), "
                              f"got c2w[0] = {self.c2w[0].tolist()}")
@@ -404,7 +404,7 @@ class DatasetWriter:
         if not fps > 0:
             raise ValueError(f"clip {clip_id}: fps must be positive, got {fps}")
         write_video(video_path(self.root, clip_id), frames, fps, quality, pixel_format)
-        atomic_write_json(poses_path(self.root, clip_id), poses.to_dict(clip_id))
+        atomic_write_json(poses_path(self.root, clip_id), poses.to_dict(clip_id), indent=None)
         meta = ClipMeta(clip_id, poses.num_frames, float(fps), frames.shape[1], frames.shape[2], source,
                         poses.prompt, action_spec)
         self.manifest.clips.append(meta)

@@ -1,0 +1,118 @@
+"""Clips of the ground-truth world: random scenes, random collision-free camera paths, rendered.
+
+    minwm-data render --out data/world --num-clips 1000 --num-frames 81 --height 64 --width 64
+
+Clip ``i`` is fully determined by ``(seed, i)``: its scene, scene variant, path kind and path
+seed are drawn from a generator seeded with both, so a rerun (or a resumed run) gives the same
+clip ``i`` whatever else changed in the run. The per-latent-frame actions are the path's camera
+deltas ``[dx, dy, dz, yaw, pitch, roll]`` (:func:`minwm_env.conditioning.camera_action_spec`),
+and the path's minWM pose string is stored with them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..cli import arg
+from ..world.paths import PATH_KINDS, random_path, rgb_frame_poses
+from ..world.renderer import WorldRenderer
+from ..world.scenes import SCENE_NAMES, make_scene
+from .format import PIXEL_FORMATS, TEMPORAL_FACTOR, ClipPoses, DatasetWriter, check_num_frames
+
+CAMERA_ACTION_SPEC = "camera"  # minwm_env.conditioning.camera_action_spec
+
+
+@dataclass
+class RenderConfig:
+    """Render clips of the ground-truth MuJoCo world."""
+
+    num_clips: int = arg(8, "number of clips")
+    num_frames: int = arg(17, "RGB frames per clip, 1 + 4k")
+    height: int = arg(64, "frame height in pixels")
+    width: int = arg(64, "frame width in pixels")
+    fov_y_deg: float = arg(60.0, "vertical field of view in degrees")
+    fps: float = arg(16.0, "frame rate stored in the videos")
+    scenes: tuple[str, ...] = arg(SCENE_NAMES, "scenes to draw from", choices=SCENE_NAMES)
+    num_scene_seeds: int = arg(100, "variants per scene: scene seeds are drawn from 0..num_scene_seeds-1")
+    path_kinds: tuple[str, ...] = arg(PATH_KINDS, "camera path kinds to draw from", choices=PATH_KINDS)
+    seed: int = arg(0, "dataset seed: clip i depends only on (seed, i)")
+    quality: int = arg(9, "H.264 quality 0..10 (libx264 CRF = 51 * (1 - quality / 10))")
+    pixel_format: str = arg("yuv444p", "video pixel format (yuv420p plays everywhere but blurs colour)",
+                            choices=PIXEL_FORMATS)
+
+    def __post_init__(self):
+        check_num_frames(self.num_frames)
+        if self.num_clips < 0 or self.num_scene_seeds < 1:
+            raise ValueError(f"num_clips must be >= 0 and num_scene_seeds >= 1, got {self.num_clips}, "
+                             f"{self.num_scene_seeds}")
+        if not self.scenes or not self.path_kinds:
+            raise ValueError("scenes and path_kinds must each name at least one choice")
+        self.scenes, self.path_kinds = tuple(self.scenes), tuple(self.path_kinds)
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """What clip ``index`` of a rendered dataset shows."""
+
+    index: int
+    scene: str
+    scene_seed: int
+    path_kind: str
+    path_seed: int
+
+    @property
+    def clip_id(self) -> str:
+        return f"{self.index:06d}"
+
+
+def plan_clip(config: RenderConfig, index: int) -> ClipPlan:
+    rng = random.Random(f"minwm-render-{config.seed}-{index}")
+    return ClipPlan(index, rng.choice(config.scenes), rng.randrange(config.num_scene_seeds),
+                    rng.choice(config.path_kinds), rng.randrange(2 ** 31))
+
+
+def render_clip(plan: ClipPlan, config: RenderConfig, renderer: WorldRenderer | None = None
+                ) -> tuple[np.ndarray, ClipPoses]:
+    """Frames (T, H, W, 3) uint8 and the poses of one planned clip."""
+    scene = make_scene(plan.scene, plan.scene_seed)
+    if renderer is None:
+        renderer = WorldRenderer(scene, config.width, config.height, config.fov_y_deg)
+    num_latent_frames = (config.num_frames - 1) // TEMPORAL_FACTOR + 1
+    path = random_path(scene, num_latent_frames, plan.path_kind, plan.path_seed)
+    rgb_c2w = rgb_frame_poses(path.relative_c2w(), TEMPORAL_FACTOR).numpy()  # (T, 4, 4), rgb_c2w[0] = I
+    frames = renderer.render_many(path.start_c2w @ rgb_c2w)
+    poses = ClipPoses(rgb_c2w, renderer.intrinsics, path.deltas.numpy(), path.pose_string)
+    return frames, poses
+
+
+def render_dataset(out: str | Path, config: RenderConfig, progress: bool = True) -> Path:
+    """Render ``config.num_clips`` clips into ``out`` (continuing a folder made with the same config)."""
+    origin = {"command": "render", "config": asdict(config)}
+    with DatasetWriter(out, origin) as writer:
+        todo = [plan_clip(config, i) for i in range(config.num_clips)]
+        todo = [plan for plan in todo if not writer.has(plan.clip_id)]
+        # Building a renderer costs more than rendering a short clip: render scene by scene.
+        todo.sort(key=lambda plan: (plan.scene, plan.scene_seed, plan.index))
+        renderer, renderer_key = None, None
+        try:
+            for plan in tqdm(todo, desc="render", unit="clip", disable=not progress):
+                if (plan.scene, plan.scene_seed) != renderer_key:
+                    if renderer is not None:
+                        renderer.close()
+                    renderer = WorldRenderer(make_scene(plan.scene, plan.scene_seed), config.width, config.height,
+                                             config.fov_y_deg)
+                    renderer_key = (plan.scene, plan.scene_seed)
+                frames, poses = render_clip(plan, config, renderer)
+                source = (f"render scene={plan.scene} scene_seed={plan.scene_seed} path={plan.path_kind} "
+                          f"path_seed={plan.path_seed}")
+                writer.add(plan.clip_id, frames, poses, config.fps, source, CAMERA_ACTION_SPEC, config.quality,
+                           config.pixel_format)
+        finally:
+            if renderer is not None:
+                renderer.close()
+    return Path(out)
