@@ -78,11 +78,26 @@ class WanVAECodec:
     def stream(self) -> "WanDecodeStream":
         return WanDecodeStream(self)
 
+    @torch.no_grad()
+    def _cache_shapes(self, latent_hw: tuple[int, int]) -> list[tuple[int, ...]]:
+        """Shapes of every decoder cache entry once a stream is past its first frame (probed once)."""
+        cache = getattr(self, "_shape_probe", {})
+        if latent_hw not in cache:
+            probe = WanDecodeStream(self)
+            dtype = next(self.vae.parameters()).dtype
+            device = next(self.vae.parameters()).device
+            probe.push(torch.zeros(1, self.latent_channels, 2, *latent_hw, device=device, dtype=dtype))
+            cache[latent_hw] = [None if e is None else tuple(e.shape) for e in probe._feat_cache]
+            self._shape_probe = cache
+        return cache[latent_hw]
+
 
 class WanDecodeStream:
     """Decodes latent frames as they arrive, carrying the causal-conv cache between pushes.
 
     The first latent frame decodes to 1 RGB frame, every later one to ``temporal_factor``.
+    Rows are independent streams decoded in one batch; :meth:`reset_rows` restarts some rows
+    from a new first latent frame while the others continue.
     """
 
     def __init__(self, codec: WanVAECodec):
@@ -106,3 +121,41 @@ class WanDecodeStream:
         if vae.config.patch_size is not None:
             frames = unpatchify(frames, patch_size=vae.config.patch_size)
         return frames.clamp(-1.0, 1.0)
+
+    def _materialize(self, latent_hw: tuple[int, int]) -> None:
+        """Bring every row's decoder state to one canonical form so rows can be spliced.
+
+        After a stream's first frame the causal convs cache 1 frame instead of 2 and the
+        temporal upsamplers hold a "Rep" marker. A 1-frame cache equals a 2-frame cache with a
+        zero frame in front (the conv zero-pads what the cache lacks), and "Rep" equals a
+        2-frame zero cache; both rewrites leave the decoded frames unchanged (tested).
+        """
+        shapes = None
+        for i, entry in enumerate(self._feat_cache):
+            if isinstance(entry, str):
+                shapes = shapes or self.codec._cache_shapes(latent_hw)
+                batch = next(e.shape[0] for e in self._feat_cache if isinstance(e, torch.Tensor))
+                reference = next(e for e in self._feat_cache if isinstance(e, torch.Tensor))
+                self._feat_cache[i] = reference.new_zeros((batch, *shapes[i][1:]))
+            elif isinstance(entry, torch.Tensor) and entry.shape[2] < 2:
+                self._feat_cache[i] = torch.cat([entry.new_zeros(entry[:, :, :2 - entry.shape[2]].shape), entry], dim=2)
+
+    @torch.no_grad()
+    def reset_rows(self, rows: list[int], first_latents: torch.Tensor) -> torch.Tensor:
+        """Restart ``rows`` from one latent frame each (len(rows), C, 1, h, w); returns their
+        decoded first frames (len(rows), 3, 1, H, W). Other rows are untouched."""
+        if self.num_latent_frames == 0:
+            raise RuntimeError("reset_rows needs a stream that has started: push the first frames of all rows")
+        fresh = WanDecodeStream(self.codec)
+        frames = fresh.push(first_latents)
+        latent_hw = tuple(first_latents.shape[-2:])
+        fresh._materialize(latent_hw)
+        self._materialize(latent_hw)
+        index = torch.tensor(rows)
+        for mine, theirs in zip(self._feat_cache, fresh._feat_cache):
+            if mine is None and theirs is None:  # a conv the decoder never runs
+                continue
+            if not isinstance(mine, torch.Tensor) or not isinstance(theirs, torch.Tensor) or mine.shape[1:] != theirs.shape[1:]:
+                raise RuntimeError("decoder states of the rows differ in form; cannot splice rows")
+            mine[index] = theirs.to(mine.dtype)
+        return frames

@@ -205,6 +205,11 @@ class FrameConditions:
             return None if values[0] is None else torch.cat(values, dim=dim)
         return FrameConditions(join("w2c"), join("intrinsics"), join("actions"))
 
+    def select(self, rows: list[int]) -> "FrameConditions":
+        def pick(x):
+            return None if x is None else x[rows]
+        return FrameConditions(pick(self.w2c), pick(self.intrinsics), pick(self.actions))
+
     def frames(self, index) -> "FrameConditions":
         def pick(x):
             return None if x is None else x[:, index]

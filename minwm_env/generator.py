@@ -176,6 +176,50 @@ class StreamingGenerator:
         self.next_position = 1
         return self._stream.push(latent) if decode else None
 
+    @torch.no_grad()
+    def reset_rows(self, rows: Sequence[int], seeds: Sequence[int], images: torch.Tensor,
+                   decode: bool = True) -> torch.Tensor | None:
+        """Restart some rows of the batch from start images (len(rows), 3, H, W) while the others
+        continue (a vector env's independent resets). Each restarted row then evolves exactly
+        as a fresh single-row generator seeded alike would (up to float rounding: its frames
+        sit at later absolute positions, and RoPE is relative only up to rounding)."""
+        rows = [int(r) for r in rows]
+        if self._prompt is None or self._stream is None:
+            raise RuntimeError("call reset() once before reset_rows()")
+        if len(set(rows)) != len(rows) or not all(0 <= r < self.batch_size for r in rows):
+            raise ValueError(f"rows must be distinct indices in [0, {self.batch_size}), got {rows}")
+        if len(seeds) != len(rows):
+            raise ValueError(f"got {len(seeds)} seeds for {len(rows)} rows")
+        height, width = self.model.settings.height, self.model.settings.width
+        expected = (len(rows), 3, height, width)
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point() or tuple(images.shape) != expected:
+            raise ValueError(f"images must be a float tensor of shape {expected} in [-1, 1]")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or inf")
+        self._flush_pending()  # the other rows' last chunk goes into the cache before rows change
+        branch_rows = [r + b * self.batch_size for b in range(self.num_branches) for r in rows]
+        self.cache.reset_rows(branch_rows)
+        for r, seed in zip(rows, seeds):
+            self._generators[r] = torch.Generator().manual_seed(int(seed))
+        self.c2w[rows] = torch.eye(4, dtype=torch.float64)
+        latent = self.model.codec.encode_image(images.to(self.model.device)).to(self.model.dtype)
+        position = torch.tensor([max(self.next_position - 1, 0)])
+        neutral = self.action_spec.neutral().expand(len(rows), 1, -1)
+        conditions = self._conditions(self.c2w[rows][:, None], neutral)
+        latents = latent.repeat(self.num_branches, 1, 1, 1, 1)
+        self.model.backbone(latents, torch.zeros(latents.shape[0], 1, device=latents.device), position,
+                            self._prompt.select(branch_rows), kv_cache=self.cache.rows(branch_rows),
+                            cache_write=True, conditions=conditions)
+        if self.next_position == 0:
+            self.next_position = 1
+        frames = self._stream.reset_rows(rows, latent)
+        return frames if decode else None
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            self._write_cache(*self._pending)
+            self._pending = None
+
     def _conditions(self, c2w: torch.Tensor, actions: torch.Tensor) -> FrameConditions | None:
         """Per-frame conditions for the model's branches, repeated for guidance branches."""
         if not self._conditioned:
@@ -242,9 +286,7 @@ class StreamingGenerator:
         device = self.model.device
         with timed(timings, "time/chunk_s", device):
             with timed(timings, "time/cache_s", device):
-                if self._pending is not None:
-                    self._write_cache(*self._pending)
-                    self._pending = None
+                self._flush_pending()
             positions = torch.arange(self.next_position, self.next_position + self.chunk_frames)
             with timed(timings, "time/denoise_s", device):
                 noise = randn_rows((self.batch_size, *self.latent_shape), self._generators, device, self.model.dtype)

@@ -44,3 +44,19 @@ def test_uint8_round_trip():
     frames = torch.randint(0, 256, (1, 2, 4, 5, 3), dtype=torch.uint8)
     back = to_uint8(from_uint8(frames).permute(0, 2, 1, 3, 4))  # (B, 3, T, H, W)
     assert torch.equal(back, frames)
+
+
+def test_row_reset_equals_a_fresh_stream_for_that_row(tiny_model):
+    codec = tiny_model.codec
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 4, 9, 8, 8, generator=g)
+    b = torch.randn(1, 4, 5, 8, 8, generator=g)
+    stream = codec.stream()
+    stream.push(a[:, :, :1])
+    stream.push(a[:, :, 1:5])
+    first = stream.reset_rows([1], b[:, :, :1])  # row 1 starts over with clip b
+    later = stream.push(torch.cat([a[:1, :, 5:9], b[:, :, 1:5], a[2:, :, 5:9]]))
+    torch.testing.assert_close(first, codec.decode(b[:, :, :1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(later[1:2], codec.decode(b)[:, :, 1:], atol=1e-5, rtol=0)
+    for row in (0, 2):
+        torch.testing.assert_close(later[row:row + 1], codec.decode(a[row:row + 1])[:, :, 17:], atol=1e-5, rtol=0)

@@ -179,3 +179,29 @@ def test_long_stream_keeps_cache_size_and_positions(tiny_model):
     assert out.frame_positions == [29, 30, 31, 32]
     assert gen.cache.frame_positions == [0, 25, 26, 27, 28]
     assert gen.cache.nbytes() == size
+
+
+@pytest.mark.parametrize("conditioning", ["none", "prope"])
+def test_row_reset_continues_like_a_fresh_single_generator(conditioning):
+    model = build_preset("tiny", conditioning=CONDITIONINGS[conditioning])
+    randomize_(model.backbone, seed=4)
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    actions = parse_pose_string("w*4,l*4,a*4,i*4").float().reshape(4, 1, 4, 6)
+    batched = StreamingGenerator(model, batch_size=2)
+    batched.reset(seed=[5, 6], image=images[:2])
+    batched.next_chunk(actions[0].expand(2, -1, -1))
+    first = batched.reset_rows([1], [9], images[2:3])  # row 1 starts a new episode
+    outs = [batched.next_chunk(actions[k].expand(2, -1, -1)) for k in (1, 2, 3)]
+
+    single = StreamingGenerator(model)
+    start = single.reset(seed=9, image=images[2:3])
+    alone = [single.next_chunk(actions[k]) for k in (1, 2, 3)]
+    torch.testing.assert_close(first, start, atol=1e-5, rtol=0)
+    for out, ref in zip(outs, alone):
+        torch.testing.assert_close(out.latents[1:], ref.latents, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out.frames[1:], ref.frames, atol=1e-4, rtol=0)
+    # Row 0 never noticed.
+    single.reset(seed=5, image=images[:1])
+    single.next_chunk(actions[0])
+    for k, out in zip((1, 2, 3), outs):
+        torch.testing.assert_close(out.latents[:1], single.next_chunk(actions[k]).latents, atol=1e-4, rtol=0)

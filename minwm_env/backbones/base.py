@@ -35,7 +35,7 @@ class AttentionContext(NamedTuple):
     freqs_cos: torch.Tensor  # (1, L, 1, head_dim) float32
     freqs_sin: torch.Tensor  # (1, L, 1, head_dim) float32
     attention_mask: torch.Tensor | None  # (L, L_keys) bool, True = may attend; full-sequence mode
-    kv_cache: "KVCache | None"  # streaming mode
+    kv_cache: "KVCache | KVCacheRows | None"  # streaming mode
     cache_write: bool  # keep this forward's K/V in the cache once it is done
     prope: "object | None" = None  # conditioning.PRoPEInputs when the camera branch is PRoPE
 
@@ -51,6 +51,9 @@ class PromptState:
     def batch_size(self) -> int:
         return self.keys[0].shape[0]
 
+    def select(self, rows: list[int]) -> "PromptState":
+        return PromptState([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
     def repeat(self, times: int) -> "PromptState":
         return PromptState([k.repeat(times, 1, 1, 1) for k in self.keys], [v.repeat(times, 1, 1, 1) for v in self.values])
 
@@ -64,11 +67,16 @@ class PromptState:
 class KVCache:
     """Self-attention keys (after RoPE) and values of the context frames, for every layer.
 
-    Holds the first ``sink_frames`` frames ever written for the whole episode plus the most
-    recent ``window_frames`` others (a rolling window), so each chunk costs the same however
-    long the stream runs. Buffers are allocated once; a forward's own K/V are placed after the
-    context so attention reads one contiguous slice, and ``commit`` keeps them (write passes)
-    or leaves them to be overwritten (denoising passes).
+    Holds, per batch row, the first ``sink_frames`` frames ever written in the row's episode
+    plus its most recent ``window_frames`` others (a rolling window), so each chunk costs the
+    same however long the stream runs. Buffers are allocated once; a forward's own K/V are
+    placed after the row's context so attention reads one slice, and ``commit`` keeps them
+    (write passes) or leaves them to be overwritten (denoising passes).
+
+    Rows are independent episodes: :meth:`reset_rows` restarts some of them and
+    :meth:`rows` gives a view on a subset (to write one row's start frame). Rows holding
+    different numbers of frames attend through a key mask; in lockstep (the usual case) no
+    mask is needed and every operation is one batched slice.
     """
 
     def __init__(self, *, num_layers: int, batch_size: int, num_heads: int, head_dim: int,
@@ -90,56 +98,116 @@ class KVCache:
         self.streams = {name: ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)],
                                [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)])
                         for name in streams}
-        self.frame_positions: list[int] = []  # positions of the cached frames, in buffer order
-        self.num_frames_written = 0
+        self.row_positions: list[list[int]] = [[] for _ in range(batch_size)]  # cached frames per row, in order
+        self.num_frames_written = [0] * batch_size
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    @property
+    def frame_positions(self) -> list[int]:
+        """Positions of row 0's cached frames (all rows, in lockstep)."""
+        return self.row_positions[0]
 
     @property
     def num_frames(self) -> int:
-        return len(self.frame_positions)
+        return len(self.row_positions[0])
 
     def reset(self) -> None:
-        self.frame_positions = []
-        self.num_frames_written = 0
+        self.reset_rows(range(self.batch_size))
 
-    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor,
-               stream: str = "main") -> tuple[torch.Tensor, torch.Tensor]:
-        """Place a forward's K/V (B, heads, L_new, D) after the context; return context + new."""
-        start = self.num_frames * self.tokens_per_frame
-        end = start + key.shape[2]
+    def reset_rows(self, rows) -> None:
+        for r in rows:
+            self.row_positions[r] = []
+            self.num_frames_written[r] = 0
+
+    def rows(self, rows) -> "KVCacheRows":
+        return KVCacheRows(self, list(rows))
+
+    def _check(self, key: torch.Tensor, rows: list[int]) -> None:
         if key.shape[2] > self.max_new_frames * self.tokens_per_frame:
             raise ValueError(f"a streaming forward may hold at most {self.max_new_frames} frames "
                              f"({self.max_new_frames * self.tokens_per_frame} tokens), got {key.shape[2]} tokens")
-        if key.shape[0] != self.batch_size:
-            raise ValueError(f"cache batch is {self.batch_size}, forward batch is {key.shape[0]}")
+        if key.shape[0] != len(rows):
+            raise ValueError(f"cache batch is {len(rows)}, forward batch is {key.shape[0]}")
+
+    # -- attention -----------------------------------------------------------------------------
+    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor, stream: str = "main",
+               rows: list[int] | None = None):
+        """Place a forward's K/V (b, heads, L_new, D) after each row's context.
+
+        Returns (keys, values, key_mask): context + new for the forward's rows, and None or a
+        (b, 1, 1, L_keys) bool mask of the valid slots when rows hold different numbers of frames.
+        """
+        all_rows = rows is None
+        rows = list(range(self.batch_size)) if all_rows else rows
+        self._check(key, rows)
         if stream not in self.streams:
             raise ValueError(f"this cache has streams {list(self.streams)}, not {stream!r}")
         keys, values = self.streams[stream][0][layer], self.streams[stream][1][layer]
-        keys[:, :, start:end] = key.detach()
-        values[:, :, start:end] = value.detach()
-        if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad):
-            # Training through a cached rollout (stage 3): the buffer is overwritten later, so
-            # hand autograd a fresh tensor instead of a view of it.
-            return torch.cat([keys[:, :, :start], key], dim=2), torch.cat([values[:, :, :start], value], dim=2)
-        return keys[:, :, :end], values[:, :, :end]
+        tpf, new = self.tokens_per_frame, key.shape[2]
+        lengths = [len(self.row_positions[r]) * tpf for r in rows]
+        training = torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)
+        if len(set(lengths)) == 1:  # lockstep: one slice for all rows
+            start = lengths[0]
+            index = slice(None) if all_rows else rows
+            keys[index, :, start:start + new] = key.detach()
+            values[index, :, start:start + new] = value.detach()
+            if training:
+                # Training through a cached rollout (stage 3): the buffer is overwritten later, so
+                # hand autograd a fresh tensor instead of a view of it.
+                return (torch.cat([keys[index, :, :start], key], dim=2),
+                        torch.cat([values[index, :, :start], value], dim=2), None)
+            return keys[index, :, :start + new], values[index, :, :start + new], None
+        for i, (r, start) in enumerate(zip(rows, lengths)):
+            keys[r, :, start:start + new] = key[i].detach()
+            values[r, :, start:start + new] = value[i].detach()
+        total = max(lengths) + new
+        out_keys, out_values = keys[rows, :, :total], values[rows, :, :total]
+        if training:
+            out_keys, out_values = out_keys.clone(), out_values.clone()
+            for i, start in enumerate(lengths):
+                out_keys[i, :, start:start + new] = key[i]
+                out_values[i, :, start:start + new] = value[i]
+        slots = torch.arange(total, device=key.device)
+        mask = slots[None, :] < torch.tensor(lengths, device=key.device)[:, None] + new
+        return out_keys, out_values, mask[:, None, None, :]
 
-    def commit(self, frame_positions: list[int]) -> None:
-        """Keep the frames the last forward placed, then evict beyond sink + window."""
-        self.frame_positions = self.frame_positions + list(frame_positions)
-        self.num_frames_written += len(frame_positions)
-        num_sink = min(self.sink_frames, self.num_frames)
-        excess = self.num_frames - num_sink - self.window_frames
-        if excess <= 0:
-            return
+    def commit(self, frame_positions: list[int], rows: list[int] | None = None) -> None:
+        """Keep the frames the last forward placed, then evict beyond sink + window, per row."""
+        rows = list(range(self.batch_size)) if rows is None else rows
         tpf = self.tokens_per_frame
-        keep_from, keep_to = (num_sink + excess) * tpf, self.num_frames * tpf
-        for keys, values in self.streams.values():
-            for buf in keys + values:
-                # Source and destination overlap: copy through a temporary.
-                buf[:, :, num_sink * tpf: keep_to - excess * tpf] = buf[:, :, keep_from:keep_to].clone()
-        self.frame_positions = self.frame_positions[:num_sink] + self.frame_positions[num_sink + excess:]
+        moves: dict[tuple[int, int, int], list[int]] = {}
+        for r in rows:
+            self.row_positions[r] = self.row_positions[r] + list(frame_positions)
+            self.num_frames_written[r] += len(frame_positions)
+            count = len(self.row_positions[r])
+            num_sink = min(self.sink_frames, count)
+            excess = count - num_sink - self.window_frames
+            if excess > 0:
+                moves.setdefault((num_sink, excess, count), []).append(r)
+                self.row_positions[r] = self.row_positions[r][:num_sink] + self.row_positions[r][num_sink + excess:]
+        for (num_sink, excess, count), moved in moves.items():
+            index = slice(None) if len(moved) == self.batch_size else moved
+            keep_from, keep_to = (num_sink + excess) * tpf, count * tpf
+            for keys, values in self.streams.values():
+                for buf in keys + values:
+                    # Source and destination overlap: copy through a temporary.
+                    buf[index, :, num_sink * tpf: keep_to - excess * tpf] = buf[index, :, keep_from:keep_to].clone()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for keys, values in self.streams.values() for t in keys + values)
+
+
+class KVCacheRows:
+    """A view of some rows of a :class:`KVCache` (same API), for forwards on a sub-batch."""
+
+    def __init__(self, cache: KVCache, rows: list[int]):
+        self.cache, self.rows_index = cache, rows
+
+    def extend(self, layer, key, value, stream="main"):
+        return self.cache.extend(layer, key, value, stream, self.rows_index)
+
+    def commit(self, frame_positions):
+        self.cache.commit(frame_positions, self.rows_index)
 
 
 def causal_frame_mask(positions: torch.Tensor, block_ids: torch.Tensor, *, noisy: torch.Tensor | None = None,

@@ -104,9 +104,10 @@ class CausalSelfAttnProcessor:
         return out
 
     def _attend(self, context: AttentionContext, query, key, value, stream: str) -> torch.Tensor:
+        mask = context.attention_mask
         if context.kv_cache is not None:
-            key, value = context.kv_cache.extend(self.layer_index, key, value, stream)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=context.attention_mask)
+            key, value, mask = context.kv_cache.extend(self.layer_index, key, value, stream)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         return out.transpose(1, 2).flatten(2, 3).type_as(query)  # (B, L, heads·D)
 
     def _prope_branch(self, context: AttentionContext, query, key, value) -> torch.Tensor:

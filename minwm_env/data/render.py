@@ -91,8 +91,10 @@ def render_clip(plan: ClipPlan, config: RenderConfig, renderer: WorldRenderer | 
 
 
 def render_dataset(out: str | Path, config: RenderConfig, progress: bool = True) -> Path:
-    """Render ``config.num_clips`` clips into ``out`` (continuing a folder made with the same config)."""
-    origin = {"command": "render", "config": asdict(config)}
+    """Render clips ``0 .. config.num_clips - 1`` into ``out``. A folder made with the same settings
+    is continued: clips already there are kept, so a larger ``num_clips`` extends a dataset."""
+    settings = {k: v for k, v in asdict(config).items() if k != "num_clips"}  # clip i depends on (seed, i) only
+    origin = {"command": "render", "config": settings}
     with DatasetWriter(out, origin) as writer:
         todo = [plan_clip(config, i) for i in range(config.num_clips)]
         todo = [plan for plan in todo if not writer.has(plan.clip_id)]
