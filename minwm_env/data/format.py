@@ -98,6 +98,15 @@ def check_rigid(pose: np.ndarray, where: str) -> np.ndarray:
     return pose
 
 
+def orthonormalize(pose: np.ndarray) -> np.ndarray:
+    """(T, 4, 4) near-rigid poses (see :func:`check_rigid`) with each rotation replaced by the
+    nearest rotation matrix (SVD), so that inverses and relative poses are exact."""
+    pose = np.array(pose, dtype=np.float64)
+    u, _, vt = np.linalg.svd(pose[:, :3, :3])
+    pose[:, :3, :3] = u @ vt
+    return pose
+
+
 def check_intrinsics(intrinsics: np.ndarray, num_frames: int, where: str) -> np.ndarray:
     """(4,) or (T, 4) normalised ``[fx/W, fy/H, cx/W, cy/H]`` → (T, 4) float64."""
     intrinsics = np.asarray(intrinsics, dtype=np.float64)
@@ -384,8 +393,7 @@ class DatasetWriter:
             self.manifest = Manifest([], self.origin)
         (self.root / CLIPS_DIR).mkdir(parents=True, exist_ok=True)
         self._ids = {clip.id for clip in self.manifest.clips}
-        self._last_flush = time.monotonic()
-        self._dirty = False
+        self.flush()  # a folder interrupted before its first clip is still recognised, and continued
 
     def has(self, clip_id: str) -> bool:
         return clip_id in self._ids
@@ -421,7 +429,7 @@ class DatasetWriter:
         self._dirty = False
 
     def close(self) -> None:
-        if self._dirty or not (self.root / MANIFEST).is_file():
+        if self._dirty:
             self.flush()
 
     def __enter__(self) -> "DatasetWriter":

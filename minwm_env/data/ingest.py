@@ -17,6 +17,9 @@ Pose files
 with intrinsics already normalised (``fx/W, fy/H, cx/W, cy/H``), two zero distortion terms and
 the 3×4 world-to-camera matrix row by row (OpenCV axes). Timestamps must increase.
 
+Rotations must be orthonormal within 1e-3 (else the file is refused as malformed); they are
+then snapped to the nearest rotation, so relative poses are exact despite rounded text.
+
 ``.json`` (an object) or ``.npz`` (arrays), with exactly one of
 
 * ``c2w``: (T, 4, 4) or (T, 3, 4) camera-to-world, OpenCV axes;
@@ -47,7 +50,7 @@ from .. import camera
 from ..cli import arg
 from .format import (PIXEL_FORMATS, TEMPORAL_FACTOR, ClipPoses, DatasetWriter, centre_crop_box, check_clip_id,
                      check_intrinsics, check_num_frames, check_rigid, crop_and_resize_intrinsics, iter_video,
-                     longest_valid_length, relative_c2w, resize_frames, video_fps)
+                     longest_valid_length, orthonormalize, relative_c2w, resize_frames, video_fps)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 POSE_SUFFIXES = (".txt", ".json", ".npz")
@@ -132,8 +135,7 @@ def read_realestate_txt(path: Path) -> PoseTrack:
     if np.abs(table[:, 5:7]).max() > 0:
         line = int(np.argwhere(np.abs(table[:, 5:7]).max(axis=1) > 0)[0, 0]) + 2
         raise ValueError(f"{where} line {line}: non-zero lens distortion; only undistorted frames are supported")
-    w2c = _as_4x4(table[:, 7:].reshape(-1, 3, 4), where, "w2c")
-    check_rigid(w2c, where)
+    w2c = orthonormalize(check_rigid(_as_4x4(table[:, 7:].reshape(-1, 3, 4), where, "w2c"), where))
     return PoseTrack(_invert(w2c), check_intrinsics(table[:, 1:5], len(table), where))
 
 
@@ -176,7 +178,7 @@ def read_pose_arrays(data: dict, where: str) -> PoseTrack:
             raise ValueError(f"{where}: {err}") from err
         c2w = _invert(w2c)
     else:
-        matrices = check_rigid(_as_4x4(values, where, key), where)
+        matrices = orthonormalize(check_rigid(_as_4x4(values, where, key), where))
         c2w = matrices if key == "c2w" else _invert(matrices)
     prompt = data.get("prompt")
     if isinstance(prompt, np.ndarray) and prompt.ndim == 0:
