@@ -174,7 +174,8 @@ class StreamingGenerator:
         neutral = self.action_spec.neutral().expand(self.batch_size, 1, -1)
         self._write_cache(latent, torch.tensor([0]), self._conditions(self.c2w[:, None], neutral))
         self.next_position = 1
-        return self._stream.push(latent) if decode else None
+        frames = self._stream.push(latent)  # the decoder's causal state must start from the image
+        return frames if decode else None
 
     @torch.no_grad()
     def reset_rows(self, rows: Sequence[int], seeds: Sequence[int], images: torch.Tensor,

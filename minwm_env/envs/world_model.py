@@ -1,0 +1,403 @@
+"""The world model as a Gymnasium environment: ``minwm/World-v0`` and its native vector env.
+
+    import gymnasium as gym, minwm_env
+    env = gym.make("minwm/World-v0", model="tiny")
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step([0, 0, 0.08, 0, 0, 0])   # forward
+
+    envs = gym.make_vec("minwm/World-v0", num_envs=8, vectorization_mode="vector_entry_point", model="tiny")
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from ..codec import from_uint8, to_uint8
+from ..generator import StreamingGenerator
+from ..models import WorldModel, load_model
+from ..world.paths import random_start
+from ..world.renderer import WorldRenderer
+from ..world.scenes import make_scene
+from .common import Seconds, action_space, check_options, chunk_actions, observation_space
+from .ground_truth import _PyRandom
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RESET_OPTIONS = ("image", "prompt")
+
+
+def resolve_model(model: str | WorldModel, device, dtype) -> WorldModel:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if isinstance(model, WorldModel):
+        return model.to(device, dtype)
+    return load_model(model, device=device, dtype=dtype)
+
+
+class StartFrames:
+    """Start images rendered from the ground-truth world when ``reset`` is given none."""
+
+    def __init__(self, scene: str, height: int, width: int):
+        self.scene_name, self.height, self.width = scene, height, width
+        self._scene = self._renderer = None
+
+    def sample(self, np_random: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self._renderer is None:
+            self._scene = make_scene(self.scene_name, 0)
+            self._renderer = WorldRenderer(self._scene, self.width, self.height)
+        pose = random_start(self._scene, _PyRandom(np_random))
+        return self._renderer.render(pose), pose
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+
+
+def check_image(image, height: int, width: int, what: str = "image") -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{what} must be a uint8 array (H, W, 3), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"{what} must have dtype uint8 (values 0..255), got {image.dtype}")
+    if image.shape != (height, width, 3):
+        raise ValueError(f"{what} must have shape ({height}, {width}, 3) for this model, got {image.shape}")
+    return image
+
+
+def check_prompt(prompt, text_dim: int) -> torch.Tensor | None:
+    if prompt is None:
+        return None
+    prompt = torch.as_tensor(prompt)
+    if prompt.ndim == 2:
+        prompt = prompt.unsqueeze(0)
+    if prompt.ndim != 3 or prompt.shape[0] != 1 or prompt.shape[-1] != text_dim or not prompt.is_floating_point():
+        raise ValueError(f"prompt must be float embeddings (L, {text_dim}), got shape {tuple(prompt.shape)}")
+    if not torch.isfinite(prompt).all():
+        raise ValueError("prompt embeddings contain NaN or inf")
+    return prompt
+
+
+class _World:
+    """What the single and the vector env share: a batched generator and per-row bookkeeping."""
+
+    def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames):
+        self.model = resolve_model(model, device, dtype)
+        settings = self.model.settings
+        self.height, self.width = settings.height, settings.width
+        self.generator = StreamingGenerator(self.model, sampler, batch_size=num_envs, window_frames=window_frames,
+                                            sink_frames=sink_frames)
+        self.spec = self.generator.action_spec
+        self.chunk_frames = self.generator.chunk_frames
+        self.frames_per_chunk = self.chunk_frames * self.model.codec.temporal_factor
+        self.obs_mode = obs_mode
+        self.action_space = action_space(self.spec)
+        self.observation_space = observation_space(obs_mode, self.height, self.width, self.frames_per_chunk,
+                                                   tuple(self.generator.latent_shape))
+        self.starts = StartFrames(start_scene, self.height, self.width)
+        self.text_dim = self.model.backbone.config.text_dim
+        self.last_frames: np.ndarray | None = None  # (N, H, W, 3)
+        self.frame_index = np.zeros(num_envs, dtype=np.int64)
+
+    def start_images(self, images, np_randoms) -> tuple[np.ndarray, list]:
+        """Checked start images (N, H, W, 3) uint8, rendered where none is given."""
+        out, poses = [], []
+        for i, rng in enumerate(np_randoms):
+            if images is not None and images[i] is not None:
+                out.append(check_image(images[i], self.height, self.width))
+                poses.append(None)
+            else:
+                image, pose = self.starts.sample(rng)
+                out.append(image)
+                poses.append(pose)
+        return np.stack(out), poses
+
+    def to_model_images(self, images: np.ndarray) -> torch.Tensor:
+        return from_uint8(torch.from_numpy(images))
+
+    def reset_observation(self, images: np.ndarray, latents: torch.Tensor | None) -> np.ndarray:
+        """Observations right after a reset: the start image (repeated to fill a chunk)."""
+        if self.obs_mode == "frame":
+            return images.copy()
+        if self.obs_mode == "chunk":
+            return np.repeat(images[:, None], self.frames_per_chunk, axis=1)
+        return latents.float().cpu().numpy().repeat(self.chunk_frames, axis=2)
+
+    def step_observation(self, out, frames: np.ndarray | None) -> np.ndarray:
+        if self.obs_mode == "frame":
+            return frames[:, -1].copy()
+        if self.obs_mode == "chunk":
+            return frames
+        return out.latents.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.starts.close()
+        self.generator = None
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class WorldModelEnv(gym.Env):
+    """A world model that streams the next frames for each camera action.
+
+    ## Description
+    One ``step`` generates one chunk (4 latent frames = 16 RGB frames with the defaults) with
+    the few-step autoregressive sampler against the KV cache of everything seen so far, and
+    decodes it with the streaming VAE. The world continues from a start image, given or
+    rendered from the ground-truth world.
+
+    ## Action Space
+    The model's action space: by default ``Box(6,)`` camera deltas ``[dx, dy, dz, yaw, pitch,
+    roll]`` per latent frame (scene units, degrees; OpenCV camera axes), held for the chunk,
+    or ``(chunk_frames, 6)`` for one per latent frame; or the ``ActionSpec`` the model was
+    trained with. Values beyond the bounds raise (they are the range the model was trained on).
+
+    ## Observation Space
+    ``obs_mode="frame"`` (default): the chunk's last frame, ``uint8 (H, W, 3)``; ``"chunk"``:
+    all its RGB frames ``uint8 (T, H, W, 3)``; ``"latent"``: the chunk's latents
+    ``float32 (C, chunk_frames, h, w)`` (no decoding: fastest).
+
+    ## Rewards
+    0, unless ``reward_fn(observation, info) -> float`` is given.
+
+    ## Starting State
+    ``reset(seed=..., options={"image": uint8 (H, W, 3), "prompt": embeddings (L, text_dim)})``.
+    Without an image, a start view is rendered from the ground-truth world (``start_scene``)
+    at a random pose drawn from the env's RNG.
+
+    ## Episode End
+    Never terminates; truncated after ``max_episode_steps`` (registration: 200).
+
+    ## Info
+    ``pose`` (4×4 c2w of the last frame relative to the start, from the actions), ``latent_poses``
+    (the chunk's per-latent-frame poses), ``frame_index`` (RGB index of the last frame),
+    ``frames`` (the chunk's RGB frames, None in latent mode), ``latency_s`` (wall time of the
+    step), ``timings`` (denoise / cache / decode split); at reset also ``start_world_pose``
+    (the ground-truth pose of a rendered start, else None).
+
+    ## Arguments
+    ``model`` (a preset name such as ``"tiny"``, or a folder written by minwm_train / a
+    diffusers Wan folder, or a loaded ``WorldModel``), ``device``, ``dtype``, ``obs_mode``,
+    ``reward_fn``, ``sampler`` (default: the model's few-step sampler), ``start_scene``,
+    ``window_frames``, ``sink_frames``, ``render_mode`` ("rgb_array").
+
+    ## Vectorized environment
+    ``gym.make_vec("minwm/World-v0", num_envs=N, vectorization_mode="vector_entry_point")``
+    runs N worlds in one batched forward pass (:class:`WorldModelVectorEnv`).
+
+    ## Version History
+    * v0: initial version.
+
+    ## Example
+    >>> import gymnasium as gym, minwm_env
+    >>> env = gym.make("minwm/World-v0", model="tiny")
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape
+    (64, 64, 3)
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 16}
+
+    def __init__(self, model: str | WorldModel = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32",
+                 obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
+                 sampler=None, start_scene: str = "room", window_frames: int | None = None,
+                 sink_frames: int | None = None):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames)
+        self.action_space = self._world.action_space
+        self.observation_space = self._world.observation_space
+        self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
+        self._ready = False
+
+    @property
+    def world_model(self) -> WorldModel:
+        return self._world.model
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = check_options(options, RESET_OPTIONS)
+        world = self._world
+        prompt = check_prompt(options.get("prompt"), world.text_dim)
+        images, poses = world.start_images([options.get("image")], [self.np_random])
+        noise_seed = int(self.np_random.integers(2**62))
+        first = world.generator.reset(seed=noise_seed, image=world.to_model_images(images), prompt_embeds=prompt,
+                                      decode=False)
+        del first
+        world.last_frames = images
+        world.frame_index[:] = 0
+        self._ready = True
+        latents = None
+        if self.obs_mode == "latent":
+            latents = world.model.codec.encode_image(world.to_model_images(images))
+        obs = world.reset_observation(images, latents)[0]
+        info = {"pose": np.eye(4), "latent_poses": np.eye(4)[None], "frame_index": 0, "frames": images,
+                "latency_s": Seconds(0.0), "timings": {}, "start_world_pose": poses[0]}
+        return obs, info
+
+    def step(self, action):
+        if not self._ready:
+            raise RuntimeError("call reset() before step()")
+        world = self._world
+        actions = chunk_actions(action, world.spec, world.chunk_frames)
+        out = world.generator.next_chunk(actions[None], decode=self.obs_mode != "latent")
+        frames = None if out.frames is None else to_uint8(out.frames).cpu().numpy()
+        if frames is not None:
+            world.last_frames = frames[:, -1]
+        world.frame_index += world.frames_per_chunk
+        obs = world.step_observation(out, frames)[0]
+        info = {"pose": world.generator.c2w[0].numpy().copy(),
+                "latent_poses": None if out.c2w is None else out.c2w[0].numpy(),
+                "frame_index": int(world.frame_index[0]), "frames": None if frames is None else frames[0],
+                "latency_s": Seconds(out.timings["time/chunk_s"]),
+                "timings": {k: Seconds(v) for k, v in out.timings.items()}}
+        reward = 0.0 if self.reward_fn is None else float(self.reward_fn(obs, info))
+        return obs, reward, False, False, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._world.last_frames is None:
+            return None
+        return self._world.last_frames[0].copy()
+
+    def close(self):
+        if getattr(self, "_world", None) is not None:
+            self._world.close()
+            self._world = None
+
+
+class WorldModelVectorEnv(VectorEnv):
+    """``num_envs`` worlds stepped in one batched forward pass (see :class:`WorldModelEnv`).
+
+    Independent resets: ``reset(seed=[...], options={"reset_mask": mask, "image": images})``
+    restarts only the masked envs. Autoreset follows Gymnasium's next-step mode: after an
+    env is truncated, its next ``step`` ignores its action and returns its reset observation.
+    Row i evolves exactly as a single ``WorldModelEnv`` given the same seeds and actions (up to
+    float rounding).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 16, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, model: str | WorldModel = "tiny", device: str = "cpu",
+                 dtype: str | torch.dtype = "float32", obs_mode: str = "frame", reward_fn: Callable | None = None,
+                 render_mode: str | None = "rgb_array", sampler=None, start_scene: str = "room",
+                 window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames)
+        self.num_envs = num_envs
+        self.single_action_space = self._world.action_space
+        self.single_observation_space = self._world.observation_space
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
+        self.max_episode_steps = max_episode_steps
+        self._np_randoms = [np.random.default_rng() for _ in range(num_envs)]
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._ready = False
+
+    def _seed_rows(self, rows, seed) -> None:
+        if seed is None:
+            return
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seeds)}")
+        for r in rows:
+            if seeds[r] is not None:
+                self._np_randoms[r] = np.random.default_rng(seeds[r])
+
+    def reset(self, *, seed: int | list | None = None, options: dict | None = None):
+        options = check_options(options, RESET_OPTIONS + ("reset_mask",))
+        world = self._world
+        mask = options.get("reset_mask")
+        rows = list(range(self.num_envs)) if mask is None else [int(i) for i in np.flatnonzero(np.asarray(mask))]
+        if mask is not None and (np.asarray(mask).shape != (self.num_envs,) or np.asarray(mask).dtype != bool):
+            raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
+        if mask is not None and not self._ready:
+            raise RuntimeError("reset all envs once before a masked reset")
+        images_opt = options.get("image")
+        if images_opt is not None and len(images_opt) != len(rows):
+            raise ValueError(f"options['image'] must hold one image per reset env ({len(rows)}), got {len(images_opt)}")
+        prompt = check_prompt(options.get("prompt"), world.text_dim)
+        if prompt is not None and mask is not None:
+            raise ValueError("a prompt is set for all envs at a full reset, not with reset_mask")
+        self._seed_rows(rows, seed)
+        images, poses = world.start_images(images_opt if images_opt is not None else None,
+                                           [self._np_randoms[r] for r in rows])
+        obs = self._reset_rows(rows, images, prompt)
+        return obs, {"start_world_pose": poses, "frame_index": world.frame_index.copy()}
+
+    def _reset_rows(self, rows: list[int], images: np.ndarray, prompt=None) -> np.ndarray:
+        world = self._world
+        noise_seeds = [int(self._np_randoms[r].integers(2**62)) for r in rows]
+        tensors = world.to_model_images(images)
+        if len(rows) == self.num_envs:
+            world.generator.reset(seed=noise_seeds, image=tensors, prompt_embeds=prompt, decode=False)
+            world.last_frames = images.copy()
+        else:
+            world.generator.reset_rows(rows, noise_seeds, tensors, decode=False)
+            world.last_frames[rows] = images
+        world.frame_index[rows] = 0
+        self._steps[rows] = 0
+        self._needs_reset[rows] = False
+        self._ready = True
+        latents = world.model.codec.encode_image(tensors) if self.obs_mode == "latent" else None
+        observations = world.reset_observation(images, latents)
+        if len(rows) == self.num_envs:
+            return observations
+        full = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
+        full[rows] = observations
+        return full
+
+    def step(self, actions):
+        if not self._ready:
+            raise RuntimeError("call reset() before step()")
+        world = self._world
+        actions = np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions
+        if actions.shape[0] != self.num_envs:
+            raise ValueError(f"actions must have a leading dimension of num_envs={self.num_envs}, got {tuple(actions.shape)}")
+        resetting = np.flatnonzero(self._needs_reset).tolist()
+        chunk = torch.stack([
+            world.spec.neutral().expand(world.chunk_frames, -1) if i in resetting
+            else chunk_actions(actions[i], world.spec, world.chunk_frames) for i in range(self.num_envs)])
+        out = world.generator.next_chunk(chunk, decode=self.obs_mode != "latent")
+        frames = None if out.frames is None else to_uint8(out.frames).cpu().numpy()
+        if frames is not None:
+            world.last_frames = frames[:, -1].copy()
+        world.frame_index += world.frames_per_chunk
+        self._steps += 1
+        obs = world.step_observation(out, frames)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        if self.reward_fn is not None:
+            for i in range(self.num_envs):
+                rewards[i] = float(self.reward_fn(obs[i], {"frame_index": int(world.frame_index[i])}))
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = (self._steps >= self.max_episode_steps) if self.max_episode_steps else np.zeros(self.num_envs, bool)
+        if resetting:  # next-step autoreset: these envs restart instead of stepping
+            images, _ = world.start_images(None, [self._np_randoms[r] for r in resetting])
+            obs[resetting] = self._reset_rows(resetting, images)[resetting]
+            rewards[resetting], truncated[resetting] = 0.0, False
+        self._needs_reset = terminated | truncated
+        info = {"pose": world.generator.c2w.numpy().copy(), "frame_index": world.frame_index.copy(),
+                "latency_s": np.full(self.num_envs, out.timings["time/chunk_s"])}
+        return obs, rewards, terminated, truncated, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._world.last_frames is None:
+            return None
+        return self._world.last_frames.copy()
+
+    def close_extras(self, **kwargs):
+        if getattr(self, "_world", None) is not None:
+            self._world.close()
+            self._world = None
