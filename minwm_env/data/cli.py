@@ -45,7 +45,7 @@ class EncodeArgs(EncodeConfig):
     """Pre-encode a dataset folder into VAE latent shards (resumable: rerun to continue)."""
 
     data: str = arg("", "dataset folder (required)")
-    out: str = arg("", "latent folder (default: DATA/latents)")
+    out: str = arg("", "latent folder; empty: DATA/latents")
     model: str = arg("tiny", "model preset or local model folder whose VAE encodes the clips")
     device: str = arg("cpu", "device for the VAE")
     dtype: str = arg("float32", "VAE dtype", choices=("float32", "bfloat16", "float16"))

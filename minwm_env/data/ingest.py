@@ -62,12 +62,12 @@ OPTIONAL_KEYS = ("intrinsics", "prompt", "actions", "action_spec")
 class IngestConfig:
     """Ingest a folder of videos with per-frame camera poses."""
 
-    num_frames: int | None = arg(None, "frames per clip, 1 + 4k (default: the longest 1 + 4k each video allows)")
+    num_frames: int | None = arg(None, "frames per clip, 1 + 4k; None: the longest 1 + 4k each video allows")
     frame_stride: int = arg(1, "keep every n-th frame (and pose) of the source video")
-    height: int | None = arg(None, "output height in pixels (default: the source height)")
-    width: int | None = arg(None, "output width in pixels (default: the source width)")
+    height: int | None = arg(None, "output height in pixels; None: the source height")
+    width: int | None = arg(None, "output width in pixels; None: the source width")
     crop: bool = arg(False, "centre-crop to the output aspect ratio before resizing (else stretch)")
-    fps: float | None = arg(None, "frame rate of the source videos (default: read from each video)")
+    fps: float | None = arg(None, "frame rate of the source videos; None: read from each video")
     quality: int = arg(9, "H.264 quality 0..10 (libx264 CRF = 51 * (1 - quality / 10))")
     pixel_format: str = arg("yuv444p", "video pixel format (yuv420p plays everywhere but blurs colour)",
                             choices=PIXEL_FORMATS)

@@ -51,9 +51,9 @@ TextEncoder = Callable[[str], torch.Tensor]  # prompt → (L, D) embeddings
 class EncodeConfig:
     """Pre-encode a clip dataset into latent shards."""
 
-    num_frames: int | None = arg(None, "RGB frames per clip, 1 + 4k (default: each clip's full length)")
-    height: int | None = arg(None, "resize frames to this height first (default: as stored)")
-    width: int | None = arg(None, "resize frames to this width first (default: as stored)")
+    num_frames: int | None = arg(None, "RGB frames per clip, 1 + 4k; None: each clip's full length")
+    height: int | None = arg(None, "resize frames to this height first; None: as stored")
+    width: int | None = arg(None, "resize frames to this width first; None: as stored")
     crop: bool = arg(False, "centre-crop to the output aspect ratio before resizing")
     clips_per_shard: int = arg(64, "clips per safetensors shard")
 
@@ -62,6 +62,8 @@ class EncodeConfig:
             check_num_frames(self.num_frames)
         if self.clips_per_shard < 1:
             raise ValueError(f"clips_per_shard must be >= 1, got {self.clips_per_shard}")
+        if (self.height is None) != (self.width is None):
+            raise ValueError(f"give both height and width or neither, got {self.height} and {self.width}")
 
 
 def codec_fingerprint(codec: WanVAECodec) -> dict:
@@ -145,13 +147,12 @@ def encode_dataset(root: str | Path, codec: WanVAECodec, config: EncodeConfig, o
     shards = _plan(index_path, settings, [clip.id for clip in manifest.clips], config.clips_per_shard)
     atomic_write_json(index_path, {"format": LATENTS_FORMAT, "version": LATENTS_VERSION, "dataset": str(root.resolve()),
                                    "settings": settings, "shards": shards})
-    todo = [shard for shard in shards if not _shard_is_complete(out / shard["file"], shard["clips"])]
-    if max_shards is not None:
-        todo = todo[:max_shards]
+    remaining = [shard for shard in shards if not _shard_is_complete(out / shard["file"], shard["clips"])]
+    todo = remaining if max_shards is None else remaining[:max_shards]
     clips = ClipDataset(root, num_frames, config.height, config.width, config.crop, float_frames=True)
     position = {meta.id: i for i, meta in enumerate(clips.clips)}
     device = next(codec.vae.parameters()).device
-    done = sum(len(shard["clips"]) for shard in shards) - sum(len(shard["clips"]) for shard in todo)
+    done = sum(len(shard["clips"]) for shard in shards) - sum(len(shard["clips"]) for shard in remaining)
     with tqdm(total=done + sum(len(s["clips"]) for s in todo), initial=done, desc="encode", unit="clip",
               disable=not progress) as bar:
         for shard in todo:
@@ -161,10 +162,10 @@ def encode_dataset(root: str | Path, codec: WanVAECodec, config: EncodeConfig, o
                 item = clips[position[clip_id]]
                 frames = item["frames"].permute(3, 0, 1, 2)[None].to(device)  # (1, 3, T, H, W)
                 tensors[f"{clip_id}/latents"] = codec.encode(frames)[0].cpu().contiguous()
-                tensors[f"{clip_id}/poses"] = item["poses"]
-                tensors[f"{clip_id}/intrinsics"] = item["intrinsics"]
+                tensors[f"{clip_id}/poses"] = item["poses"].contiguous()
+                tensors[f"{clip_id}/intrinsics"] = item["intrinsics"].contiguous()
                 if "actions" in item:
-                    tensors[f"{clip_id}/actions"] = item["actions"]
+                    tensors[f"{clip_id}/actions"] = item["actions"].contiguous()
                 prompts[clip_id] = item["prompt"]
                 if text_encoder is not None:
                     with torch.no_grad():
