@@ -34,14 +34,20 @@ def _base_type(annotation):
     return annotation, False
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, suppress_defaults: bool = False,
+                            skip: tuple[str, ...] = ()) -> None:
+    """One flag per field; with ``suppress_defaults`` absent flags leave no attribute, so callers
+    can layer presets and config files under what was actually typed."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         annotation, optional = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         help_text = field.metadata.get("help", "") + f" (default: {default})"
-        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=help_text)
+        kwargs: dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS if suppress_defaults else default,
+                                      help=help_text)
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         if annotation is bool:

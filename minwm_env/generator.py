@@ -276,8 +276,9 @@ class StreamingGenerator:
         return torch.stack(poses, dim=1)
 
     @torch.no_grad()
-    def next_chunk(self, actions: torch.Tensor | None = None, decode: bool = True) -> ChunkOutput:
-        """Generate the next chunk under ``actions`` (B, chunk_frames, d); see the class doc."""
+    def next_chunk(self, actions: torch.Tensor | None = None, decode: bool = True, on_step=None) -> ChunkOutput:
+        """Generate the next chunk under ``actions`` (B, chunk_frames, d); see the class doc.
+        ``on_step(i, sigma, x)`` is handed to the sampler (to record ODE trajectories)."""
         if self._prompt is None:
             raise RuntimeError("call reset() before next_chunk()")
         actions = self._chunk_actions(actions)
@@ -292,7 +293,7 @@ class StreamingGenerator:
             with timed(timings, "time/denoise_s", device):
                 noise = randn_rows((self.batch_size, *self.latent_shape), self._generators, device, self.model.dtype)
                 latents = self.sampler.sample(self._predict(positions, conditions), noise,
-                                              self.model.backbone.prediction_type, self._generators)
+                                              self.model.backbone.prediction_type, self._generators, on_step)
             frames = None
             if decode:
                 with timed(timings, "time/decode_s", device):

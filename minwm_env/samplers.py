@@ -51,11 +51,15 @@ class EulerSampler:
         return flow.euler_sigmas(self.num_steps, self.shift)
 
     def sample(self, predict: Predict, noise: torch.Tensor, prediction_type: str,
-               generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+               generators: Sequence[torch.Generator] | None = None,
+               on_step: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """``on_step(i, sigma, x)`` sees the state before each step i (ODE pairs, stage 2a)."""
         flow.check_prediction_type(prediction_type)
         sigmas = self.sigmas().tolist()
         x = noise
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            if on_step is not None:
+                on_step(i, sigma, x)
             out = _guided(predict, x, sigma, self.guidance_scale)
             if sigma_next == 0.0:
                 # The last step lands on sigma = 0, where the Euler update is the x0 estimate itself.
@@ -85,13 +89,16 @@ class FewStepSampler:
         return flow.timesteps_to_sigmas(self.timesteps, self.shift)
 
     def sample(self, predict: Predict, noise: torch.Tensor, prediction_type: str,
-               generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+               generators: Sequence[torch.Generator] | None = None,
+               on_step: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
         flow.check_prediction_type(prediction_type)
         sigmas = self.sigmas().tolist()
         if sigmas[0] < 1.0 - 1e-9:
             raise ValueError(f"the first few-step timestep must be 1000 (pure noise), got {self.timesteps[0]}")
         x = noise
         for i, sigma in enumerate(sigmas):
+            if on_step is not None:
+                on_step(i, sigma, x)
             x0 = flow.to_x0(_guided(predict, x, sigma, self.guidance_scale), x, sigma, prediction_type)
             if i == len(sigmas) - 1:
                 return x0

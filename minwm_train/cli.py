@@ -1,0 +1,94 @@
+"""minwm-train: one command per stage, and the whole pipeline.
+
+    minwm-train stage0 --preset tiny --data data/world/latents --out runs/stage0
+    minwm-train stage1 --preset tiny --model runs/stage0/model --data ... --out runs/stage1
+    minwm-train stage2a --preset tiny --model runs/stage1/model --teacher runs/stage1/model ...
+    minwm-train stage3 --preset tiny --model runs/stage2a/model --teacher runs/stage0/model ...
+    minwm-train pipeline --preset tiny --data data/world/latents --out runs/pipeline [--distill ode|cd]
+    minwm-train stage1 --config runs/stage1/config.json --steps 200      # a saved config, overridden
+
+Settings are layered: the preset's recipe, then ``--config`` (a saved ``config.json``), then
+the flags typed. A run writing into a folder with checkpoints resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from minwm_env.cli import add_dataclass_arguments
+
+from .config import STAGES, TrainConfig, preset_config
+from .data import LatentClips
+from .engine import Trainer
+
+
+def make_stage(config: TrainConfig, device: torch.device):
+    from .stages import STAGE_CLASSES
+    return STAGE_CLASSES[config.stage](config, device)
+
+
+def train(config: TrainConfig, device: str | torch.device | None = None, resume: bool = True) -> list[dict]:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not config.data:
+        raise ValueError("--data is required: a folder of pre-encoded latents (minwm-data encode)")
+    data = LatentClips(config.data, config.num_latent_frames)
+    stage = make_stage(config, device)
+    return Trainer(config, stage, data).run(resume=resume)
+
+
+def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=None) -> Path:
+    """Stages 0 → 1 → 2a (or 2b) → 3, each starting from the previous one's model; returns the final model."""
+    stage2 = {"ode": "stage2a", "cd": "stage2b"}[distill]
+    model = base.get("model")
+    outputs = {}
+    for stage in ("stage0", "stage1", stage2, "stage3"):
+        overrides = {k: v for k, v in base.items() if k not in ("stage", "out", "model", "teacher")}
+        if model is not None:
+            overrides["model"] = model
+        if stage in ("stage2a", "stage2b"):
+            overrides["teacher"] = str(outputs["stage1"])
+        if stage == "stage3":
+            overrides["teacher"] = str(outputs["stage0"])
+        config = preset_config(preset, stage, **overrides, out=str(out / stage))
+        train(config, device)
+        outputs[stage] = out / stage / "model"
+        model = str(outputs[stage])
+    return outputs["stage3"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="minwm-train", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("command", choices=list(STAGES) + ["pipeline"], help="stage to train, or the whole pipeline")
+    parser.add_argument("--config", help="a config.json to start from (the preset's recipe otherwise)")
+    parser.add_argument("--distill", choices=["ode", "cd"], default="ode", help="pipeline: stage 2a (ode) or 2b (cd)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_dataclass_arguments(parser, TrainConfig, suppress_defaults=True, skip=("stage",))
+    args = vars(parser.parse_args(argv))
+    command, config_path, distill, device = (args.pop(k) for k in ("command", "config", "distill", "device"))
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    try:
+        if command == "pipeline":
+            preset = given.pop("preset", "tiny")
+            final = pipeline(given, preset, Path(given.pop("out", "runs/pipeline")), distill, device)
+            print(f"pipeline done: the final model is {final} (load it with gym.make('minwm/World-v0', model=...))")
+            return
+        if config_path is not None:
+            config = replace(TrainConfig.load(config_path), stage=command)
+            config = replace(config, **given)
+        else:
+            config = preset_config(given.pop("preset", "tiny"), command, **given)
+        train(config, device)
+        print(f"{command} done: model written to {Path(config.out) / 'model'}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"minwm-train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Training configuration: one typed dataclass for every stage, presets, saved beside checkpoints.
+
+Fields are grouped: the run (what to load, where to write), optimisation (shared by all
+stages), then each stage's own settings (``ode_*``, ``cd_*``, ``dmd_*``). Presets hold the
+paper's per-stage recipes (DESIGN.md §6); the command line overrides any field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from minwm_env.cli import arg
+
+STAGES = ("stage0", "stage1", "stage2a", "stage2b", "stage3")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train one stage of the minwm pipeline."""
+
+    # -- the run -------------------------------------------------------------------------------
+    stage: str = arg("stage0", "stage to train", choices=list(STAGES))
+    preset: str = arg("tiny", "training preset whose settings fill the defaults")
+    model: str = arg("tiny", "model to start from: a preset name or the previous stage's model folder")
+    teacher: str | None = arg(None, "stage2a/2b: the AR teacher (stage-1 model); stage3: the bidirectional "
+                                    "real score (stage-0 model)")
+    data: str = arg("", "pre-encoded latents folder (minwm-data encode)")
+    out: str = arg("runs/stage", "output folder: checkpoints/, model/, metrics.jsonl, config.json")
+    camera: str = arg("none", "camera branch added if the model has none: none, prope, plucker")
+    actions: str = arg("none", "action branch added if the model has none: none, camera (camera deltas)")
+    prediction_type: str = arg("v", "what a new model predicts: v or x0 (kept from a loaded model)")
+    # -- optimisation --------------------------------------------------------------------------
+    steps: int = arg(20, "optimiser steps")
+    batch_size: int = arg(2, "clips per micro-batch")
+    grad_accum: int = arg(1, "micro-batches per optimiser step")
+    lr: float = arg(1e-4, "learning rate")
+    betas: tuple[float, float] = arg((0.9, 0.999), "Adam betas")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (0: off)")
+    mixed_precision: str = arg("no", "accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = arg(False, "recompute blocks in the backward pass")
+    ema_decay: float = arg(0.0, "EMA decay of the trained model (0: no EMA)")
+    ema_start: int = arg(0, "first step that updates the EMA")
+    checkpoint_every: int = arg(10, "write a checkpoint every this many steps")
+    keep_checkpoints: int = arg(2, "checkpoints kept on disk")
+    log_every: int = arg(1, "write metrics every this many steps")
+    seed: int = arg(0, "seed of data order, noise and timesteps")
+    num_latent_frames: int | None = arg(None, "crop clips to this many latent frames (1 + chunks)")
+    chunk_frames: int = arg(4, "latent frames per autoregressive chunk")
+    shift: float = arg(5.0, "timestep shift for training sigmas and samplers")
+    tensorboard: bool = arg(False, "also log to TensorBoard (needs tensorboard installed)")
+    # -- stage 2: the few-step student ---------------------------------------------------------
+    student_timesteps: tuple[float, ...] = arg((1000.0, 750.0, 500.0, 250.0), "few-step schedule before shifting")
+    # -- stage 2a: causal ODE distillation -----------------------------------------------------
+    ode_teacher_steps: int = arg(48, "Euler steps of the teacher's ODE")
+    ode_guidance: float = arg(6.0, "teacher CFG when generating ODE pairs")
+    ode_num_clips: int = arg(8, "clips for which ODE pairs are generated")
+    # -- stage 2b: causal consistency distillation ---------------------------------------------
+    cd_grid_steps: int = arg(50, "steps of the consistency grid")
+    cd_guidance: float = arg(3.0, "teacher CFG of the one-step Euler target")
+    cd_target_ema: float = arg(0.99, "EMA decay of the target student")
+    # -- stage 3: asymmetric DMD ---------------------------------------------------------------
+    dmd_critic_updates: int = arg(5, "fake-score (critic) updates per generator update")
+    dmd_real_guidance: float = arg(4.0, "CFG of the frozen real score")
+    dmd_critic_lr: float | None = arg(None, "critic learning rate (default: lr)")
+    dmd_min_timestep: float = arg(20.0, "critic timesteps are drawn from [min, max], then shifted")
+    dmd_max_timestep: float = arg(980.0, "upper end of the critic timesteps")
+    dmd_rollout_chunks: int = arg(2, "chunks the generator rolls out on its own cache")
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "chunk_frames", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown config keys {unknown}")
+        values = {}
+        for name, value in data.items():
+            default = known[name].default
+            if isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(value)
+            if default is not None and value is not None and not isinstance(value, type(default)) and not (
+                    isinstance(default, float) and isinstance(value, int)):
+                raise ValueError(f"{source}: {name} must be {type(default).__name__}, got {value!r}")
+            values[name] = value
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from err
+        return cls.from_dict(data, str(path))
+
+
+# Per-preset, per-stage settings (DESIGN.md §6; the paper's Wan2.1 and HY1.5 recipes).
+PRESETS: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "all": dict(model="tiny", batch_size=2, lr=1e-3, chunk_frames=2, num_latent_frames=5, checkpoint_every=5,
+                    camera="prope", actions="camera", ode_teacher_steps=8, ode_num_clips=4, cd_grid_steps=8,
+                    student_timesteps=(1000.0, 500.0)),
+        "stage0": dict(steps=8), "stage1": dict(steps=8), "stage2a": dict(steps=8), "stage2b": dict(steps=8),
+        "stage3": dict(steps=6, dmd_critic_updates=2, dmd_rollout_chunks=2),
+    },
+    "wan21-1.3b": {
+        "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
+                    lr=2e-6, camera="prope", num_latent_frames=20, chunk_frames=4, ode_teacher_steps=48,
+                    ode_guidance=6.0, cd_guidance=3.0, checkpoint_every=250),
+        "stage0": dict(steps=5000), "stage1": dict(steps=4000), "stage2a": dict(steps=2000),
+        "stage2b": dict(steps=2000),
+        "stage3": dict(steps=200, lr=2e-6, betas=(0.0, 0.999), ema_decay=0.99, ema_start=200, dmd_real_guidance=4.0),
+    },
+    "hy15-8b": {  # settings only: the HunyuanVideo-1.5 backbone adapter is not implemented yet
+        "all": dict(model="hy15-8b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True, lr=1e-5,
+                    camera="prope", num_latent_frames=20, chunk_frames=4, checkpoint_every=250),
+        "stage0": dict(steps=8000), "stage1": dict(steps=4000), "stage2a": dict(steps=1500),
+        "stage2b": dict(steps=1500),
+        "stage3": dict(steps=500, lr=4e-7, betas=(0.0, 0.999), ema_decay=0.99, ema_start=200, dmd_real_guidance=4.0),
+    },
+}
+
+
+def preset_config(preset: str, stage: str, **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown training preset {preset!r}; presets: {sorted(PRESETS)}")
+    values = {**PRESETS[preset]["all"], **PRESETS[preset].get(stage, {}), "preset": preset, "stage": stage}
+    return replace(TrainConfig(), **{**values, **overrides})

@@ -1,0 +1,242 @@
+"""The training engine every stage shares: accelerate, accumulation, EMA, checkpoints, resume, logs.
+
+A stage (see :class:`Stage`) builds its models and, for a batch, returns ``(loss, logs)`` for
+one of its optimisers; the engine owns everything around that. Determinism: each step draws
+its data and noise from a generator seeded by (seed, step), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run (tested).
+
+Checkpoints (``<out>/checkpoints/step-NNNNNN/``) are written to a temporary folder and renamed
+into place, so a run killed at any moment resumes from its last complete checkpoint. Each
+holds the stage's modules (safetensors), the EMA (safetensors), every optimiser's state
+(``torch.save``, read back with ``weights_only=True``), the step and the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .data import LatentClips
+
+CHECKPOINT_FILES = ("modules.safetensors", "trainer.json", "config.json")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class Stage(ABC):
+    """One training stage: its models, optimisers, loss and export."""
+
+    name: str
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config, self.device = config, device
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module whose state a checkpoint must hold (trained ones and stage-owned targets)."""
+
+    @abstractmethod
+    def param_groups(self) -> dict[str, dict]:
+        """Optimiser name → {"params": [...], "lr": ..., "betas": ...}."""
+
+    def updates(self, step: int) -> list[str]:
+        """Which optimisers step at ``step`` (default: the only one)."""
+        return list(self.param_groups())
+
+    @abstractmethod
+    def loss(self, optimizer: str, batch: dict, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The loss to minimise for ``optimizer`` on ``batch`` and scalar logs."""
+
+    def ema_module(self) -> nn.Module | None:
+        """The module whose EMA is kept and exported (the trained model)."""
+        return None
+
+    def after_update(self, optimizer: str, step: int) -> None:
+        """Hook after an optimiser step (e.g. a consistency target's own EMA)."""
+
+    def prepare(self, data: LatentClips) -> None:
+        """One-off work before training (e.g. generating ODE pairs)."""
+
+    @abstractmethod
+    def export(self, folder: Path, ema_state: dict[str, torch.Tensor] | None) -> None:
+        """Write a model folder that ``minwm_env`` loads."""
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point parameters (kept in float32)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            if key in self.state:
+                self.state[key].mul_(self.decay).add_(value.detach().float(), alpha=1 - self.decay)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, stage: Stage, data: LatentClips):
+        self.config, self.stage, self.data = config, stage, data
+        self.accelerator = Accelerator(cpu=stage.device.type == "cpu", mixed_precision=config.mixed_precision)
+        self.out = Path(config.out)
+        self.checkpoints = self.out / "checkpoints"
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for name, group in stage.param_groups().items():
+            params = [p for p in group["params"] if p.requires_grad]
+            if not params:
+                raise ValueError(f"optimiser {name!r} of {stage.name} has no trainable parameters")
+            self.optimizers[name] = torch.optim.AdamW(params, lr=group.get("lr", config.lr),
+                                                      betas=tuple(group.get("betas", config.betas)),
+                                                      weight_decay=config.weight_decay)
+        for name in list(self.optimizers):
+            self.optimizers[name] = self.accelerator.prepare(self.optimizers[name])
+        ema_target = stage.ema_module()
+        self.ema = EMA(ema_target, config.ema_decay) if config.ema_decay > 0 and ema_target is not None else None
+        self.step = 0
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _module_state(self) -> dict[str, torch.Tensor]:
+        return {f"{name}/{key}": value.detach().contiguous().cpu()
+                for name, module in self.stage.modules().items() for key, value in module.state_dict().items()}
+
+    def save_checkpoint(self) -> Path:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoints / f"step-{self.step:06d}"
+        tmp = self.checkpoints / f".step-{self.step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        safetensors.torch.save_file(self._module_state(), tmp / "modules.safetensors")
+        if self.ema is not None:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in self.ema.state.items()}, tmp / "ema.safetensors")
+        for name, optimizer in self.optimizers.items():
+            torch.save(optimizer.state_dict(), tmp / f"optimizer-{name}.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "stage": self.stage.name}) + "\n")
+        self.config.save(tmp / "config.json")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # atomic: a checkpoint folder that exists is complete
+        pointer = self.checkpoints / "latest.tmp"
+        pointer.write_text(final.name + "\n")
+        os.replace(pointer, self.checkpoints / "latest")
+        kept = sorted(p for p in self.checkpoints.glob("step-*") if p.is_dir())
+        for old in kept[:-self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.checkpoints / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.checkpoints / pointer.read_text().strip()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist; delete {pointer} to start over")
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        for name in CHECKPOINT_FILES + tuple(f"optimizer-{n}.pt" for n in self.optimizers):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
+        try:
+            state = safetensors.torch.load_file(path / "modules.safetensors")
+        except Exception as err:
+            raise ValueError(f"{path / 'modules.safetensors'} is not a readable safetensors file ({err})") from err
+        for name, module in self.stage.modules().items():
+            prefix = f"{name}/"
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                module.load_state_dict(own, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{path} does not match this stage's {name!r} module: {err}") from err
+        if self.ema is not None:
+            ema_path = path / "ema.safetensors"
+            if not ema_path.is_file():
+                raise FileNotFoundError(f"checkpoint {path} has no ema.safetensors but EMA is on")
+            self.ema.state = safetensors.torch.load_file(ema_path)
+        for name, optimizer in self.optimizers.items():
+            try:
+                optimizer.load_state_dict(torch.load(path / f"optimizer-{name}.pt", weights_only=True))
+            except Exception as err:
+                raise ValueError(f"{path / f'optimizer-{name}.pt'} cannot be loaded ({err})") from err
+        try:
+            self.step = int(json.loads((path / "trainer.json").read_text())["step"])
+        except (json.JSONDecodeError, KeyError, ValueError) as err:
+            raise ValueError(f"{path / 'trainer.json'} is damaged ({err})") from err
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _clip(self, optimizer: torch.optim.Optimizer) -> float:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.config.max_grad_norm <= 0 or not params:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+
+    def run(self, resume: bool = True) -> list[dict]:
+        """Train up to ``config.steps``; returns the metrics of the steps run now."""
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        config.save(self.out / "config.json")
+        if resume and (latest := self.latest_checkpoint()) is not None:
+            self.load_checkpoint(latest)
+        self.stage.prepare(self.data)
+        log_path = self.out / "metrics.jsonl"
+        writer = None
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        history = []
+        bar = tqdm(total=config.steps, initial=self.step, desc=self.stage.name, file=sys.stderr, disable=None)
+        while self.step < config.steps:
+            began = time.perf_counter()
+            generator = step_generator(config.seed, self.step)
+            logs: dict[str, float] = {"step": self.step}
+            for name in self.stage.updates(self.step):
+                optimizer = self.optimizers[name]
+                optimizer.zero_grad(set_to_none=True)
+                for _ in range(config.grad_accum):
+                    batch = {k: v.to(self.stage.device) for k, v in self.data.sample(config.batch_size, generator).items()}
+                    with self.accelerator.autocast():
+                        loss, extra = self.stage.loss(name, batch, self.step, generator)
+                    self.accelerator.backward(loss / config.grad_accum)
+                    for key, value in extra.items():
+                        logs[key] = logs.get(key, 0.0) + float(value) / config.grad_accum
+                logs[f"grad_norm/{name}"] = self._clip(optimizer)
+                optimizer.step()
+                self.stage.after_update(name, self.step)
+            if self.ema is not None and self.step >= config.ema_start:
+                self.ema.update(self.stage.ema_module())
+            self.step += 1
+            logs["time/step_s"] = time.perf_counter() - began
+            history.append(logs)
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(logs) + "\n")
+                if writer is not None:
+                    for key, value in logs.items():
+                        if key != "step":
+                            writer.add_scalar(key, value, self.step)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")})
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self.save_checkpoint()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        self.stage.export(self.out / "model", None if self.ema is None else self.ema.state)
+        return history

@@ -1,0 +1,107 @@
+"""What the stages share: loading and exporting models, conditions, sigmas, the stage-1 layout.
+
+Clips are laid out as latent frame 0 (the start image: always clean, its own block) followed by
+chunks of ``chunk_frames`` latent frames (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from minwm_env import flow
+from minwm_env.backbones import PromptState, causal_frame_mask
+from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_action_spec
+from minwm_env.models import CONDITIONING_DIR, PRESETS as MODEL_PRESETS, WorldModel, load_model
+
+from ..config import TrainConfig
+
+
+def build_model(config: TrainConfig, source: str, device: torch.device, trainable: bool = True) -> WorldModel:
+    """Load ``source`` (a preset or a model folder) and add the configured branches if it has none."""
+    is_preset = source in MODEL_PRESETS
+    overrides = {"prediction_type": config.prediction_type} if is_preset else {}
+    conditioning = None
+    has_branches = not is_preset and (Path(source) / CONDITIONING_DIR).is_dir()
+    if not has_branches and (config.camera != "none" or config.actions != "none"):
+        if config.actions not in ("none", "camera"):
+            raise ValueError(f"actions must be 'none' or 'camera' here (custom ActionSpecs: see "
+                             f"examples/custom_action_space.py), got {config.actions!r}")
+        conditioning = ConditioningConfig(camera=config.camera,
+                                          action_spec=camera_action_spec() if config.actions == "camera" else None)
+    model = load_model(source, device=device, conditioning=conditioning, **overrides)
+    model.settings = replace(model.settings, chunk_frames=config.chunk_frames, shift=config.shift)
+    model.backbone.gradient_checkpointing = config.gradient_checkpointing and trainable
+    model.backbone.requires_grad_(trainable)
+    model.codec.vae.requires_grad_(False)
+    model.backbone.train(trainable)
+    return model
+
+
+def export_model(model: WorldModel, folder: Path, ema_state: dict | None = None, **settings) -> None:
+    """Write ``model`` (with EMA weights if given) as a folder ``minwm_env`` loads."""
+    original = None
+    if ema_state is not None:
+        original = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+        own = model.backbone.state_dict()
+        model.backbone.load_state_dict({k: ema_state.get(k, own[k]).to(own[k].dtype) for k in own})
+    model.settings = replace(model.settings, **settings)
+    model.save_pretrained(folder)
+    if original is not None:
+        model.backbone.load_state_dict(original)
+
+
+def conditions(model: WorldModel, batch: dict, frames=slice(None)) -> FrameConditions | None:
+    if model.backbone.conditioning is None:
+        return None
+    actions = batch.get("actions")
+    if actions is None and model.backbone.conditioning.config.action_spec is not None:
+        raise ValueError("the model is action-conditioned but the data has no actions")
+    return FrameConditions(batch["w2c"][:, frames], batch["intrinsics"][:, frames],
+                           None if actions is None else actions[:, frames])
+
+
+def prompt_state(model: WorldModel, batch: dict, batch_size: int) -> PromptState:
+    embeds = batch.get("prompt_embeds")
+    if embeds is None:
+        embeds = model.backbone.null_prompt_embeds(batch_size)
+    return model.backbone.encode_prompt(embeds.to(model.dtype))
+
+
+def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def sample_sigmas(shape, generator: torch.Generator, shift: float, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Uniform in [low, high], then shifted (DESIGN.md §3: training sigmas are shifted like sampling)."""
+    return flow.shift_sigma(low + (high - low) * torch.rand(shape, generator=generator), shift)
+
+
+def chunk_sigmas(batch_size: int, num_frames: int, chunk: int, generator: torch.Generator, shift: float) -> torch.Tensor:
+    """(B, num_frames - 1) sigmas, one per chunk (diffusion forcing), for frames 1.."""
+    if (num_frames - 1) % chunk:
+        raise ValueError(f"clips of {num_frames} latent frames do not split into 1 + chunks of {chunk}")
+    per_chunk = sample_sigmas((batch_size, (num_frames - 1) // chunk), generator, shift)
+    return per_chunk.repeat_interleave(chunk, dim=1)
+
+
+def teacher_forcing_layout(clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy: torch.Tensor, chunk: int,
+                           conds: FrameConditions | None):
+    """Stage 1's input: [clean frames 0..F-1 ; noisy frames 1..F-1] with the block-causal mask
+    (a noisy chunk sees the clean chunks before it and itself; DESIGN.md §6, stage 1).
+
+    Returns x, timestep (B, 2F-1), positions, frame mask, conditions, and the index where the
+    noisy half starts.
+    """
+    batch, _, num_frames = clean.shape[:3]
+    positions = torch.arange(num_frames)
+    blocks = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(num_frames - 1) // chunk + 1])
+    x = torch.cat([clean, noisy], dim=2)
+    timestep = torch.cat([torch.zeros(batch, num_frames, device=clean.device), sigma_noisy.to(clean.device) * 1000], 1)
+    all_positions = torch.cat([positions, positions[1:]])
+    is_noisy = torch.cat([torch.zeros(num_frames, dtype=torch.bool), torch.ones(num_frames - 1, dtype=torch.bool)])
+    mask = causal_frame_mask(all_positions, torch.cat([blocks, blocks[1:]]), noisy=is_noisy)
+    all_conds = None if conds is None else FrameConditions.cat([conds, conds.frames(slice(1, None))])
+    return x, timestep, all_positions, mask, all_conds, num_frames

@@ -1,0 +1,54 @@
+"""Stage 0: camera- (or action-) conditioned bidirectional fine-tune (DESIGN.md §6).
+
+    minwm-train stage0 --preset tiny --data data/world/latents --out runs/stage0
+
+Flow matching over whole clips with full attention: latent frame 0 (the start image) stays
+clean, frames 1.. share one noise level per clip; the new conditioning branches start at
+zero and learn with the backbone. The result is the bidirectional teacher (the real score of
+stage 3) and the starting point of stage 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from minwm_env import flow
+
+from .common import build_model, conditions, export_model, prompt_state, randn, sample_sigmas
+from ..engine import Stage
+
+
+class BidirectionalStage(Stage):
+    name = "stage0"
+
+    def __init__(self, config, device):
+        super().__init__(config, device)
+        self.model = build_model(config, config.model, device)
+
+    def modules(self):
+        return {"backbone": self.model.backbone}
+
+    def param_groups(self):
+        return {"model": {"params": list(self.model.backbone.parameters())}}
+
+    def ema_module(self):
+        return self.model.backbone
+
+    def loss(self, optimizer, batch, step, generator):
+        backbone = self.model.backbone
+        x0 = batch["latents"]
+        batch_size, _, num_frames = x0.shape[:3]
+        noise = randn(x0.shape, generator, x0.device)
+        sigma = sample_sigmas((batch_size, 1), generator, self.config.shift).expand(-1, num_frames).clone()
+        sigma[:, 0] = 0  # the start frame is given
+        x_t = flow.add_noise(x0, noise, sigma.to(x0.device))
+        prediction = backbone(x_t, sigma.to(x0.device) * 1000, torch.arange(num_frames),
+                              prompt_state(self.model, batch, batch_size), conditions=conditions(self.model, batch))
+        target = flow.training_target(x0, noise, backbone.prediction_type)
+        loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
+        return loss, {"loss/flow": loss.detach()}
+
+    def export(self, folder: Path, ema_state):
+        export_model(self.model, folder, ema_state)
