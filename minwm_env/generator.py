@@ -154,10 +154,17 @@ class StreamingGenerator:
     @torch.no_grad()
     def reset(self, seed: int | Sequence[int] | None = None, image: torch.Tensor | None = None,
               prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-              decode: bool = True) -> torch.Tensor | None:
+              decode: bool = True, start_latents: torch.Tensor | None = None) -> torch.Tensor | None:
         """Start an episode. Row i of the batch draws its noise from seed[i] (an int seed s
         gives rows s, s+1, ...). A start image becomes the first clean latent frame in the
-        cache; its decoded reconstruction (B, 3, 1, H, W) is returned when ``decode``."""
+        cache; its decoded reconstruction (B, 3, 1, H, W) is returned when ``decode``.
+        ``start_latents`` (B, C, 1, h, w) gives that first frame already encoded."""
+        if image is not None and start_latents is not None:
+            raise ValueError("give a start image or start latents, not both")
+        if start_latents is not None:
+            expected = (self.batch_size, self.model.backbone.latent_channels, 1, self.latent_height, self.latent_width)
+            if tuple(start_latents.shape) != expected:
+                raise ValueError(f"start_latents must have shape {expected}, got {tuple(start_latents.shape)}")
         if image is not None:
             self._check_image(image)
         prompt = self._prompt_state(prompt_embeds, negative_prompt_embeds)  # validates before any state changes
@@ -168,9 +175,12 @@ class StreamingGenerator:
         self._stream = self.model.codec.stream()
         self.next_position = 0
         self.c2w = torch.eye(4, dtype=torch.float64).repeat(self.batch_size, 1, 1)
-        if image is None:
+        if image is None and start_latents is None:
             return None
-        latent = self.model.codec.encode_image(image.to(self.model.device)).to(self.model.dtype)
+        if start_latents is not None:
+            latent = start_latents.to(self.model.device, self.model.dtype)
+        else:
+            latent = self.model.codec.encode_image(image.to(self.model.device)).to(self.model.dtype)
         neutral = self.action_spec.neutral().expand(self.batch_size, 1, -1)
         self._write_cache(latent, torch.tensor([0]), self._conditions(self.c2w[:, None], neutral))
         self.next_position = 1

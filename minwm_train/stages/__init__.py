@@ -2,5 +2,9 @@
 
 from .stage0_bidirectional import BidirectionalStage
 from .stage1_teacher_forcing import TeacherForcingStage
+from .stage2a_ode import CausalODEStage
+from .stage2b_consistency import CausalConsistencyStage
+from .stage3_dmd import DMDStage
 
-STAGE_CLASSES = {"stage0": BidirectionalStage, "stage1": TeacherForcingStage}
+STAGE_CLASSES = {"stage0": BidirectionalStage, "stage1": TeacherForcingStage, "stage2a": CausalODEStage,
+                 "stage2b": CausalConsistencyStage, "stage3": DMDStage}

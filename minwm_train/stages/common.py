@@ -105,3 +105,25 @@ def teacher_forcing_layout(clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy
     mask = causal_frame_mask(all_positions, torch.cat([blocks, blocks[1:]]), noisy=is_noisy)
     all_conds = None if conds is None else FrameConditions.cat([conds, conds.frames(slice(1, None))])
     return x, timestep, all_positions, mask, all_conds, num_frames
+
+
+def guided_prediction(model: WorldModel, x, timestep, positions, batch: dict, guidance: float, *,
+                      frame_mask=None, conds: FrameConditions | None = None) -> torch.Tensor:
+    """A model output with classifier-free guidance (cond: the batch's prompt; uncond: the null prompt)."""
+    batch_size = x.shape[0]
+    cond_prompt = prompt_state(model, batch, batch_size)
+    if guidance == 1.0:
+        return model.backbone(x, timestep, positions, cond_prompt, frame_mask=frame_mask, conditions=conds)
+    from minwm_env.generator import pad_prompts
+    cond_embeds = batch.get("prompt_embeds")
+    cond_embeds = model.backbone.null_prompt_embeds(batch_size) if cond_embeds is None else cond_embeds.to(model.dtype)
+    both = PromptState.cat([model.backbone.encode_prompt(e) for e in
+                            pad_prompts([cond_embeds, model.backbone.null_prompt_embeds(batch_size)])])
+    out = model.backbone(torch.cat([x, x]), torch.cat([timestep, timestep]), positions, both, frame_mask=frame_mask,
+                         conditions=None if conds is None else conds.repeat(2))
+    cond, uncond = out[:batch_size], out[batch_size:]
+    return uncond + guidance * (cond - uncond)
+
+
+def student_sigmas(config: TrainConfig) -> list[float]:
+    return flow.timesteps_to_sigmas(config.student_timesteps, config.shift).tolist()
