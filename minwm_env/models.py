@@ -159,12 +159,12 @@ def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | No
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
     preset = PRESETS[name]
-    with torch.random.fork_rng(devices=[]):
+    settings = replace(preset.settings, **settings_overrides)
+    with torch.random.fork_rng(devices=[]):  # the same seed always builds the same weights
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel(**preset.transformer)
         vae = AutoencoderKLWan(**preset.vae)
-    settings = replace(preset.settings, **settings_overrides)
-    backbone = CausalWan(transformer, settings.prediction_type, conditioning)
+        backbone = CausalWan(transformer, settings.prediction_type, conditioning)
     return WorldModel(backbone, WanVAECodec(vae), settings).eval()
 
 
@@ -257,7 +257,10 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
             conditioning = read_conditioning_config(branch_weights)
         transformer = load_component(folder / "transformer", WanTransformer3DModel)
         vae = load_component(folder / "vae", AutoencoderKLWan)
-        model = WorldModel(CausalWan(transformer, settings.prediction_type, conditioning), WanVAECodec(vae), settings)
+        with torch.random.fork_rng(devices=[]):  # new conditioning branches: seeded initialisation
+            torch.manual_seed(seed)
+            backbone = CausalWan(transformer, settings.prediction_type, conditioning)
+        model = WorldModel(backbone, WanVAECodec(vae), settings)
     if branch_weights is not None:
         model.backbone.conditioning.load_weights(branch_weights)
     return model.to(device, dtype).eval()

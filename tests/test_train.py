@@ -1,0 +1,209 @@
+"""minwm_train on the tiny preset: every stage learns, layouts are causal, runs resume exactly."""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import minwm_env  # noqa: F401
+from minwm_env.data.latents import EncodeConfig, encode_dataset
+from minwm_env.data.render import RenderConfig, render_dataset
+from minwm_env.models import load_model
+from minwm_train.cli import make_stage, train
+from minwm_train.config import TrainConfig, preset_config
+from minwm_train.data import LatentClips
+from minwm_train.engine import Trainer, step_generator
+from minwm_train.stages.stage2a_ode import generate_ode_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    render_dataset(root, RenderConfig(num_clips=6, num_frames=17, height=64, width=64,
+                                      path_kinds=("walk", "turn", "mixed"), seed=0), progress=False)
+    encode_dataset(root, load_model("tiny").codec, EncodeConfig(), progress=False)
+    return root / "latents"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """Stage 0 and stage 1 outputs, trained once for the later stages' tests."""
+    out = tmp_path_factory.mktemp("runs")
+    train(preset_config("tiny", "stage0", data=str(data_dir), out=str(out / "stage0")), "cpu")
+    train(preset_config("tiny", "stage1", data=str(data_dir), out=str(out / "stage1"),
+                        model=str(out / "stage0" / "model")), "cpu")
+    return out
+
+
+def eval_loss(stage, data, optimizer, seed=123):
+    generator = step_generator(seed, 0)
+    batch = data.sample(4, generator)
+    with torch.no_grad():
+        return float(stage.loss(optimizer, batch, 0, generator)[0])
+
+
+@pytest.mark.parametrize("stage_name", ["stage0", "stage1", "stage2a", "stage2b"])
+def test_every_stage_lowers_its_loss(tmp_path, data_dir, trained, stage_name):
+    model = {"stage0": "tiny", "stage1": str(trained / "stage0" / "model")}.get(stage_name,
+                                                                               str(trained / "stage1" / "model"))
+    config = preset_config("tiny", stage_name, data=str(data_dir), out=str(tmp_path / stage_name), model=model,
+                           teacher=str(trained / "stage1" / "model"), steps=25, checkpoint_every=25)
+    data = LatentClips(config.data, config.num_latent_frames)
+    stage = make_stage(config, torch.device("cpu"))
+    trainer = Trainer(config, stage, data)
+    stage.prepare(data)
+    before = eval_loss(stage, data, "model")
+    trainer.run()
+    after = eval_loss(stage, data, "model")
+    assert after < 0.9 * before, (before, after)
+    # Every stage's output loads straight into the env.
+    env = gym.make("minwm/World-v0", model=str(tmp_path / stage_name / "model"))
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([0, 0, 0.08, 0, 0, 0], np.float32))
+    assert obs.shape == (64, 64, 3)
+
+
+def test_stage1_noisy_chunk_sees_nothing_later(data_dir):
+    config = preset_config("tiny", "stage1", data=str(data_dir), out="unused")
+    stage = make_stage(config, torch.device("cpu"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    batch = data.sample(2, step_generator(0, 0))
+    (x, timestep, positions, mask, conds, split), _ = stage.layout(batch, step_generator(0, 1))
+    x = x.clone().requires_grad_(True)
+    out = stage.model.backbone(x, timestep, positions, stage.model.backbone.encode_prompt(torch.zeros(2, 1, 32)),
+                               frame_mask=mask, conditions=conds)
+    chunk = config.chunk_frames
+    out[:, :, split:split + chunk].sum().backward()  # the first noisy chunk (latent frames 1..chunk)
+    grad = x.grad.abs().sum(dim=(0, 1, 3, 4))
+    assert grad[0] > 0  # the clean start frame is context
+    assert torch.all(grad[1:split] == 0)  # no clean chunk of its own or later
+    assert torch.all(grad[split:split + chunk] > 0) and torch.all(grad[split + chunk:] == 0)
+
+
+def test_ode_pairs_are_reproduced_by_rerunning_the_teacher(data_dir, trained):
+    teacher = load_model(str(trained / "stage1" / "model"))
+    data = LatentClips(data_dir, 5)
+    clips = data.batch(torch.arange(3))
+    kwargs = dict(chunk_frames=2, teacher_steps=8, guidance=6.0, student_timesteps=(1000.0, 500.0), shift=5.0, seed=7)
+    first, again = generate_ode_pairs(teacher, clips, **kwargs), generate_ode_pairs(teacher, clips, **kwargs)
+    assert first["states"].shape == (3, 2, 4, 4, 8, 8) and first["x0"].shape == (3, 4, 5, 8, 8)
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+    # The state at student step 0 is the teacher's pure noise; the endpoint differs from it.
+    assert (first["states"][:, 0] - first["x0"][:, :, 1:]).abs().mean() > 0.1
+    assert not torch.equal(generate_ode_pairs(teacher, clips, **{**kwargs, "seed": 8})["x0"], first["x0"])
+
+
+def test_dmd_gradient_flows_only_through_the_exit_step(tmp_path, data_dir, trained):
+    config = preset_config("tiny", "stage3", data=str(data_dir), out=str(tmp_path / "s3"),
+                           model=str(trained / "stage1" / "model"), teacher=str(trained / "stage0" / "model"),
+                           student_timesteps=(1000.0, 750.0, 500.0, 250.0))
+    stage = make_stage(config, torch.device("cpu"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    grad_modes = []
+    hook = stage.generator_model.backbone.transformer.proj_out.register_forward_hook(
+        lambda module, inputs, output: grad_modes.append(output.requires_grad))
+    generator = step_generator(0, 5)
+    loss, logs = stage.loss("generator", data.sample(2, generator), 0, generator)
+    hook.remove()
+    stats = stage.rollout_stats
+    num_chunks = config.dmd_rollout_chunks
+    # one differentiable forward per chunk (its exit step); the start frame, earlier steps and
+    # cache writes all ran without gradient
+    assert stats["grad_forwards"] == num_chunks and sum(grad_modes) == num_chunks
+    assert len(grad_modes) == 1 + stats["forwards"] + num_chunks
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.generator_model.backbone.parameters())
+    assert all(p.grad is None for p in stage.real.backbone.parameters())
+    assert stage.updates(0) == ["critic"] and stage.updates(config.dmd_critic_updates - 1) == ["critic", "generator"]
+
+
+def test_dmd_critic_learns_and_generator_moves(tmp_path, data_dir, trained):
+    config = preset_config("tiny", "stage3", data=str(data_dir), out=str(tmp_path / "s3"), steps=12,
+                           model=str(trained / "stage1" / "model"), teacher=str(trained / "stage0" / "model"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    stage = make_stage(config, torch.device("cpu"))
+    start = {k: v.clone() for k, v in stage.generator_model.backbone.state_dict().items()}
+    before = eval_loss(stage, data, "critic")
+    Trainer(config, stage, data).run()
+    assert eval_loss(stage, data, "critic") < before
+    moved = sum((v - start[k]).abs().sum() for k, v in stage.generator_model.backbone.state_dict().items())
+    assert moved > 0
+    gym.make("minwm/World-v0", model=str(tmp_path / "s3" / "model")).reset(seed=0)
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path, data_dir):
+    base = preset_config("tiny", "stage1", data=str(data_dir), steps=6, checkpoint_every=3, model="tiny")
+    full = train(replace(base, out=str(tmp_path / "full")), "cpu")
+    train(replace(base, out=str(tmp_path / "killed"), steps=3), "cpu")  # stopped after its step-3 checkpoint
+    # a later checkpoint attempt died half-written: it must be ignored
+    (tmp_path / "killed" / "checkpoints" / ".step-000004.tmp").mkdir()
+    resumed = train(replace(base, out=str(tmp_path / "killed")), "cpu")
+    assert [r["step"] for r in resumed] == [3, 4, 5]
+    assert [r["loss/flow"] for r in resumed] == [r["loss/flow"] for r in full[3:]]
+
+
+def test_ema_and_gradient_accumulation_run(tmp_path, data_dir):
+    config = preset_config("tiny", "stage0", data=str(data_dir), out=str(tmp_path / "ema"), steps=3,
+                           ema_decay=0.9, grad_accum=2, gradient_checkpointing=True)
+    history = train(config, "cpu")
+    assert len(history) == 3
+    checkpoint = tmp_path / "ema" / "checkpoints" / "step-000003"
+    assert (checkpoint / "ema.safetensors").is_file() and (checkpoint / "optimizer-model.pt").is_file()
+
+
+def test_corrupted_or_missing_checkpoint_raises(tmp_path, data_dir):
+    config = preset_config("tiny", "stage0", data=str(data_dir), out=str(tmp_path / "run"), steps=2,
+                           checkpoint_every=2)
+    train(config, "cpu")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000002"
+    weights = checkpoint / "modules.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="modules.safetensors"):
+        train(replace(config, steps=4), "cpu")
+    shutil.rmtree(checkpoint)
+    with pytest.raises(FileNotFoundError, match="step-000002"):
+        train(replace(config, steps=4), "cpu")
+    stage = make_stage(config, torch.device("cpu"))
+    trainer = Trainer(config, stage, LatentClips(config.data, config.num_latent_frames))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        trainer.load_checkpoint(tmp_path / "nowhere")
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    config = preset_config("wan21-1.3b", "stage3")
+    assert config.lr == 2e-6 and config.betas == (0.0, 0.999) and config.steps == 200 and config.ema_decay == 0.99
+    assert preset_config("hy15-8b", "stage0").lr == 1e-5
+    config.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == config
+    (tmp_path / "bad.json").write_text(json.dumps({"stage": "stage0", "lr_rate": 1}))
+    with pytest.raises(ValueError, match="lr_rate"):
+        TrainConfig.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"steps": "many"}))
+    with pytest.raises(ValueError, match="steps must be int"):
+        TrainConfig.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="stage must be"):
+        TrainConfig(stage="stage9")
+
+
+def test_command_line_trains_a_stage(tmp_path, data_dir):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "minwm_train.cli", "stage0", "--preset", "tiny", "--data",
+                           str(data_dir), "--out", str(out), "--steps", "2", "--lr", "0.0005"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["lr"] == 0.0005 and saved["camera"] == "prope"
+    assert (out / "model" / "transformer" / "config.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "minwm_train.cli", "stage0", "--data", str(tmp_path / "none"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "index.json" in bad.stderr
