@@ -10,6 +10,9 @@ Frames are float tensors in [-1, 1], shaped (B, 3, T, H, W); ``to_uint8`` conver
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, unpatchify
@@ -50,6 +53,8 @@ def speed_up_vae(vae: AutoencoderKLWan) -> AutoencoderKLWan:
 
 class WanVAECodec:
     """Encode start images and stream-decode latents with an ``AutoencoderKLWan``."""
+
+    kind = "wan-vae"
 
     def __init__(self, vae: AutoencoderKLWan):
         self.vae = speed_up_vae(vae)
@@ -100,6 +105,14 @@ class WanVAECodec:
 
     def stream(self) -> "WanDecodeStream":
         return WanDecodeStream(self)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The nn.Module holding the codec's weights (moved, cast and frozen with the model)."""
+        return self.vae
+
+    def save(self, folder) -> None:
+        self.vae.save_pretrained(Path(folder) / "vae", safe_serialization=True)
 
     @torch.no_grad()
     def _cache_shapes(self, latent_hw: tuple[int, int]) -> list[tuple[int, ...]]:
@@ -182,3 +195,115 @@ class WanDecodeStream:
                 raise RuntimeError("decoder states of the rows differ in form; cannot splice rows")
             mine[index] = theirs.to(mine.dtype)
         return frames
+
+
+class SpaceToDepthCodec(torch.nn.Module):
+    """A fixed, lossless latent: pixels rearranged, not compressed (issue 11's measured choice).
+
+    Each latent frame packs ``temporal_factor`` RGB frames (latent frame k ↔ RGB frames
+    4k-3 .. 4k; latent 0 holds frame 0 repeated) and each latent pixel a ``spatial_factor``²
+    block of RGB pixels: 64×64 RGB → 16×16 latents of 3·16·4 = 192 channels. Latents are the
+    pixels in [-1, 1] times ``scale``. Decoding is a reshape, so a stream has no state beyond
+    "has the first frame been seen".
+    """
+
+    kind = "space-to-depth"
+
+    def __init__(self, spatial_factor: int = 4, temporal_factor: int = 4, scale: float = 2.0):
+        super().__init__()
+        self.spatial_factor, self.temporal_factor = spatial_factor, temporal_factor
+        self.latent_channels = 3 * spatial_factor ** 2 * temporal_factor
+        # A (frozen) parameter rather than a float so the codec has a device and a dtype.
+        self.scale = torch.nn.Parameter(torch.tensor(float(scale)), requires_grad=False)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        if height % self.spatial_factor or width % self.spatial_factor:
+            raise ValueError(f"frame size {height}x{width} must be divisible by {self.spatial_factor}")
+        return height // self.spatial_factor, width // self.spatial_factor
+
+    def _pack(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 4n, H, W) → (B, C, n, h, w)."""
+        batch, _, count, height, width = frames.shape
+        f = self.spatial_factor
+        x = torch.nn.functional.pixel_unshuffle(frames.transpose(1, 2).reshape(batch * count, 3, height, width), f)
+        x = x.reshape(batch, count // self.temporal_factor, self.temporal_factor * 3 * f * f, height // f, width // f)
+        return (x.transpose(1, 2) * self.scale).to(frames.dtype)
+
+    def _unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, n, h, w) → (B, 3, 4n, H, W)."""
+        batch, _, count, h, w = latents.shape
+        f = self.spatial_factor
+        x = (latents.float() / self.scale).transpose(1, 2).reshape(batch * count * self.temporal_factor, 3 * f * f, h, w)
+        x = torch.nn.functional.pixel_shuffle(x, f).reshape(batch, count * self.temporal_factor, 3, h * f, w * f)
+        return x.transpose(1, 2).clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.ndim != 5 or frames.shape[1] != 3:
+            raise ValueError(f"frames must be (B, 3, T, H, W), got {tuple(frames.shape)}")
+        if (frames.shape[2] - 1) % self.temporal_factor:
+            raise ValueError(f"frame count must be 1 + {self.temporal_factor}k, got {frames.shape[2]}")
+        self.latent_size(frames.shape[3], frames.shape[4])
+        first = frames[:, :, :1].expand(-1, -1, self.temporal_factor, -1, -1)
+        return self._pack(torch.cat([first, frames[:, :, 1:]], dim=2).to(self.scale.dtype))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.encode(image.unsqueeze(2))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        frames = self._unpack(latents)
+        return frames[:, :, self.temporal_factor - 1:]  # latent 0 decodes to frame 0 alone
+
+    def stream(self) -> "SpaceToDepthStream":
+        return SpaceToDepthStream(self)
+
+    def save(self, folder) -> None:
+        config = {"kind": self.kind, "spatial_factor": self.spatial_factor, "temporal_factor": self.temporal_factor,
+                  "scale": float(self.scale)}
+        (Path(folder) / "codec.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder) -> "SpaceToDepthCodec":
+        path = Path(folder) / "codec.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a readable codec description ({err})") from err
+        if config.pop("kind", None) != cls.kind:
+            raise ValueError(f"{path} does not describe a {cls.kind} codec")
+        return cls(**config)
+
+
+class SpaceToDepthStream:
+    """Streaming decode of a :class:`SpaceToDepthCodec` (stateless but for the first frame)."""
+
+    def __init__(self, codec: SpaceToDepthCodec):
+        self.codec = codec
+        self.num_latent_frames = 0
+
+    @torch.no_grad()
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        frames = self.codec._unpack(latents)
+        if self.num_latent_frames == 0:
+            frames = frames[:, :, self.codec.temporal_factor - 1:]
+        self.num_latent_frames += latents.shape[2]
+        return frames
+
+    @torch.no_grad()
+    def reset_rows(self, rows: list[int], first_latents: torch.Tensor) -> torch.Tensor:
+        if self.num_latent_frames == 0:
+            raise RuntimeError("reset_rows needs a stream that has started: push the first frames of all rows")
+        return self.codec.decode(first_latents)
+
+
+def load_codec(folder: Path):
+    """The codec saved in a model folder: ``vae/`` (Wan VAE) or ``codec.json`` (space-to-depth)."""
+    if (folder / "codec.json").is_file():
+        return SpaceToDepthCodec.load(folder)
+    from .models import load_component  # (avoids an import cycle)
+    return WanVAECodec(load_component(folder / "vae", AutoencoderKLWan))

@@ -112,6 +112,7 @@ class StreamingGenerator:
         self._stream = None
         self.next_position = 0
         self.c2w = torch.eye(4, dtype=torch.float64).repeat(batch_size, 1, 1)  # pose of the last frame
+        self._reference: torch.Tensor | None = None  # (B, C, 1, h, w) the last clean latent frame
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -175,6 +176,8 @@ class StreamingGenerator:
         self._stream = self.model.codec.stream()
         self.next_position = 0
         self.c2w = torch.eye(4, dtype=torch.float64).repeat(self.batch_size, 1, 1)
+        self._reference = torch.zeros(self.batch_size, *self.latent_shape[:1], 1, *self.latent_shape[2:],
+                                      device=self.model.device, dtype=self.model.dtype)
         if image is None and start_latents is None:
             return None
         if start_latents is not None:
@@ -183,6 +186,7 @@ class StreamingGenerator:
             latent = self.model.codec.encode_image(image.to(self.model.device)).to(self.model.dtype)
         neutral = self.action_spec.neutral().expand(self.batch_size, 1, -1)
         self._write_cache(latent, torch.tensor([0]), self._conditions(self.c2w[:, None], neutral))
+        self._reference = latent
         self.next_position = 1
         frames = self._stream.push(latent)  # the decoder's causal state must start from the image
         return frames if decode else None
@@ -223,6 +227,7 @@ class StreamingGenerator:
                             cache_write=True, conditions=conditions)
         if self.next_position == 0:
             self.next_position = 1
+        self._reference[rows] = latent
         frames = self._stream.reset_rows(rows, latent)
         return frames if decode else None
 
@@ -256,7 +261,8 @@ class StreamingGenerator:
                 raise ValueError("the sampler's guidance changed after the generator was built")
             x_in = x.repeat(self.num_branches, 1, 1, 1, 1)
             timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
-            out = backbone(x_in, timestep, positions, self._prompt, kv_cache=self.cache, conditions=conditions)
+            out = backbone(x_in, timestep, positions, self._prompt, kv_cache=self.cache, conditions=conditions,
+                           reference=self._reference.repeat(self.num_branches, 1, 1, 1, 1))
             return (out[: x.shape[0]], out[x.shape[0]:]) if with_uncond else (out, None)
 
         return predict
@@ -309,6 +315,7 @@ class StreamingGenerator:
                 with timed(timings, "time/decode_s", device):
                     frames = self._stream.push(latents)
         self._pending = (latents, positions, conditions)
+        self._reference = latents[:, :, -1:]
         self.next_position += self.chunk_frames
         self.c2w = c2w[:, -1]
         return ChunkOutput(latents, frames, positions.tolist(), timings,

@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from .backbones import CausalWan
-from .codec import WanVAECodec
+from .codec import SpaceToDepthCodec, WanVAECodec, load_codec
 from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
 
@@ -50,6 +50,8 @@ class ModelSettings:
     """timestep shift"""
     intrinsics: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.5)
     """camera intrinsics [fx/W, fy/H, cx/W, cy/H] used for camera conditioning (minWM's inference default)"""
+    residual_reference: bool = False
+    """the backbone's output is added to the last clean latent frame before the chunk"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":
@@ -71,6 +73,8 @@ class ModelPreset:
     vae: dict
     settings: ModelSettings = field(default_factory=ModelSettings)
     description: str = ""
+    codec: str = "wan-vae"
+    """"wan-vae" (AutoencoderKLWan built from ``vae``) or "space-to-depth" (``vae`` holds its options)"""
 
 
 # Wan2.1-T2V-1.3B: 30 blocks, width 1536 (12 heads × 128), FFN 8960, UMT5 text width 4096.
@@ -88,6 +92,17 @@ PRESETS: dict[str, ModelPreset] = {
         settings=ModelSettings(height=64, width=64),
         description="2-layer Wan and a small Wan VAE: tests and CPU smoke runs (random weights)",
     ),
+    # The shipped default's architecture (issue 11): a ~1.5M-parameter Wan on a lossless
+    # space-to-depth latent (64×64 RGB → 16×16×192), predicting x0 as a residual on the last
+    # clean frame.
+    "default": ModelPreset(
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=192,
+                         out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4),
+        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
+        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True,
+                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+        description="4-layer Wan (width 128) on a space-to-depth latent at 64x64: the default world model's architecture",
+    ),
     "wan21-1.3b": ModelPreset(
         transformer=_WAN21_13B,
         vae={},  # diffusers' defaults are the Wan2.1 VAE
@@ -102,7 +117,7 @@ class WorldModel:
     """A loaded model: the causal backbone, its latent codec and its settings."""
 
     backbone: CausalWan
-    codec: WanVAECodec
+    codec: WanVAECodec | SpaceToDepthCodec
     settings: ModelSettings
 
     @property
@@ -114,24 +129,24 @@ class WorldModel:
         return self.backbone.transformer.patch_embedding.weight.dtype
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
-        for module in (self.backbone, self.codec.vae):
+        for module in (self.backbone, self.codec.module):
             torch.nn.Module.to(module, device=device)
         if dtype is not None:
-            for module in (self.backbone.transformer, self.codec.vae, self.backbone.conditioning):
+            for module in (self.backbone.transformer, self.codec.module, self.backbone.conditioning):
                 if module is not None:
                     _cast_keeping_fp32(module, dtype)
         return self
 
     def eval(self) -> "WorldModel":
         self.backbone.eval()
-        self.codec.vae.eval()
+        self.codec.module.eval()
         return self
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.transformer.save_pretrained(path / "transformer", safe_serialization=True)
-        self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
+        self.codec.save(path)
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.settings).items()}
         (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         if self.backbone.conditioning is not None:
@@ -163,9 +178,15 @@ def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | No
     with torch.random.fork_rng(devices=[]):  # the same seed always builds the same weights
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel(**preset.transformer)
-        vae = AutoencoderKLWan(**preset.vae)
-        backbone = CausalWan(transformer, settings.prediction_type, conditioning)
-    return WorldModel(backbone, WanVAECodec(vae), settings).eval()
+        if preset.codec == "space-to-depth":
+            codec = SpaceToDepthCodec(**preset.vae)
+        else:
+            codec = WanVAECodec(AutoencoderKLWan(**preset.vae))
+        backbone = CausalWan(transformer, settings.prediction_type, conditioning, settings.residual_reference)
+    if settings.residual_reference:  # a new residual model starts as "nothing changes"
+        torch.nn.init.zeros_(transformer.proj_out.weight)
+        torch.nn.init.zeros_(transformer.proj_out.bias)
+    return WorldModel(backbone, codec, settings).eval()
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -256,11 +277,11 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
             branch_weights = folder / CONDITIONING_DIR
             conditioning = read_conditioning_config(branch_weights)
         transformer = load_component(folder / "transformer", WanTransformer3DModel)
-        vae = load_component(folder / "vae", AutoencoderKLWan)
+        codec = load_codec(folder)
         with torch.random.fork_rng(devices=[]):  # new conditioning branches: seeded initialisation
             torch.manual_seed(seed)
-            backbone = CausalWan(transformer, settings.prediction_type, conditioning)
-        model = WorldModel(backbone, WanVAECodec(vae), settings)
+            backbone = CausalWan(transformer, settings.prediction_type, conditioning, settings.residual_reference)
+        model = WorldModel(backbone, codec, settings)
     if branch_weights is not None:
         model.backbone.conditioning.load_weights(branch_weights)
     return model.to(device, dtype).eval()

@@ -70,3 +70,21 @@ def test_fast_rms_norm_equals_diffusers(tiny_model):
     with torch.no_grad():
         norms[0].gamma.mul_(1.5)
         torch.testing.assert_close(norms[0](x), WanRMS_norm.forward(norms[0], x), atol=1e-6, rtol=1e-6)
+
+
+def test_space_to_depth_is_lossless_and_streams():
+    from minwm_env.codec import SpaceToDepthCodec
+    codec = SpaceToDepthCodec()
+    frames = torch.rand(2, 3, 17, 64, 64) * 2 - 1
+    latents = codec.encode(frames)
+    assert latents.shape == (2, 192, 5, 16, 16)
+    assert torch.equal(codec.decode(latents), frames.clamp(-1, 1))
+    stream = codec.stream()
+    streamed = torch.cat([stream.push(latents[:, :, :1]), stream.push(latents[:, :, 1:3]), stream.push(latents[:, :, 3:])], 2)
+    assert torch.equal(streamed, frames)
+    # latent frame k holds RGB frames 4k-3..4k: changing frame 6 changes latent frame 2 only
+    changed = frames.clone()
+    changed[:, :, 6] = 0
+    diff = (codec.encode(changed) - latents).abs().sum(dim=(0, 1, 3, 4))
+    assert diff[2] > 0 and diff[[0, 1, 3, 4]].sum() == 0
+    assert torch.equal(stream.reset_rows([1], latents[1:, :, :1]), frames[1:, :, :1])

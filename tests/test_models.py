@@ -137,3 +137,25 @@ def test_conditioning_saves_with_the_model_and_apart_from_it(tmp_path):
     (tmp_path / "branch" / "conditioning.safetensors").write_bytes(b"broken")
     with pytest.raises(ValueError, match="conditioning.safetensors"):
         load_model("tiny", conditioning=tmp_path / "branch")
+
+
+def test_default_architecture_saves_and_loads_with_its_codec(tmp_path):
+    model = build_preset("default")
+    assert model.settings.prediction_type == "x0" and model.backbone.residual_reference
+    assert type(model.codec).__name__ == "SpaceToDepthCodec"
+    # A new residual model starts as "nothing changes": its output is the reference.
+    x = torch.randn(1, 192, 4, 16, 16)
+    reference = torch.randn(1, 192, 1, 16, 16)
+    with torch.no_grad():
+        out = model.backbone(x, torch.full((1, 4), 500.0), torch.arange(4),
+                             model.backbone.encode_prompt(model.backbone.null_prompt_embeds(1)), reference=reference)
+    torch.testing.assert_close(out, reference.expand_as(out))
+    with pytest.raises(ValueError, match="reference"):
+        model.backbone(x, torch.full((1, 4), 500.0), torch.arange(4),
+                       model.backbone.encode_prompt(model.backbone.null_prompt_embeds(1)))
+    randomize_(model.backbone, seed=2)
+    model.save_pretrained(tmp_path / "default")
+    assert (tmp_path / "default" / "codec.json").is_file() and not (tmp_path / "default" / "vae").exists()
+    loaded = load_model(tmp_path / "default")
+    assert loaded.backbone.residual_reference and type(loaded.codec).__name__ == "SpaceToDepthCodec"
+    assert torch.equal(rollout(model), rollout(loaded))

@@ -77,7 +77,7 @@ def test_stage1_noisy_chunk_sees_nothing_later(data_dir):
     stage = make_stage(config, torch.device("cpu"))
     data = LatentClips(config.data, config.num_latent_frames)
     batch = data.sample(2, step_generator(0, 0))
-    (x, timestep, positions, mask, conds, split), _ = stage.layout(batch, step_generator(0, 1))
+    (x, timestep, positions, mask, conds, split, _), _ = stage.layout(batch, step_generator(0, 1))
     x = x.clone().requires_grad_(True)
     out = stage.model.backbone(x, timestep, positions, stage.model.backbone.encode_prompt(torch.zeros(2, 1, 32)),
                                frame_mask=mask, conditions=conds)

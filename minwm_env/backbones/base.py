@@ -265,8 +265,10 @@ class CausalBackbone(nn.Module, ABC):
     @abstractmethod
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
                 prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
-                frame_mask: torch.Tensor | None = None, conditions=None) -> torch.Tensor:
+                frame_mask: torch.Tensor | None = None, conditions=None,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (B, C, F, H, W) noisy latents; timestep (B, F) in [0, 1000];
         frame_positions (F,) integer positions; conditions: per-frame camera/actions
         (:class:`minwm_env.conditioning.FrameConditions`) when the model is conditioned;
-        returns the raw prediction (B, C, F, H, W)."""
+        reference: the latent a residual model's output is added to; returns the raw
+        prediction (B, C, F, H, W)."""

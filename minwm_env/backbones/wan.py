@@ -151,7 +151,7 @@ class CausalWan(CausalBackbone):
     """Wan2.1 T2V as a block-causal, streaming backbone (the adapter of DESIGN.md §2, §4)."""
 
     def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v",
-                 conditioning: ConditioningConfig | None = None):
+                 conditioning: ConditioningConfig | None = None, residual_reference: bool = False):
         super().__init__()
         config = transformer.config
         if tuple(config.patch_size)[0] != 1:
@@ -161,6 +161,9 @@ class CausalWan(CausalBackbone):
                              "use a T2V config, start images enter through the KV cache")
         self.transformer = transformer
         self.prediction_type = check_prediction_type(prediction_type)
+        # The output is added to a reference latent (the last clean frame before the chunk):
+        # a small model then starts from "the scene as it was" and learns the change.
+        self.residual_reference = residual_reference
         self.rotary = FramePositionRotary(config.attention_head_dim)
         self.gradient_checkpointing = False
         self.conditioning = None
@@ -253,8 +256,12 @@ class CausalWan(CausalBackbone):
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
                 prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
-                frame_mask: torch.Tensor | None = None, conditions: FrameConditions | None = None) -> torch.Tensor:
+                frame_mask: torch.Tensor | None = None, conditions: FrameConditions | None = None,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, num_frames, height, width = hidden_states.shape
+        if self.residual_reference and reference is None and not cache_write:
+            raise ValueError("this model predicts a residual on a reference frame: pass reference "
+                             "(B, C, 1 or F, H, W), the last clean latent frame before each frame's chunk")
         model = self.transformer
         ph, pw = self.spatial_patch
         post_h, post_w = height // ph, width // pw
@@ -303,4 +310,7 @@ class CausalWan(CausalBackbone):
         x = (model.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         x = model.proj_out(x)  # (B, L, C·ph·pw)
         x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if self.residual_reference and reference is not None:
+            out = out + reference.to(out.dtype)
+        return out

@@ -69,11 +69,11 @@ class EncodeConfig:
 def codec_fingerprint(codec: WanVAECodec) -> dict:
     """What identifies a codec's latent space: its sizes and a hash of its weights."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(codec.vae.state_dict().items()):
+    for name, tensor in sorted(codec.module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {"class": type(codec.vae).__name__, "latent_channels": codec.latent_channels,
+    return {"class": type(codec.module).__name__, "latent_channels": codec.latent_channels,
             "spatial_factor": codec.spatial_factor, "temporal_factor": codec.temporal_factor,
             "sha256": digest.hexdigest()}
 
@@ -151,7 +151,7 @@ def encode_dataset(root: str | Path, codec: WanVAECodec, config: EncodeConfig, o
     todo = remaining if max_shards is None else remaining[:max_shards]
     clips = ClipDataset(root, num_frames, config.height, config.width, config.crop, float_frames=True)
     position = {meta.id: i for i, meta in enumerate(clips.clips)}
-    device = next(codec.vae.parameters()).device
+    device = next(codec.module.parameters()).device
     done = sum(len(shard["clips"]) for shard in shards) - sum(len(shard["clips"]) for shard in remaining)
     with tqdm(total=done + sum(len(s["clips"]) for s in todo), initial=done, desc="encode", unit="clip",
               disable=not progress) as bar:

@@ -35,7 +35,7 @@ def build_model(config: TrainConfig, source: str, device: torch.device, trainabl
     model.settings = replace(model.settings, chunk_frames=config.chunk_frames, shift=config.shift)
     model.backbone.gradient_checkpointing = config.gradient_checkpointing and trainable
     model.backbone.requires_grad_(trainable)
-    model.codec.vae.requires_grad_(False)
+    model.codec.module.requires_grad_(False)
     model.backbone.train(trainable)
     return model
 
@@ -92,8 +92,9 @@ def teacher_forcing_layout(clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy
     """Stage 1's input: [clean frames 0..F-1 ; noisy frames 1..F-1] with the block-causal mask
     (a noisy chunk sees the clean chunks before it and itself; DESIGN.md §6, stage 1).
 
-    Returns x, timestep (B, 2F-1), positions, frame mask, conditions, and the index where the
-    noisy half starts.
+    Returns x, timestep (B, 2F-1), positions, frame mask, conditions, the index where the
+    noisy half starts, and the residual reference of every frame (for a noisy chunk: the
+    clean frame just before it; the clean half's outputs are never used).
     """
     batch, _, num_frames = clean.shape[:3]
     positions = torch.arange(num_frames)
@@ -104,23 +105,32 @@ def teacher_forcing_layout(clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy
     is_noisy = torch.cat([torch.zeros(num_frames, dtype=torch.bool), torch.ones(num_frames - 1, dtype=torch.bool)])
     mask = causal_frame_mask(all_positions, torch.cat([blocks, blocks[1:]]), noisy=is_noisy)
     all_conds = None if conds is None else FrameConditions.cat([conds, conds.frames(slice(1, None))])
-    return x, timestep, all_positions, mask, all_conds, num_frames
+    previous = (torch.arange(num_frames - 1) // chunk) * chunk  # index of the clean frame before each chunk
+    reference = torch.cat([torch.zeros_like(clean), clean[:, :, previous]], dim=2)
+    return x, timestep, all_positions, mask, all_conds, num_frames, reference
+
+
+def start_reference(clean: torch.Tensor) -> torch.Tensor:
+    """Bidirectional models (stage 0, DMD's scores) take the start frame as every frame's reference."""
+    return clean[:, :, :1]
 
 
 def guided_prediction(model: WorldModel, x, timestep, positions, batch: dict, guidance: float, *,
-                      frame_mask=None, conds: FrameConditions | None = None) -> torch.Tensor:
+                      frame_mask=None, conds: FrameConditions | None = None, reference=None) -> torch.Tensor:
     """A model output with classifier-free guidance (cond: the batch's prompt; uncond: the null prompt)."""
     batch_size = x.shape[0]
     cond_prompt = prompt_state(model, batch, batch_size)
     if guidance == 1.0:
-        return model.backbone(x, timestep, positions, cond_prompt, frame_mask=frame_mask, conditions=conds)
+        return model.backbone(x, timestep, positions, cond_prompt, frame_mask=frame_mask, conditions=conds,
+                              reference=reference)
     from minwm_env.generator import pad_prompts
     cond_embeds = batch.get("prompt_embeds")
     cond_embeds = model.backbone.null_prompt_embeds(batch_size) if cond_embeds is None else cond_embeds.to(model.dtype)
     both = PromptState.cat([model.backbone.encode_prompt(e) for e in
                             pad_prompts([cond_embeds, model.backbone.null_prompt_embeds(batch_size)])])
     out = model.backbone(torch.cat([x, x]), torch.cat([timestep, timestep]), positions, both, frame_mask=frame_mask,
-                         conditions=None if conds is None else conds.repeat(2))
+                         conditions=None if conds is None else conds.repeat(2),
+                         reference=None if reference is None else torch.cat([reference, reference]))
     cond, uncond = out[:batch_size], out[batch_size:]
     return uncond + guidance * (cond - uncond)
 

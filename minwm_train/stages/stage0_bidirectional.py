@@ -16,7 +16,7 @@ import torch
 
 from minwm_env import flow
 
-from .common import build_model, conditions, export_model, prompt_state, randn, sample_sigmas
+from .common import build_model, conditions, export_model, prompt_state, randn, sample_sigmas, start_reference
 from ..engine import Stage
 
 
@@ -45,7 +45,8 @@ class BidirectionalStage(Stage):
         sigma[:, 0] = 0  # the start frame is given
         x_t = flow.add_noise(x0, noise, sigma.to(x0.device))
         prediction = backbone(x_t, sigma.to(x0.device) * 1000, torch.arange(num_frames),
-                              prompt_state(self.model, batch, batch_size), conditions=conditions(self.model, batch))
+                              prompt_state(self.model, batch, batch_size), conditions=conditions(self.model, batch),
+                              reference=start_reference(x0))
         target = flow.training_target(x0, noise, backbone.prediction_type)
         loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
         return loss, {"loss/flow": loss.detach()}

@@ -48,9 +48,9 @@ class TeacherForcingStage(Stage):
         return inputs, target
 
     def loss(self, optimizer, batch, step, generator):
-        (x, timestep, positions, mask, conds, split), target = self.layout(batch, generator)
+        (x, timestep, positions, mask, conds, split, reference), target = self.layout(batch, generator)
         prediction = self.model.backbone(x, timestep, positions, prompt_state(self.model, batch, x.shape[0]),
-                                         frame_mask=mask, conditions=conds)
+                                         frame_mask=mask, conditions=conds, reference=reference)
         loss = (prediction[:, :, split:].float() - target.float()).square().mean()
         return loss, {"loss/flow": loss.detach()}
 

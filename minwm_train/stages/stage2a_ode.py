@@ -144,9 +144,10 @@ class CausalODEStage(Stage):
             from minwm_env.conditioning import FrameConditions
             conds = FrameConditions(pairs["w2c"][index], pairs["intrinsics"][index],
                                     pairs["actions"][index] if "actions" in pairs else None)
-        x, timestep, positions, mask, all_conds, split = teacher_forcing_layout(x0, noisy, sigma, chunk, conds)
+        x, timestep, positions, mask, all_conds, split, reference = teacher_forcing_layout(x0, noisy, sigma, chunk,
+                                                                                           conds)
         prediction = self.model.backbone(x, timestep, positions, prompt_state(self.model, {}, batch_size),
-                                         frame_mask=mask, conditions=all_conds)
+                                         frame_mask=mask, conditions=all_conds, reference=reference)
         estimate = flow.to_x0(prediction[:, :, split:], noisy, sigma, self.model.backbone.prediction_type)
         loss = (estimate.float() - x0[:, :, 1:].float()).square().mean()
         return loss, {"loss/ode": loss.detach()}

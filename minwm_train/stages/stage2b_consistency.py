@@ -61,19 +61,20 @@ class CausalConsistencyStage(Stage):
         x_t = flow.add_noise(clean[:, :, 1:], noise, sigma)
         conds = conditions(self.model, batch)
         with torch.no_grad():
-            x, timestep, positions, mask, all_conds, split = teacher_forcing_layout(clean, x_t, sigma, chunk, conds)
+            x, timestep, positions, mask, all_conds, split, reference = teacher_forcing_layout(clean, x_t, sigma, chunk,
+                                                                                               conds)
             out = guided_prediction(self.teacher, x, timestep, positions, batch, config.cd_guidance, frame_mask=mask,
-                                    conds=all_conds)[:, :, split:]
+                                    conds=all_conds, reference=reference)[:, :, split:]
             velocity = flow.to_velocity(out, x_t, sigma, self.teacher.backbone.prediction_type)
             x_next = x_t + flow.expand_sigma(sigma_next - sigma, x_t) * velocity  # one Euler step of the teacher
-            x2, timestep2, _, _, _, _ = teacher_forcing_layout(clean, x_next, sigma_next, chunk, conds)
+            x2, timestep2, _, _, _, _, _ = teacher_forcing_layout(clean, x_next, sigma_next, chunk, conds)
             target_out = self.target(x2, timestep2, positions, prompt_state(self.model, batch, batch_size),
-                                     frame_mask=mask, conditions=all_conds)[:, :, split:]
+                                     frame_mask=mask, conditions=all_conds, reference=reference)[:, :, split:]
             safe_sigma = sigma_next.clamp_min(1e-6)
             target_x0 = flow.to_x0(target_out, x_next, safe_sigma, backbone.prediction_type)
             target_x0 = torch.where(flow.expand_sigma(sigma_next, x_next) == 0, x_next, target_x0)
         prediction = backbone(x, timestep, positions, prompt_state(self.model, batch, batch_size), frame_mask=mask,
-                              conditions=all_conds)[:, :, split:]
+                              conditions=all_conds, reference=reference)[:, :, split:]
         estimate = flow.to_x0(prediction, x_t, sigma, backbone.prediction_type)
         loss = (estimate.float() - target_x0.float()).square().mean()
         return loss, {"loss/consistency": loss.detach()}

@@ -24,7 +24,7 @@ import torch
 from minwm_env import flow
 
 from .common import (build_model, conditions, export_model, guided_prediction, prompt_state, randn, sample_sigmas,
-                     student_sigmas)
+                     start_reference, student_sigmas)
 from ..engine import Stage
 
 
@@ -77,6 +77,7 @@ class DMDStage(Stage):
             backbone(start, torch.zeros(batch_size, 1, device=start.device), torch.tensor([0]), prompt, kv_cache=cache,
                      cache_write=True, conditions=None if conds is None else conds.frames(slice(0, 1)))
         outputs = [start]
+        reference = start
         for c in range(num_chunks):
             frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
             positions = torch.arange(frames.start, frames.stop)
@@ -88,13 +89,14 @@ class DMDStage(Stage):
                 with torch.set_grad_enabled(keep_grad):
                     sigma = self.sigmas[i]
                     timestep = torch.full((batch_size, chunk), sigma * 1000, device=start.device)
-                    x0 = flow.to_x0(backbone(x, timestep, positions, prompt, kv_cache=cache, conditions=part), x, sigma,
-                                    backbone.prediction_type)
+                    x0 = flow.to_x0(backbone(x, timestep, positions, prompt, kv_cache=cache, conditions=part,
+                                             reference=reference), x, sigma, backbone.prediction_type)
                 stats["forwards"] += 1
                 stats["grad_forwards"] += int(keep_grad)
                 if i < exit_step:
                     x = flow.add_noise(x0.detach(), randn(x0.shape, generator, x0.device), self.sigmas[i + 1])
             outputs.append(x0)
+            reference = x0.detach()[:, :, -1:]
             with torch.no_grad():  # the context the next chunk sees: the clean sample, no gradient
                 backbone(x0.detach(), torch.zeros(batch_size, chunk, device=start.device), positions, prompt,
                          kv_cache=cache, cache_write=True, conditions=part)
@@ -120,7 +122,7 @@ class DMDStage(Stage):
                 sample = self.rollout(batch, generator, with_grad=False)
             x_t, sigma, noise = self._noised(sample, generator)
             prediction = self.fake.backbone(x_t, sigma * 1000, positions, prompt_state(self.fake, batch, x_t.shape[0]),
-                                            conditions=conds)
+                                            conditions=conds, reference=start_reference(sample))
             target = flow.training_target(sample, noise, self.fake.backbone.prediction_type)
             loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
             return loss, {"loss/critic": loss.detach()}
@@ -128,10 +130,10 @@ class DMDStage(Stage):
         x_t, sigma, _ = self._noised(sample, generator)
         with torch.no_grad():
             real = guided_prediction(self.real, x_t, sigma * 1000, positions, batch, self.config.dmd_real_guidance,
-                                     conds=conds)
+                                     conds=conds, reference=start_reference(sample))
             real_x0 = flow.to_x0(real, x_t, sigma.clamp_min(1e-6), self.real.backbone.prediction_type)
             fake = self.fake.backbone(x_t, sigma * 1000, positions, prompt_state(self.fake, batch, x_t.shape[0]),
-                                      conditions=conds)
+                                      conditions=conds, reference=start_reference(sample))
             fake_x0 = flow.to_x0(fake, x_t, sigma.clamp_min(1e-6), self.fake.backbone.prediction_type)
             weight = (sample - real_x0).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
             gradient = (fake_x0 - real_x0) / weight
