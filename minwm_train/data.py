@@ -34,7 +34,8 @@ class LatentClips:
                 raise ValueError(f"num_latent_frames={num_latent_frames} but the clips in {folder} have {frames}")
             frames = num_latent_frames
         self.folder = folder
-        self.latents = torch.stack([item["latents"][:, :frames].float() for item in items])
+        # float16 in memory (half the RAM of float32; latents are converted back per batch)
+        self.latents = torch.stack([item["latents"][:, :frames].half() for item in items])
         self.w2c = torch.stack([camera.invert_pose(item["latent_poses"][:frames].double()).float() for item in items])
         factor = (items[0]["poses"].shape[0] - 1) // max(1, items[0]["latents"].shape[1] - 1)
         self.intrinsics = torch.stack([item["intrinsics"][::factor][:frames].float() for item in items])
@@ -58,7 +59,7 @@ class LatentClips:
         return self.latents.shape[2]
 
     def batch(self, indices: torch.Tensor) -> dict:
-        out = {"latents": self.latents[indices], "w2c": self.w2c[indices], "intrinsics": self.intrinsics[indices]}
+        out = {"latents": self.latents[indices].float(), "w2c": self.w2c[indices], "intrinsics": self.intrinsics[indices]}
         if self.actions is not None:
             out["actions"] = self.actions[indices]
         if self.prompt_embeds is not None:

@@ -17,6 +17,7 @@ from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_a
 from minwm_env.models import CONDITIONING_DIR, PRESETS as MODEL_PRESETS, WorldModel, load_model
 
 from ..config import TrainConfig
+from ..engine import Stage
 
 
 def build_model(config: TrainConfig, source: str, device: torch.device, trainable: bool = True) -> WorldModel:
@@ -137,3 +138,26 @@ def guided_prediction(model: WorldModel, x, timestep, positions, batch: dict, gu
 
 def student_sigmas(config: TrainConfig) -> list[float]:
     return flow.timesteps_to_sigmas(config.student_timesteps, config.shift).tolist()
+
+
+class SingleModelStage(Stage):
+    """A stage that trains one model (stages 0, 1, 2a, 2b): it is checkpointed, EMA'd and exported."""
+
+    few_step = False  # export with the student's few-step schedule
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        super().__init__(config, device)
+        self.model = build_model(config, config.model, device)
+
+    def modules(self):
+        return {"backbone": self.model.backbone}
+
+    def param_groups(self):
+        return {"model": {"params": list(self.model.backbone.parameters())}}
+
+    def ema_module(self):
+        return self.model.backbone
+
+    def export(self, folder: Path, ema_state):
+        settings = {"sampler_timesteps": tuple(self.config.student_timesteps)} if self.few_step else {}
+        export_model(self.model, folder, ema_state, **settings)

@@ -10,31 +10,15 @@ stage 3) and the starting point of stage 1.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from minwm_env import flow
 
-from .common import build_model, conditions, export_model, prompt_state, randn, sample_sigmas, start_reference
-from ..engine import Stage
+from .common import SingleModelStage, conditions, prompt_state, randn, sample_sigmas, start_reference
 
 
-class BidirectionalStage(Stage):
+class BidirectionalStage(SingleModelStage):
     name = "stage0"
-
-    def __init__(self, config, device):
-        super().__init__(config, device)
-        self.model = build_model(config, config.model, device)
-
-    def modules(self):
-        return {"backbone": self.model.backbone}
-
-    def param_groups(self):
-        return {"model": {"params": list(self.model.backbone.parameters())}}
-
-    def ema_module(self):
-        return self.model.backbone
 
     def loss(self, optimizer, batch, step, generator):
         backbone = self.model.backbone
@@ -51,5 +35,3 @@ class BidirectionalStage(Stage):
         loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
         return loss, {"loss/flow": loss.detach()}
 
-    def export(self, folder: Path, ema_state):
-        export_model(self.model, folder, ema_state)

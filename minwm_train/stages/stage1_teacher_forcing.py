@@ -10,30 +10,14 @@ provides at inference (the equivalence is tested in minwm_env). The loss is on t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from minwm_env import flow
 
-from .common import (build_model, chunk_sigmas, conditions, export_model, prompt_state, randn,
+from .common import (SingleModelStage, chunk_sigmas, conditions, prompt_state, randn,
                      teacher_forcing_layout)
-from ..engine import Stage
 
 
-class TeacherForcingStage(Stage):
+class TeacherForcingStage(SingleModelStage):
     name = "stage1"
-
-    def __init__(self, config, device):
-        super().__init__(config, device)
-        self.model = build_model(config, config.model, device)
-
-    def modules(self):
-        return {"backbone": self.model.backbone}
-
-    def param_groups(self):
-        return {"model": {"params": list(self.model.backbone.parameters())}}
-
-    def ema_module(self):
-        return self.model.backbone
 
     def layout(self, batch, generator):
         """The stage-1 forward inputs and the regression target of the noisy half."""
@@ -54,5 +38,3 @@ class TeacherForcingStage(Stage):
         loss = (prediction[:, :, split:].float() - target.float()).square().mean()
         return loss, {"loss/flow": loss.detach()}
 
-    def export(self, folder: Path, ema_state):
-        export_model(self.model, folder, ema_state)

@@ -25,8 +25,7 @@ from minwm_env import flow
 from minwm_env.generator import StreamingGenerator
 from minwm_env.samplers import EulerSampler
 
-from .common import build_model, export_model, prompt_state, student_sigmas, teacher_forcing_layout
-from ..engine import Stage
+from .common import SingleModelStage, build_model, prompt_state, student_sigmas, teacher_forcing_layout
 
 PAIRS_FILE = "ode_pairs.safetensors"
 
@@ -77,23 +76,14 @@ def generate_ode_pairs(teacher, clips: dict, *, chunk_frames: int, teacher_steps
     return pairs
 
 
-class CausalODEStage(Stage):
+class CausalODEStage(SingleModelStage):
     name = "stage2a"
+    few_step = True
 
     def __init__(self, config, device):
         super().__init__(config, device)
-        self.model = build_model(config, config.model, device)
         self.teacher_source = config.teacher or config.model
         self.pairs: dict[str, torch.Tensor] | None = None
-
-    def modules(self):
-        return {"backbone": self.model.backbone}
-
-    def param_groups(self):
-        return {"model": {"params": list(self.model.backbone.parameters())}}
-
-    def ema_module(self):
-        return self.model.backbone
 
     def _settings(self) -> dict:
         c = self.config
@@ -152,5 +142,3 @@ class CausalODEStage(Stage):
         loss = (estimate.float() - x0[:, :, 1:].float()).square().mean()
         return loss, {"loss/ode": loss.detach()}
 
-    def export(self, folder: Path, ema_state):
-        export_model(self.model, folder, ema_state, sampler_timesteps=tuple(self.config.student_timesteps))

@@ -13,35 +13,27 @@ ground truth as causal context.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 
 from minwm_env import flow
 
-from .common import (build_model, conditions, export_model, guided_prediction, prompt_state, randn,
+from .common import (SingleModelStage, build_model, conditions, guided_prediction, prompt_state, randn,
                      teacher_forcing_layout)
-from ..engine import Stage
 
 
-class CausalConsistencyStage(Stage):
+class CausalConsistencyStage(SingleModelStage):
     name = "stage2b"
+    few_step = True
 
     def __init__(self, config, device):
         super().__init__(config, device)
-        self.model = build_model(config, config.model, device)
         self.teacher = build_model(config, config.teacher or config.model, device, trainable=False)
         self.target = copy.deepcopy(self.model.backbone).requires_grad_(False).eval()
         self.grid = flow.euler_sigmas(config.cd_grid_steps, config.shift).float()
 
     def modules(self):
         return {"backbone": self.model.backbone, "target": self.target}
-
-    def param_groups(self):
-        return {"model": {"params": list(self.model.backbone.parameters())}}
-
-    def ema_module(self):
-        return self.model.backbone
 
     @torch.no_grad()
     def after_update(self, optimizer, step):
@@ -79,5 +71,3 @@ class CausalConsistencyStage(Stage):
         loss = (estimate.float() - target_x0.float()).square().mean()
         return loss, {"loss/consistency": loss.detach()}
 
-    def export(self, folder: Path, ema_state):
-        export_model(self.model, folder, ema_state, sampler_timesteps=tuple(self.config.student_timesteps))
