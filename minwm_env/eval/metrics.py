@@ -1,8 +1,9 @@
 """Frame metrics as pure functions on uint8 frames ``(T, H, W, 3)`` (or one frame ``(H, W, 3)``).
 
 * :func:`psnr` — peak signal-to-noise ratio in dB over all pixels and channels of each frame
-  (peak 255); identical frames give ``inf``. :func:`capped` turns ``inf`` into
-  :data:`PSNR_CAP_DB` where values are averaged or written to JSON.
+  (peak 255); identical frames give ``inf``. :func:`pooled_psnr` — the PSNR of the mean
+  squared error over many frames (how sequences are summarised). :func:`capped` turns ``inf``
+  into :data:`PSNR_CAP_DB` where values go to JSON.
 * :func:`ssim` — structural similarity (Wang et al. 2004, eq. 13) on luminance
   ``Y = 0.299 R + 0.587 G + 0.114 B``, with an 11×11 Gaussian window of σ = 1.5, constants
   ``C1 = (0.01·255)²``, ``C2 = (0.03·255)²``, averaged over the window positions that fit
@@ -49,13 +50,29 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     return np.broadcast_arrays(a, b)
 
 
-def psnr(a, b) -> np.ndarray:
-    """Per-frame PSNR in dB, shape (T,); ``inf`` where the frames are identical. A single frame
-    on either side is compared with every frame of the other."""
+def mse(a, b) -> np.ndarray:
+    """Per-frame mean squared error (0..255 units), shape (T,). A single frame on either side
+    is compared with every frame of the other."""
     a, b = _pair(a, b)
-    mse = ((a - b) ** 2).mean(axis=(1, 2, 3))
+    return ((a - b) ** 2).mean(axis=(1, 2, 3))
+
+
+def psnr_from_mse(mse_values) -> np.ndarray:
+    """PSNR in dB of mean squared errors (peak 255); ``inf`` where the error is 0."""
+    mse_values = np.asarray(mse_values, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        return np.where(mse == 0, np.inf, 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-300)))
+        return np.where(mse_values == 0, np.inf, 10 * np.log10(255.0 ** 2 / np.maximum(mse_values, 1e-300)))
+
+
+def psnr(a, b) -> np.ndarray:
+    """Per-frame PSNR in dB, shape (T,); ``inf`` where the frames are identical."""
+    return psnr_from_mse(mse(a, b))
+
+
+def pooled_psnr(a, b) -> float:
+    """PSNR of the mean squared error over all frames, capped at :data:`PSNR_CAP_DB`. Unlike a
+    mean of per-frame PSNRs, a few identical frames cannot dominate it."""
+    return float(capped(psnr_from_mse(mse(a, b).mean())))
 
 
 def capped(values, cap: float = PSNR_CAP_DB) -> np.ndarray:
@@ -146,5 +163,6 @@ def translation_direction_error_deg(estimated, reference, min_norm: float = 1e-9
     return np.where(valid, np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))), np.nan)
 
 
-__all__ = ["PSNR_CAP_DB", "capped", "flicker", "flicker_ratio", "loop_closure_error", "mean_abs_difference", "psnr",
+__all__ = ["PSNR_CAP_DB", "capped", "flicker", "flicker_ratio", "loop_closure_error", "mean_abs_difference", "mse",
+           "pooled_psnr", "psnr", "psnr_from_mse",
            "rotation_angle_deg", "rotation_error_deg", "ssim", "translation_direction_error_deg"]

@@ -1,0 +1,134 @@
+"""minwm-eval: score a world model against the ground-truth world; write JSON, plots and a report.
+
+    minwm-eval --model tiny --against ground-truth --out outputs/eval --quick     # about a minute on a CPU
+    minwm-eval --model runs/s3/model --against ground-truth --out outputs/eval --drift-chunks 200
+    minwm-eval --model ground-truth --against ground-truth --out outputs/sanity  # the truth scores perfectly
+
+Writes ``metrics.json`` (every curve and a ``summary`` of namespaced scalars), PNG plots
+(drift, adherence, consistency, controllability, recovery) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..cli import arg, parse
+from ..profiling import machine_description, now_utc
+from ..world.scenes import SCENE_NAMES
+from .evaluator import SUITES, EvalConfig, Evaluator
+from .motion import METHODS
+from .report import write_report
+
+GROUND_TRUTH = "ground-truth"
+# --quick: a smoke-sized run of every suite (about a minute for the tiny preset on 2 CPU cores).
+QUICK = dict(num_paths=2, chunks=3, drift_chunks=6, idle_chunks=2, recovery_chunks=3, perturb_at=1)
+
+
+@dataclass
+class Args:
+    """Evaluate a world model against the ground-truth world: JSON, PNG plots and a markdown report."""
+
+    model: str = arg("tiny", f"preset name or model folder; '{GROUND_TRUTH}' scores the truth against itself")
+    against: str = arg(GROUND_TRUTH, "the reference world (the rendered ground truth is the only one)")
+    out: str = arg("outputs/eval", "output folder")
+    num_paths: int = arg(4, "camera paths for adherence, PSNR/SSIM and flicker")
+    chunks: int = arg(8, "steps (chunks of frames) per path")
+    drift_chunks: int = arg(50, "steps of the long drift rollout (e.g. 200; each step is decoded)")
+    drift_paths: int = arg(1, "paths of the drift rollout")
+    idle_chunks: int = arg(8, "steps of the zero action (idle stability)")
+    recovery_chunks: int = arg(8, "steps of each recovery rollout")
+    perturb_at: int = arg(2, "the model's KV cache is perturbed before this step")
+    cache_noise: float = arg(1.0, "std of the cache noise, relative to the cache's own std")
+    seed: int = arg(0, "seed of the camera paths and the model's noise")
+    scene: str = arg("room", "ground-truth scene", choices=list(SCENE_NAMES))
+    suites: tuple[str, ...] = arg(SUITES, "suites to run")
+    hardware: bool = arg(True, "measure the hardware-sensitivity table (latency, frames/s, memory)")
+    motion_method: str = arg("klt", "camera-motion estimator", choices=list(METHODS))
+    device: str = arg("cpu", "torch device of the evaluated model")
+    dtype: str = arg("float32", "dtype of the evaluated model", choices=["float32", "bfloat16", "float16"])
+    quick: bool = arg(False, f"small sizes for every size flag left at its default: {QUICK}")
+
+
+def apply_quick(args: Args) -> Args:
+    """--quick shrinks the sizes the user did not set (those still at their defaults)."""
+    if not args.quick:
+        return args
+    defaults = {f.name: f.default for f in dataclasses.fields(Args)}
+    return dataclasses.replace(args, **{k: v for k, v in QUICK.items() if getattr(args, k) == defaults[k]})
+
+
+def build_envs(args: Args):
+    from ..envs.ground_truth import GroundTruthEnv
+    from ..envs.world_model import WorldModelEnv
+    from .rollout import ground_truth_like
+
+    if args.model == GROUND_TRUTH:
+        model = GroundTruthEnv(scene=args.scene, obs_mode="chunk")
+    else:
+        model = WorldModelEnv(model=args.model, device=args.device, dtype=args.dtype, obs_mode="chunk",
+                              start_scene=args.scene)
+    return model, ground_truth_like(model, args.scene)
+
+
+def main(argv=None) -> None:
+    args = apply_quick(parse(Args, argv))
+    if args.against != GROUND_TRUTH:
+        raise SystemExit(f"minwm-eval: --against must be '{GROUND_TRUTH}' (the rendered world is the only reference "
+                         f"with a truth), got {args.against!r}")
+    unknown = sorted(set(args.suites) - set(SUITES))
+    if unknown:
+        raise SystemExit(f"minwm-eval: unknown suite(s) {unknown}; suites: {list(SUITES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"minwm-eval: --device {args.device} but CUDA is not available")
+    try:
+        config = EvalConfig(num_paths=args.num_paths, chunks=args.chunks, drift_chunks=args.drift_chunks,
+                            drift_paths=args.drift_paths, idle_chunks=args.idle_chunks,
+                            recovery_chunks=args.recovery_chunks, perturb_at=args.perturb_at,
+                            cache_noise=args.cache_noise, motion_method=args.motion_method, seed=args.seed)
+    except ValueError as err:
+        raise SystemExit(f"minwm-eval: {err}") from err
+    try:
+        model, truth = build_envs(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"minwm-eval: cannot load model {args.model!r}: {err}") from err
+
+    began = time.perf_counter()
+    evaluator = Evaluator(model, truth, config)
+    results = evaluator.run(tuple(s for s in SUITES if s in args.suites),
+                            on_suite=lambda name: print(f"minwm-eval: {name}", file=sys.stderr, flush=True))
+    if args.hardware and args.model != GROUND_TRUTH:
+        from .hardware import HardwareConfig, default_configs, hardware_table
+
+        print("minwm-eval: hardware", file=sys.stderr, flush=True)
+        configs = default_configs(args.quick)
+        if args.device != "cpu" or args.dtype != "float32":  # the evaluated setting is always a row
+            configs.insert(0, HardwareConfig(args.device, args.dtype, 1))
+        results["hardware"] = hardware_table(args.model, configs, quick=args.quick)
+        first = next((row for row in results["hardware"] if "error" not in row), None)
+        if first is not None:
+            results["summary"].update({"hardware/first_chunk_s": first["first_chunk_s"],
+                                       "hardware/first_chunk_no_vae_s": first["first_chunk_no_vae_s"],
+                                       "hardware/frames_per_s": first["frames_per_s"],
+                                       "hardware/peak_memory_gb": first["peak_memory_gb"]})
+    results["summary"]["time/total_s"] = time.perf_counter() - began
+    results["meta"] = {"model": args.model, "against": args.against, "scene": args.scene, "date": now_utc(),
+                       "machine": machine_description(torch.device(args.device)), "argv": sys.argv[1:] if argv is None
+                       else list(argv), "args": dataclasses.asdict(args)}
+    written = write_report(results, Path(args.out), title=f"minwm-eval: {args.model} against the {args.against}")
+    model.close()
+    truth.close()
+    summary = results["summary"]
+    for key in ("adherence/rotation_error_deg", "adherence/psnr_db", "drift/psnr_db", "consistency/flicker_ratio"):
+        if key in summary:
+            print(f"{key}: {summary[key]}")
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Writing evaluation results: ``metrics.json``, PNG plots and ``report.md``.
+
+    paths = write_report(results, "outputs/eval", title="tiny vs ground truth")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .evaluator import DEFINITIONS
+from .metrics import PSNR_CAP_DB
+
+
+def to_json(value):
+    """JSON-ready copy: numpy scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def _values(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def plot_drift(drift: dict, path: Path) -> Path:
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    steps = np.arange(1, len(drift["psnr_db_curve"]) + 1)
+    top.plot(steps, drift["psnr_db_curve"], label="model")
+    top.plot(steps, drift["baseline_psnr_db_curve"], "--", label="repeat start frame")
+    top.set_ylabel(f"PSNR vs truth (dB, capped at {PSNR_CAP_DB:g})")
+    top.legend()
+    bottom.plot(steps, drift["ssim_curve"], label="model")
+    bottom.plot(steps, drift["baseline_ssim_curve"], "--", label="repeat start frame")
+    bottom.set_ylabel("SSIM vs truth")
+    bottom.set_xlabel("horizon (steps of one chunk)")
+    top.set_title("Accumulated drift: error against horizon")
+    return _save(figure, path)
+
+
+def plot_adherence(adherence: dict, path: Path) -> Path:
+    plt = _pyplot()
+    paths = adherence["paths"]
+    labels = [f"{i}: {p['kind']}" for i, p in enumerate(paths)]
+    x = np.arange(len(paths))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, title in ((axes[0], "rotation_error_deg", "rotation error (deg)"),
+                             (axes[1], "translation_direction_error_deg", "translation direction error (deg)")):
+        model = [np.nanmedian(_values(p[key])) if np.isfinite(_values(p[key])).any() else np.nan for p in paths]
+        truth = [np.nanmedian(_values(p["truth_" + key])) if np.isfinite(_values(p["truth_" + key])).any() else np.nan
+                 for p in paths]
+        axis.bar(x - 0.2, model, 0.4, label="model")
+        axis.bar(x + 0.2, truth, 0.4, label="ground truth (estimator noise)")
+        axis.set_xticks(x, labels, rotation=30, ha="right")
+        axis.set_title(f"median {title} per path")
+        axis.legend()
+    return _save(figure, path)
+
+
+def plot_consistency(adherence: dict, idle: dict | None, path: Path) -> Path:
+    plt = _pyplot()
+    paths = adherence["paths"]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(paths))
+    axes[0].bar(x - 0.2, [p["flicker"] for p in paths], 0.4, label="model")
+    axes[0].bar(x + 0.2, [p["truth_flicker"] for p in paths], 0.4, label="ground truth")
+    axes[0].set_xticks(x, [f"{i}: {p['kind']}" for i, p in enumerate(paths)], rotation=30, ha="right")
+    axes[0].set_title("flicker: mean |frame t+1 - frame t| (0..255)")
+    axes[0].legend()
+    if idle is not None:
+        curve = idle["difference_curve"]
+        axes[1].plot(np.arange(1, len(curve) + 1), curve, marker="o")
+        axes[1].set_xlabel("steps holding the zero action")
+    axes[1].set_title("idle: mean |frame - start frame| (0..255)")
+    return _save(figure, path)
+
+
+def plot_controllability(controllability: dict, path: Path) -> Path:
+    plt = _pyplot()
+    turn = controllability["patterns"][0]
+    steps = np.arange(1, len(turn["commanded_yaw_deg"]) + 1)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.step(steps, turn["commanded_yaw_deg"], where="mid", label="commanded", color="black")
+    axis.plot(steps, _values(turn["estimated_yaw_deg"]), "o-", label="estimated from the model's frames")
+    axis.plot(steps, _values(turn["truth_estimated_yaw_deg"]), "x--", label="estimated from the truth's frames")
+    axis.axhline(0, color="grey", linewidth=0.5)
+    axis.set_xlabel("step")
+    axis.set_ylabel("yaw per step (deg)")
+    axis.set_title(f"alternating turns ({turn['pattern']})")
+    axis.legend()
+    return _save(figure, path)
+
+
+def plot_recovery(recovery: dict, path: Path) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, label in (("ood_inverted", "start: inverted colours"), ("ood_noise", "start: noise image")):
+        curve = recovery[name]["divergence_curve"]
+        axis.plot(np.arange(len(curve)), curve, "o-", label=label)
+    cache = recovery["cache"]
+    curve = cache["divergence_curve"]
+    axis.plot(np.arange(1, len(curve) + 1), curve, "s-", label=f"cache noise before step {cache['perturb_at'] + 1}")
+    axis.set_xlabel("step (0 = start frame)")
+    axis.set_ylabel("mean |frame - undisturbed frame| (0..255)")
+    axis.set_title("Recovery: divergence from an undisturbed rollout")
+    axis.legend()
+    return _save(figure, path)
+
+
+def write_plots(results: dict, out: Path) -> list[Path]:
+    written = []
+    if "drift" in results:
+        written.append(plot_drift(results["drift"], out / "drift.png"))
+    if "adherence" in results:
+        written.append(plot_adherence(results["adherence"], out / "adherence.png"))
+        written.append(plot_consistency(results["adherence"], results.get("idle"), out / "consistency.png"))
+    if "controllability" in results:
+        written.append(plot_controllability(results["controllability"], out / "controllability.png"))
+    if "recovery" in results and "cache" in results["recovery"]:
+        written.append(plot_recovery(results["recovery"], out / "recovery.png"))
+    return written
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+# (label, model key, reference key, reference label)
+_ROWS = [
+    ("rotation error vs command (deg, median)", "adherence/rotation_error_deg", "adherence/truth_rotation_error_deg",
+     "truth"),
+    ("translation direction error (deg, median)", "adherence/translation_direction_error_deg",
+     "adherence/truth_translation_direction_error_deg", "truth"),
+    ("motion estimation failures", "adherence/failure_fraction", "adherence/truth_failure_fraction", "truth"),
+    ("rotation error vs the truth's estimate (deg)", "adherence/pose_rotation_error_deg", None, ""),
+    ("PSNR vs truth (dB)", "adherence/psnr_db", "adherence/baseline_psnr_db", "repeat start"),
+    ("SSIM vs truth", "adherence/ssim", "adherence/baseline_ssim", "repeat start"),
+    ("drift: PSNR over the long rollout (dB)", "drift/psnr_db", "drift/baseline_psnr_db", "repeat start"),
+    ("drift: PSNR at the last step (dB)", "drift/psnr_db_final", None, ""),
+    ("drift: horizons beating the baseline", "drift/beats_baseline_fraction", None, ""),
+    ("flicker (0..255)", "consistency/flicker", "consistency/truth_flicker", "truth"),
+    ("flicker / truth's flicker", "consistency/flicker_ratio", None, ""),
+    ("loop closure error (0..255)", "consistency/loop_closure_error", "consistency/truth_loop_closure_error", "truth"),
+    ("alternating commands followed", "controllability/direction_agreement",
+     "controllability/truth_direction_agreement", "truth"),
+    ("idle: final difference from the start frame (0..255)", "idle/final_difference", None, ""),
+    ("idle: estimated rotation per step (deg)", "idle/estimated_rotation_deg_per_step", None, ""),
+    ("recovery from inverted start (steps to half)", "recovery/ood_inverted_half_recovery_steps", None, ""),
+    ("recovery from noise start (steps to half)", "recovery/ood_noise_half_recovery_steps", None, ""),
+    ("recovery from cache noise (steps to half)", "recovery/cache_half_recovery_steps", None, ""),
+]
+
+
+def markdown(results: dict, images: list[Path], title: str) -> str:
+    summary = results["summary"]
+    lines = [f"# {title}", "", f"{results.get('meta', {}).get('date', '')} · "
+             f"{results.get('meta', {}).get('machine', '')}", "",
+             "| metric | model | reference |", "|---|---|---|"]
+    for label, key, reference, reference_label in _ROWS:
+        if key not in summary:
+            continue
+        ref = "" if reference is None else f"{_fmt(summary.get(reference))} ({reference_label})"
+        lines.append(f"| {label} | {_fmt(summary.get(key))} | {ref} |")
+    lines += ["", "The truth's own adherence errors are the motion estimator's noise floor; a model cannot be "
+              "expected to score below them.", ""]
+    for image in images:
+        lines += [f"![{image.stem}]({image.name})", ""]
+    recovery = results.get("recovery", {})
+    if "skipped" in recovery:
+        lines += [f"Recovery: skipped ({recovery['skipped']}).", ""]
+    hardware = results.get("hardware")
+    if hardware:
+        lines += ["## Hardware sensitivity", "",
+                  "| device | dtype | batch | first chunk (s) | first chunk, no VAE (s) | chunk (s) | frames/s | "
+                  "late/early chunk | peak memory (GB) |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in hardware:
+            if "error" in row:
+                lines.append(f"| {row['device']} | {row['dtype']} | {row['batch_size']} | {row['error']} |||||| ")
+                continue
+            lines.append(f"| {row['device']} | {row['dtype']} | {row['batch_size']} | {_fmt(row['first_chunk_s'], 3)} | "
+                         f"{_fmt(row['first_chunk_no_vae_s'], 3)} | {_fmt(row['chunk_s'], 3)} | "
+                         f"{_fmt(row['frames_per_s'], 1)} | {_fmt(row['late_over_early'])} | "
+                         f"{_fmt(row['peak_memory_gb'])} |")
+        lines += ["", f"Memory: {hardware[0].get('memory', '')} (on the CPU the whole process's peak so far).", ""]
+    lines += ["## Definitions", ""] + [f"- `{k}`: {v}" for k, v in DEFINITIONS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out, title: str = "minwm evaluation") -> dict[str, Path]:
+    """Write ``metrics.json``, the plots and ``report.md`` into ``out``; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps(to_json(results), indent=1) + "\n")
+    images = write_plots(results, out)
+    report_path = out / "report.md"
+    report_path.write_text(markdown(results, images, title))
+    return {"metrics": metrics_path, "report": report_path, **{p.stem: p for p in images}}
+
+
+__all__ = ["markdown", "to_json", "write_plots", "write_report"]
