@@ -25,4 +25,7 @@ if [ -d training_state/default ]; then
     fi
   done
 fi
+# Waiting OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made
+# steps ~15x slower whenever another process held a core (0.5 s vs 8 s a step).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec "$MINWM_PYTHON" -m minwm_train.cli pipeline --preset default --data "$DATA" --out "$OUT" "$@"
