@@ -27,7 +27,7 @@ from .report import write_report
 
 GROUND_TRUTH = "ground-truth"
 # --quick: a smoke-sized run of every suite (about a minute for the tiny preset on 2 CPU cores).
-QUICK = dict(num_paths=2, chunks=3, drift_chunks=6, idle_chunks=2, recovery_chunks=3, perturb_at=1)
+QUICK = dict(num_paths=2, chunks=4, drift_chunks=8, idle_chunks=3, recovery_chunks=4, perturb_at=1)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..envs.world_model import WorldModelEnv
 from ..pose_strings import KEY_DELTAS
 from ..world.paths import PATH_KINDS, random_path, random_start
 from . import metrics
-from .motion import METHODS, RelativeMotion, estimate_motion
+from .motion import METHODS, RelativeMotion, estimate_motion, expected_flow, image_flow
 from .rollout import Rollout, env_layout, paired_rollout, render_start, rollout
 
 SUITES = ("adherence", "drift", "consistency", "controllability", "idle", "recovery")
@@ -51,7 +51,8 @@ DEFINITIONS = {
     "consistency/loop_closure_error": "mean absolute difference (0..255) between the last and the start frame of an "
                                       "out-and-back path (the truth: 0)",
     "controllability/direction_agreement": "fraction of steps of alternating commands (turn right/left, step "
-                                           "right/left each step) whose estimated motion points the commanded way",
+                                           "right/left each step) whose median image flow points the way the command "
+                                           "moves the image centre",
     "idle/final_difference": "mean absolute difference (0..255) of the last frame from the start frame after holding "
                              "the zero action (the truth: 0)",
     "idle/estimated_rotation_deg_per_step": "median camera rotation estimated per step while idle (the truth: 0)",
@@ -127,16 +128,6 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def _rotation_vector(rotation: np.ndarray) -> np.ndarray:
-    """Axis × angle (radians) of a rotation matrix."""
-    angle = math.radians(float(metrics.rotation_angle_deg(rotation)))
-    if angle < 1e-9:
-        return np.zeros(3)
-    axis = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
-    norm = np.linalg.norm(axis)
-    return axis / norm * angle if norm > 1e-12 else np.zeros(3)
-
-
 def motion_errors(estimate: RelativeMotion | None, reference: np.ndarray) -> tuple[float | None, float | None]:
     """(rotation error, translation direction error) in degrees of an estimate against a 4×4
     reference motion; None where undefined (failed estimate; no reference translation)."""
@@ -149,15 +140,13 @@ def motion_errors(estimate: RelativeMotion | None, reference: np.ndarray) -> tup
     return rotation, None if math.isnan(direction) else direction
 
 
-def follows_direction(estimate: RelativeMotion | None, reference: np.ndarray) -> bool:
-    """Whether the estimated motion points the commanded way: a positive cosine between rotation
-    vectors for a command that turns, between translation directions for one that only moves."""
-    if estimate is None:
+def follows_direction(flow: np.ndarray | None, command: np.ndarray, intrinsics, min_flow: float = 0.005) -> bool:
+    """Whether the view moved the commanded way: the median image flow of the step points the
+    same way (positive dot product) as the flow the command predicts at the image centre, and
+    is at least ``min_flow`` of the image size (a still picture follows nothing)."""
+    if flow is None or np.linalg.norm(flow) < min_flow:
         return False
-    command_rotation = _rotation_vector(reference[:3, :3])
-    if np.linalg.norm(command_rotation) > 1e-9:
-        return float(_rotation_vector(estimate.rotation) @ command_rotation) > 0
-    return float(estimate.translation_direction @ reference[:3, 3]) > 0
+    return float(flow @ expected_flow(command, intrinsics)) > 0
 
 
 def recovery_time(errors, fraction: float = 0.5) -> int | None:
@@ -225,6 +214,9 @@ class Evaluator:
 
     def _step_motions(self, run: Rollout) -> list[RelativeMotion | None]:
         return [self._motion(run.step_frames(k)) for k in range(run.num_chunks)]
+
+    def _step_flows(self, run: Rollout) -> list[np.ndarray | None]:
+        return [image_flow(run.step_frames(k), size=self.config.motion_size) for k in range(run.num_chunks)]
 
     # -- suites -----------------------------------------------------------------------------------
     def adherence(self) -> dict:
@@ -347,11 +339,12 @@ class Evaluator:
                                                   seed=config.seed + 300)
             model_motion, truth_motion = self._step_motions(model_run), self._step_motions(truth_run)
             commands = [commanded_motion(a) for a in model_run.actions]
+            model_flow, truth_flow = self._step_flows(model_run), self._step_flows(truth_run)
             mse = metrics.mse(model_run.last_frames()[1:], truth_run.last_frames()[1:])
             records.append({
                 "pattern": f"{first}*{chunk},{second}*{chunk} repeated",
-                "follows": [follows_direction(m, c) for m, c in zip(model_motion, commands)],
-                "truth_follows": [follows_direction(m, c) for m, c in zip(truth_motion, commands)],
+                "follows": [follows_direction(f, c, self.intrinsics) for f, c in zip(model_flow, commands)],
+                "truth_follows": [follows_direction(f, c, self.intrinsics) for f, c in zip(truth_flow, commands)],
                 "estimated_yaw_deg": [None if m is None else float(camera.matrix_to_delta(_pose(m))[3]) for m in model_motion],
                 "truth_estimated_yaw_deg": [None if m is None else float(camera.matrix_to_delta(_pose(m))[3])
                                             for m in truth_motion],

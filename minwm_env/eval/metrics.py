@@ -140,10 +140,12 @@ def loop_closure_error(frames) -> float:
 
 
 def rotation_angle_deg(rotation) -> np.ndarray:
-    """Angle of rotation matrices (..., 3, 3) in degrees."""
-    rotation = np.asarray(rotation, dtype=np.float64)
-    cosine = (np.trace(rotation, axis1=-2, axis2=-1) - 1) / 2
-    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+    """Angle of rotation matrices (..., 3, 3) in degrees, from ``atan2(sin, cos)`` (accurate
+    near 0° and 180°, where ``arccos`` of the trace is not)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    cosine = (np.trace(r, axis1=-2, axis2=-1) - 1) / 2
+    axis = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], axis=-1)
+    return np.degrees(np.arctan2(np.linalg.norm(axis, axis=-1) / 2, cosine))
 
 
 def rotation_error_deg(estimated, reference) -> np.ndarray:
