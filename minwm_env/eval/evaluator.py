@@ -32,7 +32,8 @@ SUITES = ("adherence", "drift", "consistency", "controllability", "idle", "recov
 
 DEFINITIONS = {
     "adherence/rotation_error_deg": "median over steps of the angle between the camera rotation estimated from the "
-                                    "model's frames (one step: the frame before it to its last frame) and the commanded one",
+                                    "model's frames (one step: the frame before it to its last frame) and the "
+                                    "commanded one",
     "adherence/translation_direction_error_deg": "median angle between estimated and commanded translation direction "
                                                  "(steps that move the camera)",
     "adherence/failure_fraction": "fraction of steps where motion could not be estimated from the model's frames",
@@ -97,7 +98,8 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.perturb_at < self.recovery_chunks:
-            raise ValueError(f"perturb_at must be in [0, recovery_chunks={self.recovery_chunks}), got {self.perturb_at}")
+            raise ValueError(f"perturb_at must be in [0, recovery_chunks={self.recovery_chunks}), "
+                             f"got {self.perturb_at}")
         for kind in (*self.path_kinds, self.drift_kind):
             if kind not in PATH_KINDS:
                 raise ValueError(f"unknown path kind {kind!r}; kinds: {list(PATH_KINDS)}")
@@ -183,7 +185,7 @@ def _perturb_cache(noise: float, seed: int):
         for keys, values in generator.cache.streams.values():
             for tensor in (*keys, *values):
                 scale = noise * float(tensor.float().std())
-                tensor.add_((torch.randn(tensor.shape, generator=rng) * scale).to(tensor.dtype))
+                tensor.add_((torch.randn(tensor.shape, generator=rng) * scale).to(tensor.device, tensor.dtype))
     return perturb
 
 
@@ -333,7 +335,8 @@ class Evaluator:
         start_pose = random_start(self.scene, _Seeded(config.seed * 1000 + 300))
         chunk = self.layout.chunk_frames
         for name, (first, second) in {"turn": ("l", "j"), "strafe": ("d", "a")}.items():
-            deltas = np.concatenate([np.repeat([KEY_DELTAS[first]], chunk, 0), np.repeat([KEY_DELTAS[second]], chunk, 0)])
+            deltas = np.concatenate([np.repeat([KEY_DELTAS[first]], chunk, 0),
+                                     np.repeat([KEY_DELTAS[second]], chunk, 0)])
             deltas = np.tile(deltas, (math.ceil(config.chunks / 2), 1))[: config.chunks * chunk]
             model_run, truth_run = paired_rollout(self.model, self.truth, deltas, start_pose=start_pose,
                                                   seed=config.seed + 300)
@@ -345,9 +348,8 @@ class Evaluator:
                 "pattern": f"{first}*{chunk},{second}*{chunk} repeated",
                 "follows": [follows_direction(f, c, self.intrinsics) for f, c in zip(model_flow, commands)],
                 "truth_follows": [follows_direction(f, c, self.intrinsics) for f, c in zip(truth_flow, commands)],
-                "estimated_yaw_deg": [None if m is None else float(camera.matrix_to_delta(_pose(m))[3]) for m in model_motion],
-                "truth_estimated_yaw_deg": [None if m is None else float(camera.matrix_to_delta(_pose(m))[3])
-                                            for m in truth_motion],
+                "estimated_yaw_deg": [_yaw_deg(m) for m in model_motion],
+                "truth_estimated_yaw_deg": [_yaw_deg(m) for m in truth_motion],
                 "commanded_yaw_deg": [float(camera.matrix_to_delta(torch.as_tensor(c))[3]) for c in commands],
                 "rotation_error_deg": [motion_errors(m, c)[0] for m, c in zip(model_motion, commands)],
                 "mse": mse.tolist(), "psnr_db": _psnr_db(mse)})
@@ -367,7 +369,8 @@ class Evaluator:
         run = rollout(self.model, actions, start_pose, start, seed=config.seed + 400)
         frames = run.last_frames()
         difference = metrics.mean_abs_difference(frames[:1], frames[1:])
-        rotations = [None if m is None else float(metrics.rotation_angle_deg(m.rotation)) for m in self._step_motions(run)]
+        rotations = [None if m is None else float(metrics.rotation_angle_deg(m.rotation))
+                     for m in self._step_motions(run)]
         summary = {"idle/final_difference": float(difference[-1]), "idle/max_difference": float(difference.max()),
                    "idle/psnr_db_final": _psnr_db(metrics.mse(frames[0], frames[-1]))[0],
                    "idle/flicker": metrics.flicker(run.all_frames()),
@@ -429,10 +432,13 @@ class Evaluator:
         return results
 
 
-def _pose(motion: RelativeMotion) -> torch.Tensor:
+def _yaw_deg(motion: RelativeMotion | None) -> float | None:
+    """The yaw (turn right) of an estimated rotation, in degrees."""
+    if motion is None:
+        return None
     pose = torch.eye(4, dtype=torch.float64)
     pose[:3, :3] = torch.as_tensor(motion.rotation)
-    return pose
+    return float(camera.matrix_to_delta(pose)[3])
 
 
 class _Seeded:

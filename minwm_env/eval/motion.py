@@ -57,7 +57,7 @@ class RelativeMotion:
     """Pose of the last frame's camera in the first frame's camera (OpenCV axes)."""
 
     rotation: np.ndarray  # (3, 3)
-    translation_direction: np.ndarray  # (3,) unit vector; zeros when no translation is measurable (still or pure rotation)
+    translation_direction: np.ndarray  # (3,) unit vector; zeros when none is measurable (still, pure rotation)
     num_correspondences: int  # tracked or matched points
     num_inliers: int  # points consistent with the essential matrix and in front of both cameras
 
@@ -149,7 +149,8 @@ def estimate_motion(frames, intrinsics, *, method: str = "klt", size: int = 128,
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     intrinsics = np.asarray(intrinsics, dtype=np.float64)
     if intrinsics.shape != (4,) or not np.isfinite(intrinsics).all() or (intrinsics[:2] <= 0).any():
-        raise ValueError(f"intrinsics must be 4 finite values [fx/W, fy/H, cx/W, cy/H] with fx, fy > 0, got {intrinsics}")
+        raise ValueError(f"intrinsics must be 4 finite values [fx/W, fy/H, cx/W, cy/H] with fx, fy > 0, "
+                         f"got {intrinsics}")
     if method == "klt":
         points_a, points_b = _track([_gray(f, size) for f in frames])
         image_shape = _gray(frames[0], size).shape

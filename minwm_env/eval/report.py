@@ -68,22 +68,31 @@ def plot_drift(drift: dict, path: Path) -> Path:
     return _save(figure, path)
 
 
+def _median_or_nan(values) -> float:
+    values = _values(values)
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else np.nan
+
+
 def plot_adherence(adherence: dict, path: Path) -> Path:
     plt = _pyplot()
     paths = adherence["paths"]
     labels = [f"{i}: {p['kind']}" for i, p in enumerate(paths)]
     x = np.arange(len(paths))
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     for axis, key, title in ((axes[0], "rotation_error_deg", "rotation error (deg)"),
                              (axes[1], "translation_direction_error_deg", "translation direction error (deg)")):
-        model = [np.nanmedian(_values(p[key])) if np.isfinite(_values(p[key])).any() else np.nan for p in paths]
-        truth = [np.nanmedian(_values(p["truth_" + key])) if np.isfinite(_values(p["truth_" + key])).any() else np.nan
-                 for p in paths]
-        axis.bar(x - 0.2, model, 0.4, label="model")
-        axis.bar(x + 0.2, truth, 0.4, label="ground truth (estimator noise)")
-        axis.set_xticks(x, labels, rotation=30, ha="right")
+        axis.bar(x - 0.2, [_median_or_nan(p[key]) for p in paths], 0.4, label="model")
+        axis.bar(x + 0.2, [_median_or_nan(p["truth_" + key]) for p in paths], 0.4,
+                 label="ground truth (estimator noise)")
         axis.set_title(f"median {title} per path")
-        axis.legend()
+    steps = [len(p["rotation_error_deg"]) for p in paths]
+    axes[2].bar(x - 0.2, [p["failures"] / n for p, n in zip(paths, steps)], 0.4, label="model")
+    axes[2].bar(x + 0.2, [p["truth_failures"] / n for p, n in zip(paths, steps)], 0.4, label="ground truth")
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("steps where motion could not be estimated")
+    for axis in axes:
+        axis.set_xticks(x, labels, rotation=30, ha="right")
+        axis.legend(fontsize="small")
     return _save(figure, path)
 
 
@@ -101,6 +110,8 @@ def plot_consistency(adherence: dict, idle: dict | None, path: Path) -> Path:
         curve = idle["difference_curve"]
         axes[1].plot(np.arange(1, len(curve) + 1), curve, marker="o")
         axes[1].set_xlabel("steps holding the zero action")
+        axes[1].xaxis.get_major_locator().set_params(integer=True)
+        axes[1].set_ylim(bottom=0)
     axes[1].set_title("idle: mean |frame - start frame| (0..255)")
     return _save(figure, path)
 
@@ -110,10 +121,11 @@ def plot_controllability(controllability: dict, path: Path) -> Path:
     turn = controllability["patterns"][0]
     steps = np.arange(1, len(turn["commanded_yaw_deg"]) + 1)
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.step(steps, turn["commanded_yaw_deg"], where="mid", label="commanded", color="black")
+    axis.plot(steps, turn["commanded_yaw_deg"], "s-", label="commanded", color="black")
     axis.plot(steps, _values(turn["estimated_yaw_deg"]), "o-", label="estimated from the model's frames")
     axis.plot(steps, _values(turn["truth_estimated_yaw_deg"]), "x--", label="estimated from the truth's frames")
     axis.axhline(0, color="grey", linewidth=0.5)
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("step")
     axis.set_ylabel("yaw per step (deg)")
     axis.set_title(f"alternating turns ({turn['pattern']})")
@@ -123,17 +135,24 @@ def plot_controllability(controllability: dict, path: Path) -> Path:
 
 def plot_recovery(recovery: dict, path: Path) -> Path:
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for name, label in (("ood_inverted", "start: inverted colours"), ("ood_noise", "start: noise image")):
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, label in (("ood_inverted", "inverted colours"), ("ood_noise", "noise image")):
         curve = recovery[name]["divergence_curve"]
-        axis.plot(np.arange(len(curve)), curve, "o-", label=label)
+        left.plot(np.arange(len(curve)), curve, "o-", label=label)
+    left.set_xlabel("step (0 = the unusual start image)")
+    left.set_title("unusual start images")
     cache = recovery["cache"]
     curve = cache["divergence_curve"]
-    axis.plot(np.arange(1, len(curve) + 1), curve, "s-", label=f"cache noise before step {cache['perturb_at'] + 1}")
-    axis.set_xlabel("step (0 = start frame)")
-    axis.set_ylabel("mean |frame - undisturbed frame| (0..255)")
-    axis.set_title("Recovery: divergence from an undisturbed rollout")
-    axis.legend()
+    right.plot(np.arange(1, len(curve) + 1), curve, "s-", color="tab:green")
+    right.axvline(cache["perturb_at"] + 0.5, color="grey", linestyle=":", label="cache perturbed")
+    right.set_xlabel("step")
+    right.set_title("noise added to the KV cache")
+    for axis in (left, right):
+        axis.set_ylabel("mean |frame - undisturbed frame| (0..255)")
+        axis.set_ylim(bottom=0)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.legend()
+    figure.suptitle("Recovery: divergence from an undisturbed rollout (same seed and actions)")
     return _save(figure, path)
 
 
@@ -215,11 +234,14 @@ def markdown(results: dict, images: list[Path], title: str) -> str:
             if "error" in row:
                 lines.append(f"| {row['device']} | {row['dtype']} | {row['batch_size']} | {row['error']} |||||| ")
                 continue
-            lines.append(f"| {row['device']} | {row['dtype']} | {row['batch_size']} | {_fmt(row['first_chunk_s'], 3)} | "
-                         f"{_fmt(row['first_chunk_no_vae_s'], 3)} | {_fmt(row['chunk_s'], 3)} | "
+            lines.append(f"| {row['device']} | {row['dtype']} | {row['batch_size']} | "
+                         f"{_fmt(row['first_chunk_s'], 3)} | {_fmt(row['first_chunk_no_vae_s'], 3)} | "
+                         f"{_fmt(row['chunk_s'], 3)} | "
                          f"{_fmt(row['frames_per_s'], 1)} | {_fmt(row['late_over_early'])} | "
                          f"{_fmt(row['peak_memory_gb'])} |")
-        lines += ["", f"Memory: {hardware[0].get('memory', '')} (on the CPU the whole process's peak so far).", ""]
+        lines += ["", "First chunk: a fresh episode's first chunk of frames (median after a warm-up); without the VAE "
+                  "it is ready as latents. Chunk and frames/s: steady streaming, all batch rows counted. Peak memory: "
+                  "CUDA's peak allocation per row; on the CPU the whole process's peak resident set so far.", ""]
     lines += ["## Definitions", ""] + [f"- `{k}`: {v}" for k, v in DEFINITIONS.items()]
     return "\n".join(lines) + "\n"
 

@@ -55,8 +55,8 @@ def ground_truth_like(env: gym.Env, scene: str = "room", scene_seed: int = 0) ->
     registration's time limit: drift runs for hundreds of steps)."""
     layout = env_layout(env)
     return GroundTruthEnv(scene=scene, scene_seed=scene_seed, width=layout.width, height=layout.height,
-                          chunk_frames=layout.chunk_frames, temporal_factor=layout.frames_per_chunk // layout.chunk_frames,
-                          obs_mode="chunk")
+                          chunk_frames=layout.chunk_frames,
+                          temporal_factor=layout.frames_per_chunk // layout.chunk_frames, obs_mode="chunk")
 
 
 def chunk_path(deltas, chunk_frames: int) -> np.ndarray:
