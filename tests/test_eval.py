@@ -158,6 +158,18 @@ def test_model_that_ignores_actions_scores_poorly(truth_scores, still_scores):
     assert still["consistency/flicker_ratio"] == 0  # nothing changes while the truth moves
 
 
+def test_idle_stability_catches_a_drifting_scene():
+    """Holding the zero action: the truth stays exactly put, a model whose view keeps turning does not."""
+    config = EvalConfig(idle_chunks=2)
+    still = Evaluator(truth_env(), truth_env(), config).idle()["summary"]
+    drifting = Evaluator(IgnoreActions(truth_env(), TURN), truth_env(), config).idle()["summary"]
+    assert still["idle/final_difference"] == 0 and still["idle/psnr_db_final"] == metrics.PSNR_CAP_DB
+    assert drifting["idle/final_difference"] > 5 and drifting["idle/psnr_db_final"] < 25
+    assert drifting["idle/estimated_rotation_deg_per_step"] > 8  # 12° a step
+    with pytest.raises(ValueError, match="action space"):
+        IgnoreActions(truth_env(), (0, 0, 0, 90.0, 0, 0))
+
+
 # -- temporal consistency ------------------------------------------------------------------------------
 
 def test_shuffled_frames_flicker(rendered):
