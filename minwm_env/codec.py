@@ -28,6 +28,20 @@ def from_uint8(frames: torch.Tensor) -> torch.Tensor:
     return frames.movedim(-1, -3).float() / 127.5 - 1
 
 
+def check_clip(frames: torch.Tensor, temporal_factor: int) -> None:
+    """Frames must be (B, 3, T, H, W) with T = 1 + temporal_factor·k."""
+    if frames.ndim != 5 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (B, 3, T, H, W), got {tuple(frames.shape)}")
+    if (frames.shape[2] - 1) % temporal_factor:
+        raise ValueError(f"frame count must be 1 + {temporal_factor}k, got {frames.shape[2]}")
+
+
+def latent_size(height: int, width: int, spatial_factor: int) -> tuple[int, int]:
+    if height % spatial_factor or width % spatial_factor:
+        raise ValueError(f"frame size {height}x{width} must be divisible by {spatial_factor}")
+    return height // spatial_factor, width // spatial_factor
+
+
 def _rms_norm_forward(self: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
     """WanRMS_norm's computation, L2-normalising over channels with a sum of squares.
 
@@ -79,17 +93,12 @@ class WanVAECodec:
         return (latents.float() * std + mean).to(latents.dtype)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        if height % self.spatial_factor or width % self.spatial_factor:
-            raise ValueError(f"frame size {height}x{width} must be divisible by {self.spatial_factor}")
-        return height // self.spatial_factor, width // self.spatial_factor
+        return latent_size(height, width, self.spatial_factor)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) in [-1, 1] with T = 1 + 4k → normalised latents (B, C, 1 + k, h, w)."""
-        if frames.ndim != 5 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be (B, 3, T, H, W), got {tuple(frames.shape)}")
-        if (frames.shape[2] - 1) % self.temporal_factor:
-            raise ValueError(f"frame count must be 1 + {self.temporal_factor}k, got {frames.shape[2]}")
+        check_clip(frames, self.temporal_factor)
         dtype = next(self.vae.parameters()).dtype
         latents = self.vae.encode(frames.to(dtype)).latent_dist.mode()
         return self.normalize(latents)
@@ -221,9 +230,7 @@ class SpaceToDepthCodec(torch.nn.Module):
         return self
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        if height % self.spatial_factor or width % self.spatial_factor:
-            raise ValueError(f"frame size {height}x{width} must be divisible by {self.spatial_factor}")
-        return height // self.spatial_factor, width // self.spatial_factor
+        return latent_size(height, width, self.spatial_factor)
 
     def _pack(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, 4n, H, W) → (B, C, n, h, w)."""
@@ -243,10 +250,7 @@ class SpaceToDepthCodec(torch.nn.Module):
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.ndim != 5 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be (B, 3, T, H, W), got {tuple(frames.shape)}")
-        if (frames.shape[2] - 1) % self.temporal_factor:
-            raise ValueError(f"frame count must be 1 + {self.temporal_factor}k, got {frames.shape[2]}")
+        check_clip(frames, self.temporal_factor)
         self.latent_size(frames.shape[3], frames.shape[4])
         first = frames[:, :, :1].expand(-1, -1, self.temporal_factor, -1, -1)
         return self._pack(torch.cat([first, frames[:, :, 1:]], dim=2).to(self.scale.dtype))
