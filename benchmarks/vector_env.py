@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 import gymnasium as gym
-import numpy as np
 
 import minwm_env  # noqa: F401
 from minwm_env.cli import arg, parse
@@ -42,7 +41,6 @@ def main(argv=None) -> None:
     for n in args.num_envs:
         configs[f"vector{n}"] = gym.make_vec("minwm/World-v0", num_envs=n, vectorization_mode="vector_entry_point",
                                              model=model, obs_mode=args.obs_mode)
-    rng = np.random.default_rng(0)
     elapsed = {name: 0.0 for name in configs}
     for name, env in configs.items():
         env.reset(seed=0)
@@ -62,7 +60,6 @@ def main(argv=None) -> None:
     base = result["frames_per_s"]["single"]
     for name, fps in result["frames_per_s"].items():
         print(f"{name:10s} {fps:8.1f} frames/s  ({fps / base:4.2f}x one env)")
-    del rng
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -5,7 +5,6 @@ import resource
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 
 import minwm_env  # noqa: F401
