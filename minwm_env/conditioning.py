@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import camera as cam
+from .jsonfile import read_json
 
 CAMERA_MODES = ("none", "prope", "plucker")
 WEIGHTS_FILE = "conditioning.safetensors"
@@ -348,12 +349,7 @@ class Conditioning(nn.Module):
 
 def read_conditioning_config(folder: str | Path) -> ConditioningConfig:
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
+    data = read_json(path)
     data.pop("patch", None)
     try:
         return ConditioningConfig.from_dict(data)

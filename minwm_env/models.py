@@ -23,6 +23,7 @@ from .backbones import CausalWan
 from .codec import SpaceToDepthCodec, WanVAECodec, load_codec
 from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
+from .jsonfile import read_json
 
 SETTINGS_FILE = "minwm.json"
 CONDITIONING_DIR = "conditioning"
@@ -213,12 +214,7 @@ def load_component(folder: Path, cls):
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist (a model folder needs transformer/ and vae/ subfolders)")
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err})") from err
+    config = read_json(config_path)
     if config.get("_class_name", cls.__name__) != cls.__name__:
         raise ValueError(f"{config_path} describes a {config['_class_name']}, expected {cls.__name__}")
     try:
@@ -268,10 +264,7 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
         settings_path = folder / SETTINGS_FILE
         settings = ModelSettings()
         if settings_path.is_file():
-            try:
-                settings = ModelSettings.from_dict(json.loads(settings_path.read_text()), str(settings_path))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{settings_path} is not valid JSON ({err})") from err
+            settings = ModelSettings.from_dict(read_json(settings_path), str(settings_path))
         settings = replace(settings, **settings_overrides)
         if conditioning is None and (folder / CONDITIONING_DIR).is_dir():
             branch_weights = folder / CONDITIONING_DIR

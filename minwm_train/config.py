@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from minwm_env.cli import arg
+from minwm_env.jsonfile import read_json
 
 STAGES = ("stage0", "stage1", "stage2a", "stage2b", "stage3")
 
@@ -102,14 +103,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from err
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
 
 # Per-preset, per-stage settings (DESIGN.md §6; the paper's Wan2.1 and HY1.5 recipes).

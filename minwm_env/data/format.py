@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import camera
+from ..jsonfile import read_json  # noqa: F401  (re-exported for the data modules)
 
 FORMAT_NAME = "minwm-clips"
 FORMAT_VERSION = 1
@@ -62,15 +63,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: Any, indent: int | None = 1) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=indent) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
 
 
 # ----------------------------------------------------------------------------------------------
