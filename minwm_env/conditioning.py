@@ -101,7 +101,7 @@ class ActionSpec:
         actions = actions.to(torch.float32)
         if not torch.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
-        low, high = torch.tensor(self.low), torch.tensor(self.high)
+        low, high = torch.tensor(self.low, device=actions.device), torch.tensor(self.high, device=actions.device)
         if self.discrete and (actions != actions.round()).any():
             raise ValueError(f"discrete actions must be integers, got {actions[actions != actions.round()][:3].tolist()}")
         outside = (actions < low) | (actions > high)

@@ -169,7 +169,7 @@ class Trainer:
             ema_path = path / "ema.safetensors"
             if not ema_path.is_file():
                 raise FileNotFoundError(f"checkpoint {path} has no ema.safetensors but EMA is on")
-            self.ema.state = safetensors.torch.load_file(ema_path)
+            self.ema.state = safetensors.torch.load_file(ema_path, device=str(self.stage.device))
         for name, optimizer in self.optimizers.items():
             try:
                 optimizer.load_state_dict(torch.load(path / f"optimizer-{name}.pt", weights_only=True))
