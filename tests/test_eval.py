@@ -139,6 +139,8 @@ def test_ground_truth_scores_perfect_adherence_and_no_drift(truth_scores):
     assert summary["adherence/pose_rotation_error_deg"] == 0  # same frames, same estimate
     assert summary["adherence/psnr_db"] == metrics.PSNR_CAP_DB and summary["adherence/ssim"] == 1.0
     assert summary["adherence/baseline_psnr_db"] < 25  # the paths move: repeating the start frame is wrong
+    # The truth driven by the negated actions ends somewhere else: far from the truth of the true ones.
+    assert summary["adherence/mirrored_psnr_db"] < 25
     assert summary["drift/psnr_db"] == metrics.PSNR_CAP_DB and summary["drift/ssim"] == 1.0
     assert summary["drift/beats_baseline_fraction"] == 1.0
     assert summary["consistency/flicker_ratio"] == 1.0 and summary["consistency/loop_closure_error"] == 0
@@ -154,6 +156,8 @@ def test_model_that_ignores_actions_scores_poorly(truth_scores, still_scores):
     assert still["adherence/pose_rotation_error_deg"] > 5
     assert still["adherence/psnr_db"] < 25 and still["adherence/ssim"] < 0.8
     assert still["drift/beats_baseline_fraction"] == 0  # it *is* the repeat-start-frame baseline
+    # Actions ignored: mirrored actions give exactly the same frames, so the same score.
+    assert still["adherence/mirrored_psnr_db"] == still["adherence/psnr_db"]
     assert still["controllability/direction_agreement"] == 0
     assert still["consistency/flicker_ratio"] == 0  # nothing changes while the truth moves
 
@@ -211,6 +215,19 @@ def test_cli_rejects_bad_arguments(tmp_path):
         eval_main(["--model", "tiny", "--recovery-chunks", "2", "--perturb-at", "5", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown suite"):
         eval_main(["--model", "tiny", "--suites", "vibes", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--sampler-steps must be >= 0"):
+        eval_main(["--model", "tiny", "--sampler-steps", "-1", "--out", str(tmp_path)])
+
+
+def test_sampler_steps_selects_multi_step_euler():
+    from minwm_env.eval.cli import Args, build_envs
+    from minwm_env.samplers import EulerSampler, FewStepSampler
+
+    model, truth = build_envs(Args(model="tiny", sampler_steps=3))
+    sampler = model.unwrapped._world.generator.sampler
+    assert isinstance(sampler, EulerSampler) and sampler.num_steps == 3 and sampler.guidance_scale == 1.0
+    default, _ = build_envs(Args(model="tiny"))
+    assert isinstance(default.unwrapped._world.generator.sampler, FewStepSampler)
 
 
 def test_minwm_eval_quick_writes_the_report(tmp_path):

@@ -52,6 +52,8 @@ class Args:
     motion_method: str = arg("klt", "camera-motion estimator", choices=list(METHODS))
     device: str = arg("cpu", "torch device of the evaluated model")
     dtype: str = arg("float32", "dtype of the evaluated model", choices=["float32", "bfloat16", "float16"])
+    sampler_steps: int = arg(0, "0: the model's own few-step sampler; N: deterministic N-step Euler without guidance "
+                                "(the multi-step autoregressive baseline, e.g. for a stage-1 model)")
     quick: bool = arg(False, f"small sizes for every size flag left at its default: {QUICK}")
 
 
@@ -71,8 +73,15 @@ def build_envs(args: Args):
     if args.model == GROUND_TRUTH:
         model = GroundTruthEnv(scene=args.scene, obs_mode="chunk")
     else:
-        model = WorldModelEnv(model=args.model, device=args.device, dtype=args.dtype, obs_mode="chunk",
-                              start_scene=args.scene)
+        sampler = None
+        if args.sampler_steps:
+            from ..models import load_model
+            from ..samplers import EulerSampler
+
+            loaded = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+            sampler = EulerSampler(num_steps=args.sampler_steps, shift=loaded.settings.shift, guidance_scale=1.0)
+        model = WorldModelEnv(model=loaded if sampler else args.model, device=args.device, dtype=args.dtype,
+                              obs_mode="chunk", start_scene=args.scene, sampler=sampler)
     return model, ground_truth_like(model, args.scene)
 
 
@@ -81,6 +90,8 @@ def main(argv=None) -> None:
     if args.against != GROUND_TRUTH:
         raise SystemExit(f"minwm-eval: --against must be '{GROUND_TRUTH}' (the rendered world is the only reference "
                          f"with a truth), got {args.against!r}")
+    if args.sampler_steps < 0:
+        raise SystemExit(f"minwm-eval: --sampler-steps must be >= 0, got {args.sampler_steps}")
     unknown = sorted(set(args.suites) - set(SUITES))
     if unknown:
         raise SystemExit(f"minwm-eval: unknown suite(s) {unknown}; suites: {list(SUITES)}")

@@ -45,6 +45,9 @@ DEFINITIONS = {
                          "(100 dB = identical)",
     "adherence/ssim": "SSIM (luminance, 11x11 Gaussian window) of the model against the truth, mean over all frames",
     "adherence/baseline_*": "the same for the baseline that repeats the start frame",
+    "adherence/mirrored_psnr_db": "PSNR against the same truth of the model rolled out from the same start and noise "
+                                  "with every action negated (a model that uses its actions scores well below "
+                                  "adherence/psnr_db)",
     "drift/psnr_db_curve": "PSNR of each step's last frame against the truth vs horizon (error averaged over paths)",
     "drift/beats_baseline_fraction": "fraction of horizons where the model's PSNR beats repeating the start frame",
     "consistency/flicker": "mean absolute difference of consecutive frames (0..255), mean over paths",
@@ -92,6 +95,8 @@ class EvalConfig:
     """frames are upscaled to this width before features are detected"""
     seed: int = 0
     """seed of the paths and of the model's noise"""
+    mirrored: bool = True
+    """adherence also rolls each path out with its actions negated (true vs mirrored actions)"""
 
     def __post_init__(self):
         for name in ("num_paths", "chunks", "drift_chunks", "drift_paths", "idle_chunks", "recovery_chunks"):
@@ -254,6 +259,13 @@ class Evaluator:
             model_frames, truth_frames = model_run.all_frames(), truth_run.all_frames()
             per_step = self.layout.frames_per_chunk
             mse = metrics.mse(model_frames[1:], truth_frames[1:]).reshape(-1, per_step).mean(1)
+            if config.mirrored:
+                # The same start and noise seed with every action negated, scored against the true
+                # path's truth: a model that uses its actions is clearly further from the truth.
+                mirrored_run = rollout(self.model, -model_run.actions, path.start_c2w,
+                                       render_start(self.truth, path.start_c2w), seed=config.seed + i)
+                mirrored_mse = metrics.mse(mirrored_run.all_frames()[1:], truth_frames[1:]).reshape(-1, per_step).mean(1)
+                record.update(mirrored_mse=mirrored_mse.tolist(), mirrored_psnr_db=_psnr_db(mirrored_mse))
             baseline_mse = metrics.mse(truth_frames[:1], truth_frames[1:]).reshape(-1, per_step).mean(1)
             record.update(
                 mse=mse.tolist(), baseline_mse=baseline_mse.tolist(), psnr_db=_psnr_db(mse),
@@ -281,6 +293,7 @@ class Evaluator:
             "adherence/psnr_db": _pooled_psnr_db(pooled("mse")), "adherence/ssim": _mean(pooled("ssim")),
             "adherence/baseline_psnr_db": _pooled_psnr_db(pooled("baseline_mse")),
             "adherence/baseline_ssim": _mean(pooled("baseline_ssim")),
+            "adherence/mirrored_psnr_db": _pooled_psnr_db(pooled("mirrored_mse")) if config.mirrored else None,
             "consistency/flicker": _mean([p["flicker"] for p in paths]),
             "consistency/truth_flicker": _mean([p["truth_flicker"] for p in paths]),
             "consistency/flicker_ratio": _mean([p["flicker_ratio"] for p in paths]),

@@ -191,6 +191,7 @@ _ROWS = [
     ("motion estimation failures", "adherence/failure_fraction", "adherence/truth_failure_fraction", "truth"),
     ("rotation error vs the truth's estimate (deg)", "adherence/pose_rotation_error_deg", None, ""),
     ("PSNR vs truth (dB)", "adherence/psnr_db", "adherence/baseline_psnr_db", "repeat start"),
+    ("PSNR vs truth, actions negated (dB)", "adherence/mirrored_psnr_db", None, ""),
     ("SSIM vs truth", "adherence/ssim", "adherence/baseline_ssim", "repeat start"),
     ("drift: PSNR over the long rollout (dB)", "drift/psnr_db", "drift/baseline_psnr_db", "repeat start"),
     ("drift: PSNR at the last step (dB)", "drift/psnr_db_final", None, ""),
