@@ -14,6 +14,7 @@ the flags typed. A run writing into a folder with checkpoints resumes from the l
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +34,9 @@ def make_stage(config: TrainConfig, device: torch.device):
 
 
 def train(config: TrainConfig, device: str | torch.device | None = None, resume: bool = True) -> list[dict]:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:  # under torchrun / accelerate launch each process takes its own GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if not config.data:
         raise ValueError("--data is required: a folder of pre-encoded latents (minwm-data encode)")
     data = LatentClips(config.data, config.num_latent_frames)

@@ -5,6 +5,15 @@ one of its optimisers; the engine owns everything around that. Determinism: each
 its data and noise from a generator seeded by (seed, step), so a run resumed from a
 checkpoint continues exactly as the uninterrupted run (tested).
 
+Several processes (``torchrun --nproc_per_node N -m minwm_train.cli ...`` or ``accelerate
+launch``; CPU processes talk over gloo) train data-parallel: each step is ``N × grad_accum``
+micro-batches, micro-batch ``m`` drawn from its own generator seeded by (seed, step, m), and
+every optimiser's gradients are averaged over the processes before clipping and the update. So
+N processes with accumulation A compute exactly what one process with accumulation N·A does
+(tested, up to float summation order), whatever the stage calls inside its loss: DMD's
+alternating generator/critic updates included. Only the main process writes checkpoints,
+metrics and the exported model.
+
 Checkpoints (``<out>/checkpoints/step-NNNNNN/``) are written to a temporary folder and renamed
 into place, so a run killed at any moment resumes from its last complete checkpoint. Each
 holds the stage's modules (safetensors), the EMA (safetensors), every optimiser's state
@@ -33,8 +42,10 @@ from .data import LatentClips
 CHECKPOINT_FILES = ("modules.safetensors", "trainer.json", "config.json")
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    """The generator of micro-batch ``micro`` of ``step`` (data and noise): a pure function of its
+    arguments, so resumed and multi-process runs draw exactly what one uninterrupted process would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + micro * 1_000_000_007)
 
 
 class Stage(ABC):
@@ -109,6 +120,48 @@ class Trainer:
         ema_target = stage.ema_module()
         self.ema = EMA(ema_target, config.ema_decay) if config.ema_decay > 0 and ema_target is not None else None
         self.step = 0
+        self.num_processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+
+    # -- several processes ---------------------------------------------------------------------
+    def _broadcast_modules(self) -> None:
+        """Every process starts from the main process's weights (they build the same seeded
+        models, but a checkpoint or a file read differently must not split them)."""
+        if self.num_processes == 1:
+            return
+        for module in self.stage.modules().values():
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                torch.distributed.broadcast(tensor.data, src=0)
+
+    def _average_gradients(self, optimizer: torch.optim.Optimizer, name: str) -> None:
+        """All-reduce the mean of the gradients of ``optimizer``'s parameters over the processes
+        (one flat buffer: one collective per update)."""
+        if self.num_processes == 1:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        sizes = torch.tensor([len(params), sum(p.numel() for p in params)], dtype=torch.float64, device=self.stage.device)
+        gathered = self.accelerator.gather(sizes[None]).view(-1, 2)
+        if not (gathered == sizes).all():
+            raise RuntimeError(f"optimiser {name!r}: the processes computed gradients for different parameters "
+                               f"(count, elements per process: {gathered.tolist()}); a stage's loss must touch the "
+                               f"same parameters on every process")
+        if not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= self.num_processes
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+    def _average_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        if self.num_processes == 1:
+            return logs
+        keys = sorted(k for k in logs if k != "step" and not k.startswith("grad_norm/"))
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.stage.device)
+        values = self.accelerator.reduce(values, reduction="mean")
+        return {**logs, **dict(zip(keys, values.tolist()))}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _module_state(self) -> dict[str, torch.Tensor]:
@@ -116,8 +169,14 @@ class Trainer:
                 for name, module in self.stage.modules().items() for key, value in module.state_dict().items()}
 
     def save_checkpoint(self) -> Path:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
         final = self.checkpoints / f"step-{self.step:06d}"
+        if self.is_main:
+            self._write_checkpoint(final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, final: Path) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoints / f".step-{self.step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -136,7 +195,6 @@ class Trainer:
         kept = sorted(p for p in self.checkpoints.glob("step-*") if p.is_dir())
         for old in kept[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
-        return final
 
     def latest_checkpoint(self) -> Path | None:
         pointer = self.checkpoints / "latest"
@@ -190,32 +248,44 @@ class Trainer:
     def run(self, resume: bool = True) -> list[dict]:
         """Train up to ``config.steps``; returns the metrics of the steps run now."""
         config = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        config.save(self.out / "config.json")
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config.save(self.out / "config.json")
+        self.accelerator.wait_for_everyone()
         if resume and (latest := self.latest_checkpoint()) is not None:
             self.load_checkpoint(latest)
-        self.stage.prepare(self.data)
+        self._broadcast_modules()
+        # one-off work (ODE pairs) is done and stored by the main process; the others read it
+        if self.is_main:
+            self.stage.prepare(self.data)
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            self.stage.prepare(self.data)
         log_path = self.out / "metrics.jsonl"
         writer = None
-        if config.tensorboard:
+        if config.tensorboard and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(self.out / "tensorboard"))
         history = []
-        bar = tqdm(total=config.steps, initial=self.step, desc=self.stage.name, file=sys.stderr, disable=None)
+        bar = tqdm(total=config.steps, initial=self.step, desc=self.stage.name, file=sys.stderr,
+                   disable=None if self.is_main else True)
         while self.step < config.steps:
             began = time.perf_counter()
-            generator = step_generator(config.seed, self.step)
+            # this process's micro-batches of the step: rank r holds r·A .. r·A + A − 1
+            generators = [step_generator(config.seed, self.step, self.rank * config.grad_accum + a)
+                          for a in range(config.grad_accum)]
             logs: dict[str, float] = {"step": self.step}
             for name in self.stage.updates(self.step):
                 optimizer = self.optimizers[name]
                 optimizer.zero_grad(set_to_none=True)
-                for _ in range(config.grad_accum):
+                for generator in generators:
                     batch = {k: v.to(self.stage.device) for k, v in self.data.sample(config.batch_size, generator).items()}
                     with self.accelerator.autocast():
                         loss, extra = self.stage.loss(name, batch, self.step, generator)
                     self.accelerator.backward(loss / config.grad_accum)
                     for key, value in extra.items():
                         logs[key] = logs.get(key, 0.0) + float(value) / config.grad_accum
+                self._average_gradients(optimizer, name)
                 logs[f"grad_norm/{name}"] = self._clip(optimizer)
                 optimizer.step()
                 self.stage.after_update(name, self.step)
@@ -223,8 +293,9 @@ class Trainer:
                 self.ema.update(self.stage.ema_module())
             self.step += 1
             logs["time/step_s"] = time.perf_counter() - began
+            logs = self._average_logs(logs)
             history.append(logs)
-            if self.step % config.log_every == 0 or self.step == config.steps:
+            if self.is_main and (self.step % config.log_every == 0 or self.step == config.steps):
                 with open(log_path, "a") as f:
                     f.write(json.dumps(logs) + "\n")
                 if writer is not None:
@@ -238,5 +309,7 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        self.stage.export(self.out / "model", None if self.ema is None else self.ema.state)
+        if self.is_main:
+            self.stage.export(self.out / "model", None if self.ema is None else self.ema.state)
+        self.accelerator.wait_for_everyone()
         return history
