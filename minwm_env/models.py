@@ -27,6 +27,11 @@ from .jsonfile import read_json
 
 SETTINGS_FILE = "minwm.json"
 CONDITIONING_DIR = "conditioning"
+# Trained models shipped inside the package, by name (docs/default_model.md is the model card).
+# "minwm-default" is the `default` preset's architecture trained by our own pipeline on the
+# rendered world; the preset name "default" alone is that architecture with random weights.
+SHIPPED_MODELS: dict[str, Path] = {"minwm-default": Path(__file__).parent / "assets" / "minwm-default"}
+DEFAULT_MODEL = "minwm-default"
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,8 @@ def load_component(folder: Path, cls):
 def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                seed: int = 0, conditioning: ConditioningConfig | str | Path | None = None,
                **settings_overrides) -> WorldModel:
-    """A preset name (see :data:`PRESETS`) or a local diffusers-format folder.
+    """A shipped model (see :data:`SHIPPED_MODELS`), a preset name (see :data:`PRESETS`; random
+    weights) or a local diffusers-format folder.
 
     ``conditioning`` adds branches: a :class:`ConditioningConfig` (new, zero-initialised) or a
     folder saved by :meth:`WorldModel.save_conditioning` (trained weights). By default a
@@ -258,9 +264,13 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
     if isinstance(source, str) and source in PRESETS:
         model = build_preset(source, seed=seed, conditioning=conditioning, **settings_overrides)
     else:
-        folder = Path(source)
+        folder = SHIPPED_MODELS.get(source, Path(source)) if isinstance(source, str) else Path(source)
         if not folder.is_dir():
-            raise FileNotFoundError(f"model {str(source)!r} is neither a preset ({sorted(PRESETS)}) nor an existing folder")
+            if isinstance(source, str) and source in SHIPPED_MODELS:
+                raise FileNotFoundError(f"the shipped model {source!r} is missing from this install ({folder}); "
+                                        f"reinstall the package (pip install -e .)")
+            raise FileNotFoundError(f"model {str(source)!r} is neither a shipped model ({sorted(SHIPPED_MODELS)}), "
+                                    f"a preset ({sorted(PRESETS)}) nor an existing folder")
         settings_path = folder / SETTINGS_FILE
         settings = ModelSettings()
         if settings_path.is_file():

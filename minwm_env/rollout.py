@@ -28,7 +28,7 @@ from .pose_strings import format_pose_string, parse_pose_string
 class Args:
     """Roll a world model out along a camera path; write an mp4 and a JSON log."""
 
-    model: str = arg("tiny", "preset name or model folder")
+    model: str = arg("minwm-default", "shipped model, preset name or model folder")
     pose_string: str | None = arg(None, "minWM pose string, e.g. 'w*16,l*8' (one key step per latent frame)")
     actions: str | None = arg(None, "a .npy or .json file of per-latent-frame camera deltas (N, 6)")
     random_steps: int = arg(0, "instead: this many steps of random camera actions")

@@ -1,7 +1,8 @@
 """The world model as a Gymnasium environment: ``minwm/World-v0`` and its native vector env.
 
     import gymnasium as gym, minwm_env
-    env = gym.make("minwm/World-v0", model="tiny")
+    env = gym.make("minwm/World-v0")                  # the shipped default world model
+    env = gym.make("minwm/World-v0", model="tiny")    # or any preset / model folder
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step([0, 0, 0.08, 0, 0, 0])   # forward
 
@@ -21,7 +22,7 @@ from gymnasium.vector.utils import batch_space
 
 from ..codec import from_uint8, to_uint8
 from ..generator import StreamingGenerator
-from ..models import WorldModel, load_model
+from ..models import DEFAULT_MODEL, WorldModel, load_model
 from ..world.paths import random_start
 from ..world.renderer import WorldRenderer
 from ..world.scenes import make_scene
@@ -186,8 +187,9 @@ class WorldModelEnv(gym.Env):
     (the ground-truth pose of a rendered start, else None).
 
     ## Arguments
-    ``model`` (a preset name such as ``"tiny"``, or a folder written by minwm_train / a
-    diffusers Wan folder, or a loaded ``WorldModel``), ``device``, ``dtype``, ``obs_mode``,
+    ``model`` (default ``"minwm-default"``, the trained model shipped in the package; a preset
+    name such as ``"tiny"`` (random weights), a folder written by minwm_train / a diffusers Wan
+    folder, or a loaded ``WorldModel``), ``device``, ``dtype``, ``obs_mode``,
     ``reward_fn``, ``sampler`` (default: the model's few-step sampler), ``start_scene``,
     ``window_frames``, ``sink_frames``, ``render_mode`` ("rgb_array").
 
@@ -208,7 +210,8 @@ class WorldModelEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 16}
 
-    def __init__(self, model: str | WorldModel = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32",
+    def __init__(self, model: str | WorldModel = DEFAULT_MODEL, device: str = "cpu",
+                 dtype: str | torch.dtype = "float32",
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
                  sampler=None, start_scene: str = "room", window_frames: int | None = None,
                  sink_frames: int | None = None):
@@ -287,7 +290,7 @@ class WorldModelVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 16, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int = 1, model: str | WorldModel = "tiny", device: str = "cpu",
+    def __init__(self, num_envs: int = 1, model: str | WorldModel = DEFAULT_MODEL, device: str = "cpu",
                  dtype: str | torch.dtype = "float32", obs_mode: str = "frame", reward_fn: Callable | None = None,
                  render_mode: str | None = "rgb_array", sampler=None, start_scene: str = "room",
                  window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None):

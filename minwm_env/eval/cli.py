@@ -34,7 +34,8 @@ QUICK = dict(num_paths=2, chunks=4, drift_chunks=8, idle_chunks=3, recovery_chun
 class Args:
     """Evaluate a world model against the ground-truth world: JSON, PNG plots and a markdown report."""
 
-    model: str = arg("tiny", f"preset name or model folder; '{GROUND_TRUTH}' scores the truth against itself")
+    model: str = arg("minwm-default", f"shipped model, preset name or model folder; '{GROUND_TRUTH}' scores the "
+                                      "truth against itself")
     against: str = arg(GROUND_TRUTH, "the reference world (the rendered ground truth is the only one)")
     out: str = arg("outputs/eval", "output folder")
     num_paths: int = arg(4, "camera paths for adherence, PSNR/SSIM and flicker")
@@ -47,6 +48,8 @@ class Args:
     cache_noise: float = arg(1.0, "std of the cache noise, relative to the cache's own std")
     seed: int = arg(0, "seed of the camera paths and the model's noise")
     scene: str = arg("room", "ground-truth scene", choices=list(SCENE_NAMES))
+    scene_seed: int = arg(0, "layout variant of the scene (the default model trained on 0..99: pick >= 100 for "
+                             "layouts it never saw)")
     suites: tuple[str, ...] = arg(SUITES, "suites to run")
     hardware: bool = arg(True, "measure the hardware-sensitivity table (latency, frames/s, memory)")
     motion_method: str = arg("klt", "camera-motion estimator", choices=list(METHODS))
@@ -71,7 +74,7 @@ def build_envs(args: Args):
     from .rollout import ground_truth_like
 
     if args.model == GROUND_TRUTH:
-        model = GroundTruthEnv(scene=args.scene, obs_mode="chunk")
+        model = GroundTruthEnv(scene=args.scene, scene_seed=args.scene_seed, obs_mode="chunk")
     else:
         sampler = None
         if args.sampler_steps:
@@ -82,7 +85,7 @@ def build_envs(args: Args):
             sampler = EulerSampler(num_steps=args.sampler_steps, shift=loaded.settings.shift, guidance_scale=1.0)
         model = WorldModelEnv(model=loaded if sampler else args.model, device=args.device, dtype=args.dtype,
                               obs_mode="chunk", start_scene=args.scene, sampler=sampler)
-    return model, ground_truth_like(model, args.scene)
+    return model, ground_truth_like(model, args.scene, args.scene_seed)
 
 
 def main(argv=None) -> None:
@@ -128,7 +131,8 @@ def main(argv=None) -> None:
                                        "hardware/frames_per_s": first["frames_per_s"],
                                        "hardware/peak_memory_gb": first["peak_memory_gb"]})
     results["summary"]["time/total_s"] = time.perf_counter() - began
-    results["meta"] = {"model": args.model, "against": args.against, "scene": args.scene, "date": now_utc(),
+    results["meta"] = {"model": args.model, "against": args.against, "scene": args.scene,
+                       "scene_seed": args.scene_seed, "date": now_utc(),
                        "machine": machine_description(torch.device(args.device)), "argv": sys.argv[1:] if argv is None
                        else list(argv), "args": dataclasses.asdict(args)}
     written = write_report(results, Path(args.out), title=f"minwm-eval: {args.model} against the {args.against}")

@@ -1,0 +1,63 @@
+"""The shipped default world model: what `gym.make("minwm/World-v0")` loads, and that it works.
+
+CI loads the shipped weights (it never retrains them). The quality checks run a few held-out
+paths on a scene layout the model never saw (scene seed 100; training used 0..99), so they fail
+if the weights are missing, broken, or replaced by an untrained model.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import safetensors.torch
+
+import minwm_env  # noqa: F401  (registers the envs)
+from minwm_env.envs.ground_truth import GroundTruthEnv
+from minwm_env.envs.world_model import WorldModelEnv
+from minwm_env.eval.evaluator import EvalConfig, Evaluator
+from minwm_env.models import DEFAULT_MODEL, SHIPPED_MODELS, load_model
+
+UNSEEN_LAYOUT = 100
+
+
+def test_world_v0_loads_the_shipped_weights():
+    env = gym.make("minwm/World-v0")
+    model = env.unwrapped.world_model
+    shipped = safetensors.torch.load_file(
+        str(SHIPPED_MODELS[DEFAULT_MODEL] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    loaded = model.backbone.transformer.state_dict()
+    assert set(shipped) <= set(loaded)
+    for key, value in shipped.items():
+        assert (loaded[key] == value).all(), key
+    # the trained settings travel with the weights: 64x64 frames, x0 residual on the last frame
+    assert (model.settings.height, model.settings.width) == (64, 64)
+    assert model.settings.prediction_type == "x0" and model.settings.residual_reference
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(np.array([0, 0, 0.08, 0, 0, 0], dtype=np.float32))
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    env.close()
+
+
+def test_the_preset_name_default_is_untrained():
+    shipped, untrained = load_model(DEFAULT_MODEL), load_model("default")
+    weight = "blocks.0.attn1.to_q.weight"
+    assert not (shipped.backbone.transformer.state_dict()[weight]
+                == untrained.backbone.transformer.state_dict()[weight]).all()
+
+
+@pytest.fixture(scope="module")
+def held_out_scores():
+    model = WorldModelEnv(obs_mode="chunk")
+    truth = GroundTruthEnv(scene="room", scene_seed=UNSEEN_LAYOUT, obs_mode="chunk")
+    config = EvalConfig(num_paths=2, chunks=4, path_kinds=("turn", "walk"), seed=4321)
+    return Evaluator(model, truth, config).run(("adherence",))["summary"]
+
+
+def test_shipped_model_beats_repeating_the_start_frame(held_out_scores):
+    assert held_out_scores["adherence/psnr_db"] > held_out_scores["adherence/baseline_psnr_db"] + 0.5
+
+
+def test_shipped_model_follows_its_actions(held_out_scores):
+    # the same start and noise with every action negated lands clearly further from the truth
+    assert held_out_scores["adherence/psnr_db"] > held_out_scores["adherence/mirrored_psnr_db"] + 1.0
