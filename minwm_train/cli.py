@@ -23,7 +23,7 @@ import torch
 
 from minwm_env.cli import add_dataclass_arguments
 
-from .config import STAGES, TrainConfig, preset_config
+from .config import PRESETS, STAGES, TrainConfig, preset_config
 from .data import LatentClips
 from .engine import Trainer
 
@@ -49,7 +49,8 @@ def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=No
     stage2 = {"ode": "stage2a", "cd": "stage2b"}[distill]
     model = base.get("model")
     outputs = {}
-    for stage in ("stage0", "stage1", stage2, "stage3"):
+    rollout = ["stage2c"] if "stage2c" in PRESETS.get(preset, {}) else []  # self-rollout, where the preset has it
+    for stage in ("stage0", "stage1", stage2, *rollout, "stage3"):
         overrides = {k: v for k, v in base.items() if k not in ("stage", "out", "model", "teacher")}
         if model is not None:
             overrides["model"] = model

@@ -15,7 +15,7 @@ from pathlib import Path
 from minwm_env.cli import arg
 from minwm_env.jsonfile import read_json
 
-STAGES = ("stage0", "stage1", "stage2a", "stage2b", "stage3")
+STAGES = ("stage0", "stage1", "stage2a", "stage2b", "stage2c", "stage3")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class TrainConfig:
     cd_grid_steps: int = arg(50, "steps of the consistency grid")
     cd_guidance: float = arg(3.0, "teacher CFG of the one-step Euler target")
     cd_target_ema: float = arg(0.99, "EMA decay of the target student")
+    # -- stage 2c: self-rollout fine-tuning -----------------------------------------------------
+    rollout_context_chunks: int = arg(1, "stage2c: chunks the model streams itself before the chunk it learns")
+    rollout_clean_fraction: float = arg(0.25, "stage2c: fraction of clips that keep the ground-truth context")
     # -- stage 3: asymmetric DMD ---------------------------------------------------------------
     dmd_critic_updates: int = arg(5, "fake-score (critic) updates per generator update")
     dmd_real_guidance: float = arg(4.0, "CFG of the frozen real score")
@@ -113,7 +116,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                     camera="prope", actions="camera", ode_teacher_steps=8, ode_num_clips=4, cd_grid_steps=8,
                     student_timesteps=(1000.0, 500.0)),
         "stage0": dict(steps=8), "stage1": dict(steps=8), "stage2a": dict(steps=8), "stage2b": dict(steps=8),
-        "stage3": dict(steps=6, dmd_critic_updates=2, dmd_rollout_chunks=2),
+        "stage2c": dict(steps=8), "stage3": dict(steps=6, dmd_critic_updates=2, dmd_rollout_chunks=2),
     },
     # The shipped default world model (issue 11): a ~1.4M-parameter Wan on the space-to-depth
     # latent of 64x64 renders, trained on CPU across sessions. No prompts, so no CFG. Camera
@@ -127,7 +130,8 @@ PRESETS: dict[str, dict[str, dict]] = {
                     ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
                     dmd_rollout_chunks=1),
         "stage0": dict(steps=6000), "stage1": dict(steps=8000), "stage2a": dict(steps=2000),
-        "stage2b": dict(steps=2000), "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
+        "stage2b": dict(steps=2000), "stage2c": dict(steps=1500, num_latent_frames=9, lr=1e-4, ema_start=0),
+        "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
                                                     ema_start=100),
     },
     "wan21-1.3b": {

@@ -52,7 +52,7 @@ def eval_loss(stage, data, optimizer, seed=123):
         return float(stage.loss(optimizer, batch, 0, generator)[0])
 
 
-@pytest.mark.parametrize("stage_name", ["stage0", "stage1", "stage2a", "stage2b"])
+@pytest.mark.parametrize("stage_name", ["stage0", "stage1", "stage2a", "stage2b", "stage2c"])
 def test_every_stage_lowers_its_loss(tmp_path, data_dir, trained, stage_name):
     model = {"stage0": "tiny", "stage1": str(trained / "stage0" / "model")}.get(stage_name,
                                                                                str(trained / "stage1" / "model"))
@@ -88,6 +88,28 @@ def test_stage1_noisy_chunk_sees_nothing_later(data_dir):
     assert grad[0] > 0  # the clean start frame is context
     assert torch.all(grad[1:split] == 0)  # no clean chunk of its own or later
     assert torch.all(grad[split:split + chunk] > 0) and torch.all(grad[split + chunk:] == 0)
+
+
+def test_stage2c_continues_from_its_own_frame(data_dir, trained):
+    config = preset_config("tiny", "stage2c", data=str(data_dir), model=str(trained / "stage1" / "model"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    stage = make_stage(config, torch.device("cpu"))
+    batch = data.sample(2, step_generator(0, 0))
+    chunk = config.chunk_frames
+    generated = stage.rollout_context(batch, step_generator(0, 1))
+    # the model's own last frame of the first streamed chunk: close to the truth's, not equal to it
+    truth = batch["latents"][:, :, chunk:chunk + 1]
+    assert generated.shape == truth.shape and not torch.allclose(generated, truth, atol=1e-3)
+    # the same seed streams the same frame (it is the env's generator, not a fresh draw)
+    assert torch.equal(generated, stage.rollout_context(batch, step_generator(0, 1)))
+    window = stage.window(batch, generated)
+    assert torch.equal(window["latents"][:, :, :1], generated)
+    assert torch.equal(window["latents"][:, :, 1:], batch["latents"][:, :, chunk + 1:2 * chunk + 1])
+    torch.testing.assert_close(window["w2c"][:, 0], torch.eye(4).expand(2, 4, 4), atol=1e-6, rtol=0)
+    assert (window["actions"][:, 0] == 0).all()
+    assert torch.equal(window["actions"][:, 1:], batch["actions"][:, chunk + 1:2 * chunk + 1])
+    with pytest.raises(ValueError, match="latent frames"):
+        stage.loss("model", {**batch, "latents": batch["latents"][:, :, :chunk + 1]}, 0, step_generator(0, 2))
 
 
 def test_ode_pairs_are_reproduced_by_rerunning_the_teacher(data_dir, trained):
