@@ -64,7 +64,8 @@ class TrainConfig:
     cd_guidance: float = arg(3.0, "teacher CFG of the one-step Euler target")
     cd_target_ema: float = arg(0.99, "EMA decay of the target student")
     # -- stage 2c: self-rollout fine-tuning -----------------------------------------------------
-    rollout_context_chunks: int = arg(1, "stage2c: chunks the model streams itself before the chunk it learns")
+    rollout_context_chunks: int = arg(1, "stage2c: at most this many chunks (drawn per step "
+                                                                "from 1..N) the model streams itself before the chunk it learns")
     rollout_clean_fraction: float = arg(0.25, "stage2c: fraction of clips that keep the ground-truth context")
     # -- stage 3: asymmetric DMD ---------------------------------------------------------------
     dmd_critic_updates: int = arg(5, "fake-score (critic) updates per generator update")
@@ -118,11 +119,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         "stage0": dict(steps=8), "stage1": dict(steps=8), "stage2a": dict(steps=8), "stage2b": dict(steps=8),
         "stage2c": dict(steps=8), "stage3": dict(steps=6, dmd_critic_updates=2, dmd_rollout_chunks=2),
     },
-    # The shipped default world model (issue 11): a ~1.4M-parameter Wan on the space-to-depth
-    # latent of 64x64 renders, trained on CPU across sessions. No prompts, so no CFG. Camera
-    # deltas enter through the action branch only (relative, so long rollouts stay in
-    # distribution); clips of 1 start frame + 1 chunk keep attention affordable on 2 cores
-    # (PRoPE and 2-chunk clips measured ~7 s a step at batch 8).
+    # The shipped default world model (issue 11, docs/default_model.md): a ~1.4M-parameter Wan
+    # on the space-to-depth latent of 64x64 renders. No prompts, so no CFG. Camera deltas enter
+    # through the action branch only (relative, so long rollouts stay in distribution); clips of
+    # 1 start frame + 1 chunk keep attention affordable on 2 cores (PRoPE and 2-chunk clips
+    # measured ~7 s a step at batch 8); stage 2c streams up to 2 chunks itself (49-frame clips).
     "default": {
         "all": dict(model="default", batch_size=8, lr=3e-4, prediction_type="x0", camera="none",
                     actions="camera", num_latent_frames=5, chunk_frames=4, checkpoint_every=100,
@@ -130,7 +131,8 @@ PRESETS: dict[str, dict[str, dict]] = {
                     ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
                     dmd_rollout_chunks=1),
         "stage0": dict(steps=6000), "stage1": dict(steps=8000), "stage2a": dict(steps=2000),
-        "stage2b": dict(steps=2000), "stage2c": dict(steps=1500, num_latent_frames=9, lr=1e-4, ema_start=0),
+        "stage2b": dict(steps=2000), "stage2c": dict(steps=2000, num_latent_frames=13, rollout_context_chunks=2, lr=1e-4,
+                                                    ema_start=0),
         "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
                                                     ema_start=100),
     },
