@@ -104,7 +104,10 @@ class EMA:
 class Trainer:
     def __init__(self, config: TrainConfig, stage: Stage, data: LatentClips):
         self.config, self.stage, self.data = config, stage, data
-        self.accelerator = Accelerator(cpu=stage.device.type == "cpu", mixed_precision=config.mixed_precision)
+        # Mixed precision is ours (autocast + a loss scaler for fp16), not accelerate's: its
+        # process-wide state refuses a second Trainer with another precision in one process.
+        self.accelerator = Accelerator(cpu=stage.device.type == "cpu")
+        self.autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -117,6 +120,8 @@ class Trainer:
                                                       weight_decay=config.weight_decay)
         for name in list(self.optimizers):
             self.optimizers[name] = self.accelerator.prepare(self.optimizers[name])
+        self.scalers = {name: torch.amp.GradScaler(stage.device.type, enabled=config.mixed_precision == "fp16")
+                        for name in self.optimizers}
         ema_target = stage.ema_module()
         self.ema = EMA(ema_target, config.ema_decay) if config.ema_decay > 0 and ema_target is not None else None
         self.step = 0
@@ -185,6 +190,8 @@ class Trainer:
             safetensors.torch.save_file({k: v.contiguous() for k, v in self.ema.state.items()}, tmp / "ema.safetensors")
         for name, optimizer in self.optimizers.items():
             torch.save(optimizer.state_dict(), tmp / f"optimizer-{name}.pt")
+            if self.scalers[name].is_enabled():
+                torch.save(self.scalers[name].state_dict(), tmp / f"scaler-{name}.pt")
         (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "stage": self.stage.name}) + "\n")
         self.config.save(tmp / "config.json")
         shutil.rmtree(final, ignore_errors=True)
@@ -231,6 +238,8 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             try:
                 optimizer.load_state_dict(torch.load(path / f"optimizer-{name}.pt", weights_only=True))
+                if self.scalers[name].is_enabled() and (path / f"scaler-{name}.pt").is_file():
+                    self.scalers[name].load_state_dict(torch.load(path / f"scaler-{name}.pt", weights_only=True))
             except Exception as err:
                 raise ValueError(f"{path / f'optimizer-{name}.pt'} cannot be loaded ({err})") from err
         try:
@@ -276,18 +285,21 @@ class Trainer:
                           for a in range(config.grad_accum)]
             logs: dict[str, float] = {"step": self.step}
             for name in self.stage.updates(self.step):
-                optimizer = self.optimizers[name]
+                optimizer, scaler = self.optimizers[name], self.scalers[name]
                 optimizer.zero_grad(set_to_none=True)
                 for generator in generators:
                     batch = {k: v.to(self.stage.device) for k, v in self.data.sample(config.batch_size, generator).items()}
-                    with self.accelerator.autocast():
+                    with torch.autocast(self.stage.device.type, dtype=self.autocast_dtype,
+                                        enabled=self.autocast_dtype is not None):
                         loss, extra = self.stage.loss(name, batch, self.step, generator)
-                    self.accelerator.backward(loss / config.grad_accum)
+                    scaler.scale(loss / config.grad_accum).backward()
                     for key, value in extra.items():
                         logs[key] = logs.get(key, 0.0) + float(value) / config.grad_accum
                 self._average_gradients(optimizer, name)
+                scaler.unscale_(optimizer)  # fp16 only: true gradients before clipping
                 logs[f"grad_norm/{name}"] = self._clip(optimizer)
-                optimizer.step()
+                scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
+                scaler.update()
                 self.stage.after_update(name, self.step)
             if self.ema is not None and self.step >= config.ema_start:
                 self.ema.update(self.stage.ema_module())

@@ -96,13 +96,13 @@ def test_stage2c_continues_from_its_own_frame(data_dir, trained):
     stage = make_stage(config, torch.device("cpu"))
     batch = data.sample(2, step_generator(0, 0))
     chunk = config.chunk_frames
-    generated = stage.rollout_context(batch, step_generator(0, 1))
+    generated = stage.rollout_context(batch, step_generator(0, 1), 1)
     # the model's own last frame of the first streamed chunk: close to the truth's, not equal to it
     truth = batch["latents"][:, :, chunk:chunk + 1]
     assert generated.shape == truth.shape and not torch.allclose(generated, truth, atol=1e-3)
     # the same seed streams the same frame (it is the env's generator, not a fresh draw)
-    assert torch.equal(generated, stage.rollout_context(batch, step_generator(0, 1)))
-    window = stage.window(batch, generated)
+    assert torch.equal(generated, stage.rollout_context(batch, step_generator(0, 1), 1))
+    window = stage.window(batch, generated, 1)
     assert torch.equal(window["latents"][:, :, :1], generated)
     assert torch.equal(window["latents"][:, :, 1:], batch["latents"][:, :, chunk + 1:2 * chunk + 1])
     torch.testing.assert_close(window["w2c"][:, 0], torch.eye(4).expand(2, 4, 4), atol=1e-6, rtol=0)
@@ -270,3 +270,41 @@ def test_two_processes_equal_one_with_accumulation(tmp_path, data_dir, trained, 
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a["step"])
     # and the processes did train: non-zero gradients, averaged to the same norm as the single run
     assert all(value > 0 for r in losses[1] for key, value in r.items() if key.startswith("grad_norm/"))
+
+
+def test_bf16_mixed_precision_computes_in_bf16_and_keeps_fp32_weights(tmp_path, data_dir):
+    config = preset_config("tiny", "stage1", data=str(data_dir), out=str(tmp_path / "bf16"), steps=2, model="tiny",
+                           mixed_precision="bf16", checkpoint_every=2)
+    data = LatentClips(config.data, config.num_latent_frames)
+    stage = make_stage(config, torch.device("cpu"))
+    seen = []
+    layer = stage.model.backbone.transformer.blocks[0].ffn.net[2]
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    history = Trainer(config, stage, data).run()
+    handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # the matmuls ran under bf16 autocast
+    assert all(p.dtype == torch.float32 for p in stage.model.backbone.parameters())  # master weights stay fp32
+    assert all(np.isfinite(r["loss/flow"]) and r["grad_norm/model"] > 0 for r in history)
+    # the same run without mixed precision computes in fp32
+    plain = make_stage(replace(config, mixed_precision="no", out=str(tmp_path / "fp32")), torch.device("cpu"))
+    seen.clear()
+    handle = plain.model.backbone.transformer.blocks[0].ffn.net[2].register_forward_hook(
+        lambda module, inputs, output: seen.append(output.dtype))
+    Trainer(replace(config, mixed_precision="no", out=str(tmp_path / "fp32")), plain, data).run()
+    handle.remove()
+    assert set(seen) == {torch.float32}
+
+
+def test_fp16_mixed_precision_scales_the_loss_and_checkpoints_the_scaler(tmp_path, data_dir):
+    config = preset_config("tiny", "stage1", data=str(data_dir), out=str(tmp_path / "fp16"), steps=2, model="tiny",
+                           mixed_precision="fp16", checkpoint_every=2)
+    stage = make_stage(config, torch.device("cpu"))
+    seen = []
+    stage.model.backbone.transformer.blocks[0].ffn.net[2].register_forward_hook(
+        lambda module, inputs, output: seen.append(output.dtype))
+    trainer = Trainer(config, stage, LatentClips(config.data, config.num_latent_frames))
+    history = trainer.run()
+    assert set(seen) == {torch.float16}
+    assert trainer.scalers["model"].get_scale() > 1  # the loss was scaled before backward
+    assert all(np.isfinite(r["loss/flow"]) for r in history)
+    assert (tmp_path / "fp16" / "checkpoints" / "step-000002" / "scaler-model.pt").is_file()
