@@ -259,6 +259,14 @@ class SpaceToDepthCodec(torch.nn.Module):
         return self.encode(image.unsqueeze(2))
 
     @torch.no_grad()
+    def restart_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """The last RGB frame of the last latent frame of ``latents`` (B, C, n, h, w), encoded as
+        a start image (B, C, 1, h, w): a clip's first latent frame holds one frame repeated,
+        the others four different ones. Pixels are clamped to [-1, 1] on the way."""
+        last = self._unpack(latents[:, :, -1:])[:, :, -1]
+        return self.encode_image(last.to(self.scale.dtype)).to(latents.dtype)
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         frames = self._unpack(latents)
         return frames[:, :, self.temporal_factor - 1:]  # latent 0 decodes to frame 0 alone

@@ -94,6 +94,9 @@ class StreamingGenerator:
         self.window_frames = window_frames or settings.window_frames
         self.sink_frames = settings.sink_frames if sink_frames is None else sink_frames
         self.latent_height, self.latent_width = model.codec.latent_size(settings.height, settings.width)
+        if settings.restart_context and not hasattr(model.codec, "restart_latent"):
+            raise ValueError(f"restart_context needs a codec with restart_latent (space-to-depth); this model's "
+                             f"codec is {type(model.codec).__name__}")
         self.num_branches = 1 if self.sampler.guidance_scale == 1.0 else 2
         self.cache: KVCache = model.backbone.new_cache(
             batch_size=batch_size * self.num_branches, latent_height=self.latent_height,
@@ -314,8 +317,15 @@ class StreamingGenerator:
             if decode:
                 with timed(timings, "time/decode_s", device):
                     frames = self._stream.push(latents)
-        self._pending = (latents, positions, conditions)
-        self._reference = latents[:, :, -1:]
+        if self.model.settings.restart_context:
+            # the next chunk's context: the last RGB frame as a start image, at its own position
+            anchor = self.model.codec.restart_latent(latents)
+            neutral = self.action_spec.neutral().expand(self.batch_size, 1, -1)
+            self._pending = (anchor, positions[-1:], self._conditions(c2w[:, -1:], neutral))
+            self._reference = anchor
+        else:
+            self._pending = (latents, positions, conditions)
+            self._reference = latents[:, :, -1:]
         self.next_position += self.chunk_frames
         self.c2w = c2w[:, -1]
         return ChunkOutput(latents, frames, positions.tolist(), timings,

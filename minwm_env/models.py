@@ -58,6 +58,10 @@ class ModelSettings:
     """camera intrinsics [fx/W, fy/H, cx/W, cy/H] used for camera conditioning (minWM's inference default)"""
     residual_reference: bool = False
     """the backbone's output is added to the last clean latent frame before the chunk"""
+    restart_context: bool = False
+    """after each chunk the context (cache and reference) is the chunk's last RGB frame encoded as
+    a start image, the kind of context frame a model trained on clip starts has seen (needs a
+    codec with ``restart_latent``, e.g. space-to-depth)"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":

@@ -88,3 +88,15 @@ def test_space_to_depth_is_lossless_and_streams():
     diff = (codec.encode(changed) - latents).abs().sum(dim=(0, 1, 3, 4))
     assert diff[2] > 0 and diff[[0, 1, 3, 4]].sum() == 0
     assert torch.equal(stream.reset_rows([1], latents[1:, :, :1]), frames[1:, :, :1])
+
+
+def test_space_to_depth_restart_latent_is_the_last_frame_as_a_start_image():
+    from minwm_env.codec import SpaceToDepthCodec
+    codec = SpaceToDepthCodec()
+    frames = torch.rand(2, 3, 9, 64, 64) * 2 - 1
+    latents = codec.encode(frames)  # latent 0 = frame 0 repeated; latent 2 = frames 5..8
+    restarted = codec.restart_latent(latents)
+    assert torch.equal(restarted, codec.encode_image(frames[:, :, 8]))
+    assert torch.equal(codec.decode(restarted), frames[:, :, 8:9])
+    # out-of-range pixels (a model's output) are clamped to a valid image on the way
+    assert torch.equal(codec.restart_latent(latents * 3), codec.encode_image((frames[:, :, 8] * 3).clamp(-1, 1)))

@@ -205,3 +205,38 @@ def test_row_reset_continues_like_a_fresh_single_generator(conditioning):
     single.next_chunk(actions[0])
     for k, out in zip((1, 2, 3), outs):
         torch.testing.assert_close(out.latents[:1], single.next_chunk(actions[k]).latents, atol=1e-4, rtol=0)
+
+
+def test_restart_context_continues_like_a_fresh_start_from_the_last_frame():
+    """With restart_context, chunk c+1 sees chunk c's last RGB frame as a start image: it equals
+    a fresh generator started from that frame (same noise; positions differ, RoPE is relative)."""
+    model = build_preset("default", restart_context=True)
+    randomize_(model.backbone, seed=3)
+    actions = torch.tensor([[0.0, 0, 0.08, 3, 0, 0]]).expand(2, 4, 6)
+    stream = StreamingGenerator(model, batch_size=2)
+    stream.reset(seed=5, start_latents=torch.randn(2, 192, 1, 16, 16), decode=False)
+    first = stream.next_chunk(actions, decode=False)
+    anchor = model.codec.restart_latent(first.latents)
+    assert torch.equal(stream._reference, anchor)
+    fresh = StreamingGenerator(model, batch_size=2)
+    fresh.reset(seed=0, start_latents=anchor, decode=False)
+    fresh._generators = [torch.Generator().set_state(g.get_state()) for g in stream._generators]
+    second = stream.next_chunk(actions, decode=False)
+    torch.testing.assert_close(fresh.next_chunk(actions, decode=False).latents, second.latents, atol=2e-4, rtol=0)
+    # without restart_context the next chunk continues from the raw last latent frame instead
+    plain = build_preset("default")
+    randomize_(plain.backbone, seed=3)
+    other = StreamingGenerator(plain, batch_size=2)
+    other.reset(seed=5, start_latents=torch.randn(2, 192, 1, 16, 16), decode=False)
+    other.next_chunk(actions, decode=False)
+    assert not torch.equal(other._reference, plain.codec.restart_latent(other._reference))
+
+
+def test_restart_context_needs_a_codec_that_can_restart(tiny_model):
+    from dataclasses import replace
+    tiny_model.settings = replace(tiny_model.settings, restart_context=True)
+    try:
+        with pytest.raises(ValueError, match="restart_context needs a codec with restart_latent"):
+            StreamingGenerator(tiny_model)
+    finally:
+        tiny_model.settings = replace(tiny_model.settings, restart_context=False)

@@ -5,8 +5,8 @@
 Teacher forcing (stage 1) and ODE pairs (stage 2a) only ever show the model a clean ground-truth
 context. Streaming, it continues from its own frames instead, and small errors compound: on the
 default model's space-to-depth latent they grow into 4×4 block patterns within a few chunks
-(docs/default_model.md). Here the model first generates ``rollout_context_chunks`` chunks of
-each clip itself, with its own few-step sampler and no gradient, exactly as the env streams;
+(docs/default_model.md). Here the model first generates 1 .. ``rollout_context_chunks`` chunks
+(drawn per step) of each clip itself, with its own few-step sampler and no gradient, exactly as the env streams;
 then it learns the next chunk from its own last frame: that chunk of the ground truth, noised as
 in stage 1, is regressed with the generated frame as the clean context (and as the residual
 reference). The target is the truth, so the model learns to pull a drifting context back
@@ -43,8 +43,8 @@ class SelfRolloutStage(TeacherForcingStage):
         return 1 + (self.config.rollout_context_chunks + 1) * self.config.chunk_frames
 
     @torch.no_grad()
-    def rollout_context(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """The model's own last frame after ``rollout_context_chunks`` streamed chunks: (B, C, 1, h, w)."""
+    def rollout_context(self, batch: dict, generator: torch.Generator, num_chunks: int) -> torch.Tensor:
+        """The model's own last frame after ``num_chunks`` streamed chunks: (B, C, 1, h, w)."""
         config, latents = self.config, batch["latents"]
         chunk = config.chunk_frames
         sampler = FewStepSampler(timesteps=tuple(config.student_timesteps), shift=config.shift)
@@ -52,15 +52,16 @@ class SelfRolloutStage(TeacherForcingStage):
         stream.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=generator)), start_latents=latents[:, :, :1],
                      decode=False)
         actions = batch.get("actions")
-        for c in range(config.rollout_context_chunks):
+        for c in range(num_chunks):
             step_actions = None if actions is None else actions[:, 1 + c * chunk:1 + (c + 1) * chunk]
             out = stream.next_chunk(step_actions, decode=False)
         return out.latents[:, :, -1:].to(latents.dtype)
 
-    def window(self, batch: dict, context: torch.Tensor) -> dict:
-        """The one-chunk clip the model learns: ``context`` first, then the truth's next chunk,
-        with poses relative to the context frame and a zero action for it (as in the data)."""
-        first = self.config.rollout_context_chunks * self.config.chunk_frames
+    def window(self, batch: dict, context: torch.Tensor, num_chunks: int) -> dict:
+        """The one-chunk clip the model learns after ``num_chunks`` streamed ones: ``context``
+        first, then the truth's next chunk, with poses relative to the context frame and a zero
+        action for it (as in the data)."""
+        first = num_chunks * self.config.chunk_frames
         frames = slice(first, first + 1 + self.config.chunk_frames)
         out = {"latents": torch.cat([context, batch["latents"][:, :, first + 1:frames.stop]], dim=2),
                "intrinsics": batch["intrinsics"][:, frames]}
@@ -79,11 +80,14 @@ class SelfRolloutStage(TeacherForcingStage):
         if latents.shape[2] < self.needed_frames():
             raise ValueError(f"stage2c with rollout_context_chunks={self.config.rollout_context_chunks} needs clips "
                              f"of {self.needed_frames()} latent frames, got {latents.shape[2]} (num_latent_frames)")
-        generated = self.rollout_context(batch, generator)
-        first = self.config.rollout_context_chunks * self.config.chunk_frames
+        num_chunks = int(torch.randint(1, self.config.rollout_context_chunks + 1, (1,), generator=generator))
+        generated = self.rollout_context(batch, generator, num_chunks)
+        first = num_chunks * self.config.chunk_frames
         keep_truth = torch.rand(latents.shape[0], generator=generator) < self.config.rollout_clean_fraction
         context = torch.where(keep_truth.view(-1, 1, 1, 1, 1).to(latents.device), latents[:, :, first:first + 1],
                               generated)
-        loss, logs = super().loss(optimizer, self.window(batch, context), step, generator)
+        if self.model.settings.restart_context:  # the context the model streams with: a start-image latent
+            context = self.model.codec.restart_latent(context)
+        loss, logs = super().loss(optimizer, self.window(batch, context, num_chunks), step, generator)
         drift = (generated - latents[:, :, first:first + 1]).float().square().mean()
         return loss, {**logs, "rollout/context_mse": drift}
