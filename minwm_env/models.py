@@ -104,13 +104,14 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     # The shipped default's architecture (issue 11): a ~1.5M-parameter Wan on a lossless
     # space-to-depth latent (64×64 RGB → 16×16×192), predicting x0 as a residual on the last
-    # clean frame.
+    # clean frame; streaming restarts each chunk's context from its last RGB frame (measured:
+    # docs/default_model.md).
     "default": ModelPreset(
         transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=192,
                          out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4),
         vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
         settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
-                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+                               restart_context=True, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
         description="4-layer Wan (width 128) on a space-to-depth latent at 64x64: the default world model's architecture",
     ),
     "wan21-1.3b": ModelPreset(

@@ -123,7 +123,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # on the space-to-depth latent of 64x64 renders. No prompts, so no CFG. Camera deltas enter
     # through the action branch only (relative, so long rollouts stay in distribution); clips of
     # 1 start frame + 1 chunk keep attention affordable on 2 cores (PRoPE and 2-chunk clips
-    # measured ~7 s a step at batch 8); stage 2c streams up to 2 chunks itself (49-frame clips).
+    # measured ~7 s a step at batch 8). No stage 2c: with restart_context it measured no gain.
     "default": {
         "all": dict(model="default", batch_size=8, lr=3e-4, prediction_type="x0", camera="none",
                     actions="camera", num_latent_frames=5, chunk_frames=4, checkpoint_every=100,
@@ -131,8 +131,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                     ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
                     dmd_rollout_chunks=1),
         "stage0": dict(steps=6000), "stage1": dict(steps=8000), "stage2a": dict(steps=2000),
-        "stage2b": dict(steps=2000), "stage2c": dict(steps=2000, num_latent_frames=13, rollout_context_chunks=2, lr=1e-4,
-                                                    ema_start=0),
+        "stage2b": dict(steps=2000),
         "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
                                                     ema_start=100),
     },

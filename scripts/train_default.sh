@@ -12,7 +12,7 @@ source scripts/setup.sh
 DATA=runs/default_data
 OUT=runs/default
 if [ ! -f "$DATA/latents/index.json" ]; then
-  "$MINWM_PYTHON" -m minwm_env.data.cli render --out "$DATA" --num-clips 2000 --num-frames 49 --height 64 --width 64 --seed 0 --no-progress
+  "$MINWM_PYTHON" -m minwm_env.data.cli render --out "$DATA" --num-clips 2000 --num-frames 33 --height 64 --width 64 --seed 0 --no-progress
   "$MINWM_PYTHON" -m minwm_env.data.cli encode --data "$DATA" --model default
 fi
 # Waiting OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made

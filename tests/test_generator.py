@@ -224,7 +224,7 @@ def test_restart_context_continues_like_a_fresh_start_from_the_last_frame():
     second = stream.next_chunk(actions, decode=False)
     torch.testing.assert_close(fresh.next_chunk(actions, decode=False).latents, second.latents, atol=2e-4, rtol=0)
     # without restart_context the next chunk continues from the raw last latent frame instead
-    plain = build_preset("default")
+    plain = build_preset("default", restart_context=False)
     randomize_(plain.backbone, seed=3)
     other = StreamingGenerator(plain, batch_size=2)
     other.reset(seed=5, start_latents=torch.randn(2, 192, 1, 16, 16), decode=False)
