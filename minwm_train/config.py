@@ -41,8 +41,10 @@ class TrainConfig:
     betas: tuple[float, float] = arg((0.9, 0.999), "Adam betas")
     weight_decay: float = arg(0.0, "AdamW weight decay")
     max_grad_norm: float = arg(1.0, "gradient clipping norm (0: off)")
-    mixed_precision: str = arg("no", "accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    mixed_precision: str = arg("no", "autocast precision (fp16 adds a loss scaler)", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = arg(False, "recompute blocks in the backward pass")
+    fsdp: bool = arg(False, "several processes: shard the trained models' blocks (FSDP2), their gradients and "
+                            "optimiser state")
     ema_decay: float = arg(0.0, "EMA decay of the trained model (0: no EMA)")
     ema_start: int = arg(0, "first step that updates the EMA")
     checkpoint_every: int = arg(10, "write a checkpoint every this many steps")

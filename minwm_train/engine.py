@@ -12,7 +12,8 @@ every optimiser's gradients are averaged over the processes before clipping and 
 N processes with accumulation A compute exactly what one process with accumulation N·A does
 (tested, up to float summation order), whatever the stage calls inside its loss: DMD's
 alternating generator/critic updates included. Only the main process writes checkpoints,
-metrics and the exported model.
+metrics and the exported model. With ``fsdp`` the trained models' blocks are sharded (FSDP2);
+checkpoints and exports still hold full tensors, gathered from every process.
 
 Checkpoints (``<out>/checkpoints/step-NNNNNN/``) are written to a temporary folder and renamed
 into place, so a run killed at any moment resumes from its last complete checkpoint. Each
@@ -39,6 +40,12 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .data import LatentClips
 
+try:  # FSDP2 (torch >= 2.6)
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # pragma: no cover - older torch
+    fully_shard = DTensor = distribute_tensor = None
+
 CHECKPOINT_FILES = ("modules.safetensors", "trainer.json", "config.json")
 
 
@@ -55,6 +62,9 @@ class Stage(ABC):
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device
+        # Seeded by (seed, step) alone and shared by every process and micro-batch of the step:
+        # for choices that must agree across processes (e.g. how many forwards a rollout runs).
+        self.shared_generator: torch.Generator | None = None
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -83,8 +93,25 @@ class Stage(ABC):
         """One-off work before training (e.g. generating ODE pairs)."""
 
     @abstractmethod
-    def export(self, folder: Path, ema_state: dict[str, torch.Tensor] | None) -> None:
-        """Write a model folder that ``minwm_env`` loads."""
+    def export(self, folder: Path, ema_state: dict[str, torch.Tensor] | None, model=None) -> None:
+        """Write a model folder that ``minwm_env`` loads (from ``model``, an unsharded copy of
+        the exported model, when given: under FSDP the stage's own is sharded)."""
+
+    def export_source(self) -> str:
+        """What the exported model was built from (an unsharded copy is built from it)."""
+        return self.config.model
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor gathered to a plain tensor (collective); a plain tensor as it is."""
+    return tensor.full_tensor() if DTensor is not None and isinstance(tensor, DTensor) else tensor
+
+
+def _like(value: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """``value`` (a full tensor) sharded like ``template`` when that is a DTensor."""
+    if DTensor is not None and isinstance(template, DTensor):
+        return distribute_tensor(value.to(template.dtype), template.device_mesh, template.placements)
+    return value.to(template.dtype)
 
 
 class EMA:
@@ -93,6 +120,13 @@ class EMA:
     def __init__(self, module: nn.Module, decay: float):
         self.decay = decay
         self.state = {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """The EMA as plain tensors (collective under FSDP: every process must call it)."""
+        return {k: _full(v).contiguous() for k, v in self.state.items()}
+
+    def load_full_state(self, state: dict[str, torch.Tensor], device) -> None:
+        self.state = {k: _like(state[k].to(device), template) for k, template in self.state.items()}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
@@ -110,6 +144,11 @@ class Trainer:
         self.autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
+        self.num_processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        if config.fsdp:
+            self._broadcast_modules()  # before sharding: every process shards the same weights
+            self._shard()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         for name, group in stage.param_groups().items():
             params = [p for p in group["params"] if p.requires_grad]
@@ -125,10 +164,31 @@ class Trainer:
         ema_target = stage.ema_module()
         self.ema = EMA(ema_target, config.ema_decay) if config.ema_decay > 0 and ema_target is not None else None
         self.step = 0
-        self.num_processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
-        self.is_main = self.accelerator.is_main_process
 
     # -- several processes ---------------------------------------------------------------------
+    def _shard(self) -> None:
+        """FSDP2: every transformer block of each trained module, then the module itself, is
+        sharded over the processes. The prompt path (text embedder, cross-attention K/V
+        projections) stays replicated: prompt K/V are computed once per episode outside any
+        block's forward, and those gradients are averaged like the data-parallel ones."""
+        if fully_shard is None:
+            raise ValueError("--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)")
+        if self.num_processes == 1:
+            raise ValueError("--fsdp shards over several processes: launch with torchrun --nproc-per-node N")
+        for module in self.stage.modules().values():
+            if not any(p.requires_grad for p in module.parameters()):
+                continue
+            transformer = getattr(module, "transformer", None)
+            if transformer is None:
+                raise ValueError(f"--fsdp: {type(module).__name__} has no transformer blocks to shard")
+            prompt_path = set(transformer.condition_embedder.text_embedder.parameters())
+            for block in transformer.blocks:
+                for name in ("to_k", "to_v", "norm_k"):
+                    prompt_path |= set(getattr(block.attn2, name).parameters())
+            for block in transformer.blocks:
+                fully_shard(block, ignored_params=prompt_path)
+            fully_shard(module, ignored_params=prompt_path)
+
     def _broadcast_modules(self) -> None:
         """Every process starts from the main process's weights (they build the same seeded
         models, but a checkpoint or a file read differently must not split them)."""
@@ -136,6 +196,8 @@ class Trainer:
             return
         for module in self.stage.modules().values():
             for tensor in list(module.parameters()) + list(module.buffers()):
+                if DTensor is not None and isinstance(tensor, DTensor):
+                    continue  # sharded from identical weights (broadcast before sharding)
                 torch.distributed.broadcast(tensor.data, src=0)
 
     def _average_gradients(self, optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -143,7 +205,8 @@ class Trainer:
         (one flat buffer: one collective per update)."""
         if self.num_processes == 1:
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+                  and not (DTensor is not None and isinstance(p.grad, DTensor))]  # FSDP reduced those already
         sizes = torch.tensor([len(params), sum(p.numel() for p in params)], dtype=torch.float64, device=self.stage.device)
         gathered = self.accelerator.gather(sizes[None]).view(-1, 2)
         if not (gathered == sizes).all():
@@ -170,26 +233,48 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _module_state(self) -> dict[str, torch.Tensor]:
-        return {f"{name}/{key}": value.detach().contiguous().cpu()
+        """Every module's state as plain tensors (collective under FSDP)."""
+        return {f"{name}/{key}": _full(value.detach()).contiguous().cpu()
                 for name, module in self.stage.modules().items() for key, value in module.state_dict().items()}
+
+    def _optimizer_state(self, optimizer) -> dict:
+        """The optimiser's state with every sharded tensor gathered (collective under FSDP)."""
+        state = optimizer.state_dict()
+        if self.config.fsdp:
+            state = {**state, "state": {index: {k: _full(v) for k, v in entry.items()}
+                                        for index, entry in state["state"].items()}}
+        return state
+
+    def _load_optimizer_state(self, optimizer, state: dict) -> None:
+        if self.config.fsdp:  # full tensors back into the shards of their parameters
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            state = {**state, "state": {index: {k: _like(v.to(params[int(index)].device), params[int(index)])
+                                                if torch.is_tensor(v) and v.shape == params[int(index)].shape else v
+                                                for k, v in entry.items()}
+                                        for index, entry in state["state"].items()}}
+        optimizer.load_state_dict(state)
 
     def save_checkpoint(self) -> Path:
         final = self.checkpoints / f"step-{self.step:06d}"
+        # gathering is collective: every process takes part, the main one writes
+        modules = self._module_state()
+        ema = None if self.ema is None else self.ema.full_state()
+        optimizers = {name: self._optimizer_state(opt) for name, opt in self.optimizers.items()}
         if self.is_main:
-            self._write_checkpoint(final)
+            self._write_checkpoint(final, modules, ema, optimizers)
         self.accelerator.wait_for_everyone()
         return final
 
-    def _write_checkpoint(self, final: Path) -> None:
+    def _write_checkpoint(self, final: Path, modules: dict, ema: dict | None, optimizers: dict) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoints / f".step-{self.step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        safetensors.torch.save_file(self._module_state(), tmp / "modules.safetensors")
-        if self.ema is not None:
-            safetensors.torch.save_file({k: v.contiguous() for k, v in self.ema.state.items()}, tmp / "ema.safetensors")
-        for name, optimizer in self.optimizers.items():
-            torch.save(optimizer.state_dict(), tmp / f"optimizer-{name}.pt")
+        safetensors.torch.save_file(modules, tmp / "modules.safetensors")
+        if ema is not None:
+            safetensors.torch.save_file({k: v.cpu() for k, v in ema.items()}, tmp / "ema.safetensors")
+        for name, state in optimizers.items():
+            torch.save(state, tmp / f"optimizer-{name}.pt")
             if self.scalers[name].is_enabled():
                 torch.save(self.scalers[name].state_dict(), tmp / f"scaler-{name}.pt")
         (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "stage": self.stage.name}) + "\n")
@@ -227,6 +312,9 @@ class Trainer:
             prefix = f"{name}/"
             own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             try:
+                if self.config.fsdp:
+                    current = module.state_dict()
+                    own = {k: _like(v.to(self.stage.device), current[k]) if k in current else v for k, v in own.items()}
                 module.load_state_dict(own, strict=True)
             except RuntimeError as err:
                 raise ValueError(f"{path} does not match this stage's {name!r} module: {err}") from err
@@ -234,10 +322,10 @@ class Trainer:
             ema_path = path / "ema.safetensors"
             if not ema_path.is_file():
                 raise FileNotFoundError(f"checkpoint {path} has no ema.safetensors but EMA is on")
-            self.ema.state = safetensors.torch.load_file(ema_path, device=str(self.stage.device))
+            self.ema.load_full_state(safetensors.torch.load_file(ema_path), self.stage.device)
         for name, optimizer in self.optimizers.items():
             try:
-                optimizer.load_state_dict(torch.load(path / f"optimizer-{name}.pt", weights_only=True))
+                self._load_optimizer_state(optimizer, torch.load(path / f"optimizer-{name}.pt", weights_only=True))
                 if self.scalers[name].is_enabled() and (path / f"scaler-{name}.pt").is_file():
                     self.scalers[name].load_state_dict(torch.load(path / f"scaler-{name}.pt", weights_only=True))
             except Exception as err:
@@ -252,7 +340,21 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.config.max_grad_norm <= 0 or not params:
             return 0.0
-        return float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        if not self.config.fsdp:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        # FSDP: the squares of the sharded gradients are summed over the processes, the
+        # replicated ones (the prompt path) counted once
+        sharded = [p.grad for p in params if isinstance(p.grad, DTensor)]
+        replicated = [p.grad for p in params if not isinstance(p.grad, DTensor)]
+        square = sum((g.to_local().float().square().sum() for g in sharded), torch.zeros((), device=self.stage.device))
+        torch.distributed.all_reduce(square)
+        square = square + sum((g.float().square().sum() for g in replicated), torch.zeros((), device=self.stage.device))
+        norm = float(square.sqrt())
+        scale = min(1.0, self.config.max_grad_norm / (norm + 1e-6))
+        if scale < 1.0:
+            for p in params:
+                p.grad.mul_(scale)
+        return norm
 
     def run(self, resume: bool = True) -> list[dict]:
         """Train up to ``config.steps``; returns the metrics of the steps run now."""
@@ -288,6 +390,8 @@ class Trainer:
                 optimizer, scaler = self.optimizers[name], self.scalers[name]
                 optimizer.zero_grad(set_to_none=True)
                 for generator in generators:
+                    # the same stream for every micro-batch, on every process
+                    self.stage.shared_generator = step_generator(config.seed + 1, self.step)
                     batch = {k: v.to(self.stage.device) for k, v in self.data.sample(config.batch_size, generator).items()}
                     with torch.autocast(self.stage.device.type, dtype=self.autocast_dtype,
                                         enabled=self.autocast_dtype is not None):
@@ -321,7 +425,24 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        if self.is_main:
-            self.stage.export(self.out / "model", None if self.ema is None else self.ema.state)
-        self.accelerator.wait_for_everyone()
+        self._export()
         return history
+
+    def _export(self) -> None:
+        folder = self.out / "model"
+        if not self.config.fsdp:
+            if self.is_main:
+                self.stage.export(folder, None if self.ema is None else self.ema.state)
+            self.accelerator.wait_for_everyone()
+            return
+        # FSDP: gather (every process), then the main process writes an unsharded copy
+        ema = None if self.ema is None else self.ema.full_state()
+        modules = self._module_state()
+        if self.is_main:
+            from .stages.common import build_model
+            copy = build_model(self.config, self.stage.export_source(), torch.device("cpu"), trainable=False)
+            exported = self.stage.ema_module()
+            name = next(n for n, m in self.stage.modules().items() if m is exported)
+            copy.backbone.load_state_dict({k[len(name) + 1:]: v for k, v in modules.items() if k.startswith(name + "/")})
+            self.stage.export(folder, ema, model=copy)
+        self.accelerator.wait_for_everyone()

@@ -239,9 +239,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("stage_name", ["stage1", "stage3"])
-def test_two_processes_equal_one_with_accumulation(tmp_path, data_dir, trained, stage_name):
-    """Data parallel over 2 CPU processes (gloo) == 1 process accumulating 2 micro-batches."""
+@pytest.mark.parametrize("stage_name,fsdp", [("stage1", False), ("stage3", False), ("stage1", True), ("stage3", True)])
+def test_two_processes_equal_one_with_accumulation(tmp_path, data_dir, trained, stage_name, fsdp):
+    """Data parallel over 2 CPU processes (gloo) == 1 process accumulating 2 micro-batches; with
+    --fsdp too, where the run is also stopped after step 2 and resumed from its sharded state."""
     sources = {"stage1": ["--model", "tiny"],
                "stage3": ["--model", str(trained / "stage1" / "model"), "--teacher", str(trained / "stage0" / "model"),
                           "--dmd-critic-updates", "2"]}[stage_name]
@@ -251,16 +252,37 @@ def test_two_processes_equal_one_with_accumulation(tmp_path, data_dir, trained, 
     one = subprocess.run([sys.executable, "-m", "minwm_train.cli", stage_name, *common, "--grad-accum", "2",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(_free_port()), "-m", "minwm_train.cli", stage_name, *common,
-                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env)
+    def launch(*extra):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(_free_port()), "-m", "minwm_train.cli", stage_name, *common,
+                               "--out", str(tmp_path / "two"), *(["--fsdp"] if fsdp else []), *extra],
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    if fsdp:  # stop after a step-2 checkpoint; the run below resumes from it
+        first = launch("--steps", "2", "--checkpoint-every", "2")
+        assert first.returncode == 0, first.stderr[-3000:]
+    two = launch()
     assert two.returncode == 0, two.stderr[-3000:]
     import safetensors.torch
     state_one = safetensors.torch.load_file(tmp_path / "one" / "checkpoints" / "step-000003" / "modules.safetensors")
     state_two = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / "step-000003" / "modules.safetensors")
     assert state_one.keys() == state_two.keys()
+    # FSDP reduce-scatters in another summation order. Adam divides by sqrt(v), so weights whose
+    # gradients are ~0 — cross-attention to the null prompt (attn2, its pre-norm norm2; the key
+    # bias exactly 0 in exact arithmetic) — move by rounding noise, up to ~1e-4 in 3 steps at lr
+    # 1e-3 (measured); every other weight agrees to 1e-5, and losses and gradient norms tighter.
+    def atol(key):
+        if not fsdp:
+            return 1e-6
+        return 3e-4 if ".attn2." in key or ".norm2." in key else 1e-5
     for key, value in state_one.items():
-        torch.testing.assert_close(state_two[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(state_two[key], value, rtol=1e-5, atol=atol(key), msg=key)
+    # the exported models (an unsharded copy under FSDP) hold the same weights
+    exported = [safetensors.torch.load_file(tmp_path / run / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+                for run in ("one", "two")]
+    assert exported[0].keys() == exported[1].keys()
+    for key, value in exported[0].items():
+        torch.testing.assert_close(exported[1][key], value, rtol=1e-5, atol=atol(key), msg=key)
     losses = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
               for run in ("one", "two")]
     assert [r["step"] for r in losses[0]] == [r["step"] for r in losses[1]] == [0, 1, 2]

@@ -158,6 +158,6 @@ class SingleModelStage(Stage):
     def ema_module(self):
         return self.model.backbone
 
-    def export(self, folder: Path, ema_state):
+    def export(self, folder: Path, ema_state, model=None):
         settings = {"sampler_timesteps": tuple(self.config.student_timesteps)} if self.few_step else {}
-        export_model(self.model, folder, ema_state, **settings)
+        export_model(model or self.model, folder, ema_state, **settings)

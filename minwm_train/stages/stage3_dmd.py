@@ -82,7 +82,9 @@ class DMDStage(Stage):
             frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
             positions = torch.arange(frames.start, frames.stop)
             part = None if conds is None else conds.frames(frames)
-            exit_step = int(torch.randint(len(self.sigmas), (1,), generator=generator))
+            # the same on every process and micro-batch of a step: under FSDP every process must
+            # run the same number of forwards through the sharded generator
+            exit_step = int(torch.randint(len(self.sigmas), (1,), generator=self.shared_generator or generator))
             x = randn((batch_size, channels, chunk, height, width), generator, start.device)
             for i in range(exit_step + 1):
                 keep_grad = with_grad and i == exit_step
@@ -141,5 +143,6 @@ class DMDStage(Stage):
         loss = 0.5 * (sample[:, :, 1:].float() - (sample - gradient).detach()[:, :, 1:].float()).square().mean()
         return loss, {"loss/dmd": loss.detach(), "dmd/grad_abs": gradient.abs().mean()}
 
-    def export(self, folder: Path, ema_state):
-        export_model(self.generator_model, folder, ema_state, sampler_timesteps=tuple(self.config.student_timesteps))
+    def export(self, folder: Path, ema_state, model=None):
+        export_model(model or self.generator_model, folder, ema_state,
+                     sampler_timesteps=tuple(self.config.student_timesteps))
