@@ -126,6 +126,9 @@ class EMA:
         return {k: _full(v).contiguous() for k, v in self.state.items()}
 
     def load_full_state(self, state: dict[str, torch.Tensor], device) -> None:
+        missing = sorted(set(self.state) - set(state))
+        if missing:
+            raise ValueError(f"the EMA state lacks {len(missing)} tensors of the model, e.g. {missing[:3]}")
         self.state = {k: _like(state[k].to(device), template) for k, template in self.state.items()}
 
     @torch.no_grad()
@@ -167,10 +170,10 @@ class Trainer:
 
     # -- several processes ---------------------------------------------------------------------
     def _shard(self) -> None:
-        """FSDP2: every transformer block of each trained module, then the module itself, is
-        sharded over the processes. The prompt path (text embedder, cross-attention K/V
-        projections) stays replicated: prompt K/V are computed once per episode outside any
-        block's forward, and those gradients are averaged like the data-parallel ones."""
+        """FSDP2: each trained module's units (its ``fsdp_layout``: the blocks of a CausalWan),
+        then the module itself, are sharded over the processes. Parameters the layout keeps
+        replicated (a CausalWan's prompt path, used outside any block's forward) have their
+        gradients averaged like the data-parallel ones."""
         if fully_shard is None:
             raise ValueError("--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)")
         if self.num_processes == 1:
@@ -178,16 +181,12 @@ class Trainer:
         for module in self.stage.modules().values():
             if not any(p.requires_grad for p in module.parameters()):
                 continue
-            transformer = getattr(module, "transformer", None)
-            if transformer is None:
-                raise ValueError(f"--fsdp: {type(module).__name__} has no transformer blocks to shard")
-            prompt_path = set(transformer.condition_embedder.text_embedder.parameters())
-            for block in transformer.blocks:
-                for name in ("to_k", "to_v", "norm_k"):
-                    prompt_path |= set(getattr(block.attn2, name).parameters())
-            for block in transformer.blocks:
-                fully_shard(block, ignored_params=prompt_path)
-            fully_shard(module, ignored_params=prompt_path)
+            if not hasattr(module, "fsdp_layout"):
+                raise ValueError(f"--fsdp: {type(module).__name__} does not say how to shard it (fsdp_layout)")
+            units, replicated = module.fsdp_layout()
+            for unit in units:
+                fully_shard(unit, ignored_params=replicated)
+            fully_shard(module, ignored_params=replicated)
 
     def _broadcast_modules(self) -> None:
         """Every process starts from the main process's weights (they build the same seeded
@@ -322,7 +321,10 @@ class Trainer:
             ema_path = path / "ema.safetensors"
             if not ema_path.is_file():
                 raise FileNotFoundError(f"checkpoint {path} has no ema.safetensors but EMA is on")
-            self.ema.load_full_state(safetensors.torch.load_file(ema_path), self.stage.device)
+            try:
+                self.ema.load_full_state(safetensors.torch.load_file(ema_path), self.stage.device)
+            except Exception as err:
+                raise ValueError(f"{ema_path} cannot be loaded ({err})") from err
         for name, optimizer in self.optimizers.items():
             try:
                 self._load_optimizer_state(optimizer, torch.load(path / f"optimizer-{name}.pt", weights_only=True))

@@ -203,6 +203,17 @@ class CausalWan(CausalBackbone):
         weight = self.transformer.condition_embedder.text_embedder.linear_1.weight
         return torch.zeros(batch_size, 1, self.config.text_dim, device=weight.device, dtype=weight.dtype)
 
+    def fsdp_layout(self) -> tuple[list[nn.Module], set[nn.Parameter]]:
+        """How FSDP shards this backbone: the units (every block; the backbone itself is the
+        root) and the parameters that stay replicated, those :meth:`encode_prompt` uses
+        outside any block's forward (text embedder, cross-attention K/V projections)."""
+        blocks = list(self.transformer.blocks)
+        replicated = set(self.transformer.condition_embedder.text_embedder.parameters())
+        for block in blocks:
+            for name in ("to_k", "to_v", "norm_k"):
+                replicated |= set(getattr(block.attn2, name).parameters())
+        return blocks, replicated
+
     def encode_prompt(self, prompt_embeds: torch.Tensor) -> PromptState:
         if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != self.config.text_dim:
             raise ValueError(f"prompt embeddings must be (B, L, {self.config.text_dim}), got {tuple(prompt_embeds.shape)}")

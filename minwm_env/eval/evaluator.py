@@ -262,8 +262,8 @@ class Evaluator:
             if config.mirrored:
                 # The same start and noise seed with every action negated, scored against the true
                 # path's truth: a model that uses its actions is clearly further from the truth.
-                mirrored_run = rollout(self.model, -model_run.actions, path.start_c2w,
-                                       render_start(self.truth, path.start_c2w), seed=config.seed + i)
+                mirrored_run = rollout(self.model, -model_run.actions, path.start_c2w, truth_run.start,
+                                       seed=config.seed + i)
                 mirrored_mse = metrics.mse(mirrored_run.all_frames()[1:], truth_frames[1:]).reshape(-1, per_step).mean(1)
                 record.update(mirrored_mse=mirrored_mse.tolist(), mirrored_psnr_db=_psnr_db(mirrored_mse))
             baseline_mse = metrics.mse(truth_frames[:1], truth_frames[1:]).reshape(-1, per_step).mean(1)
