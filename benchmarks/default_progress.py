@@ -55,18 +55,17 @@ def main(argv=None) -> None:
     model.backbone.eval()
     codec = model.codec
     rng = np.random.default_rng(args.seed)
-    clips, actions, w2c = [], [], []
+    clips, actions = [], []
     for i in range(args.num_clips):
         scene = make_scene(SCENE_NAMES[i % len(SCENE_NAMES)], int(rng.integers(100, 1000)))
         path = random_path(scene, 5, None, seed=int(rng.integers(1 << 30)))
         renderer = WorldRenderer(scene, 64, 64)
         clips.append(renderer.render_many(path.start_c2w @ rgb_frame_poses(path.relative_c2w()).numpy()))
         actions.append(torch.cat([torch.zeros(1, 6), path.deltas.float()]))
-        w2c.append(camera.invert_pose(path.relative_c2w()).float())
         renderer.close()
     frames = from_uint8(torch.from_numpy(np.stack(clips))).permute(0, 2, 1, 3, 4)  # (N, 3, 17, 64, 64)
     latents = codec.encode(frames)
-    actions, w2c = torch.stack(actions), torch.stack(w2c)
+    actions = torch.stack(actions)
     intrinsics = torch.tensor(model.settings.intrinsics).expand(len(clips), 5, 4)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     x_t = latents.clone()
@@ -77,12 +76,20 @@ def main(argv=None) -> None:
     result = {"checkpoint": str(folder), "num_clips": len(clips)}
     with torch.no_grad():
         for name, acts in (("true", actions), ("mirrored", -actions)):
-            out = model.backbone(x_t, timestep, torch.arange(5), prompt, reference=latents[:, :, :1],
-                                 conditions=FrameConditions(w2c, intrinsics, acts))
+            c2w = camera.compose_deltas(acts[:, 1:])  # (N, 5, 4, 4), frame 0 the identity
+            reference = model.residual_reference(latents[:, :, :1], c2w[:, :1], c2w[:, [0, 0, 1, 2, 3]], c2w,
+                                                 intrinsics)
+            out = model.backbone(x_t, timestep, torch.arange(5), prompt, reference=reference,
+                                 conditions=FrameConditions(camera.invert_pose(c2w).float(), intrinsics, acts))
             estimate = codec.decode(flow.to_x0(out, x_t, timestep / 1000, model.backbone.prediction_type))
             result[f"psnr_{name}"] = [psnr(estimate[:, :, 4 * k], frames[:, :, 4 * k]) for k in range(1, 5)]
+            if name == "true" and model.settings.warp_reference:  # the warp alone, no network
+                warped = codec.decode(reference)
+                result["psnr_warp_only"] = [psnr(warped[:, :, 4 * k], frames[:, :, 4 * k]) for k in range(1, 5)]
     result["psnr_repeat_start"] = [psnr(frames[:, :, 0], frames[:, :, 4 * k]) for k in range(1, 5)]
-    for key in ("psnr_true", "psnr_mirrored", "psnr_repeat_start"):
+    for key in ("psnr_true", "psnr_mirrored", "psnr_warp_only", "psnr_repeat_start"):
+        if key not in result:
+            continue
         print(f"{key:18s} " + " ".join(f"{v:6.2f}" for v in result[key]) + "   (RGB frames 4, 8, 12, 16)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -232,7 +232,7 @@ class SpaceToDepthCodec(torch.nn.Module):
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         return latent_size(height, width, self.spatial_factor)
 
-    def _pack(self, frames: torch.Tensor) -> torch.Tensor:
+    def pack(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, 4n, H, W) → (B, C, n, h, w)."""
         batch, _, count, height, width = frames.shape
         f = self.spatial_factor
@@ -240,7 +240,7 @@ class SpaceToDepthCodec(torch.nn.Module):
         x = x.reshape(batch, count // self.temporal_factor, self.temporal_factor * 3 * f * f, height // f, width // f)
         return (x.transpose(1, 2) * self.scale).to(frames.dtype)
 
-    def _unpack(self, latents: torch.Tensor) -> torch.Tensor:
+    def unpack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, n, h, w) → (B, 3, 4n, H, W)."""
         batch, _, count, h, w = latents.shape
         f = self.spatial_factor
@@ -253,7 +253,7 @@ class SpaceToDepthCodec(torch.nn.Module):
         check_clip(frames, self.temporal_factor)
         self.latent_size(frames.shape[3], frames.shape[4])
         first = frames[:, :, :1].expand(-1, -1, self.temporal_factor, -1, -1)
-        return self._pack(torch.cat([first, frames[:, :, 1:]], dim=2).to(self.scale.dtype))
+        return self.pack(torch.cat([first, frames[:, :, 1:]], dim=2).to(self.scale.dtype))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.encode(image.unsqueeze(2))
@@ -263,12 +263,12 @@ class SpaceToDepthCodec(torch.nn.Module):
         """The last RGB frame of the last latent frame of ``latents`` (B, C, n, h, w), encoded as
         a start image (B, C, 1, h, w): a clip's first latent frame holds one frame repeated,
         the others four different ones. Pixels are clamped to [-1, 1] on the way."""
-        last = self._unpack(latents[:, :, -1:])[:, :, -1]
+        last = self.unpack(latents[:, :, -1:])[:, :, -1]
         return self.encode_image(last.to(self.scale.dtype)).to(latents.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        frames = self._unpack(latents)
+        frames = self.unpack(latents)
         return frames[:, :, self.temporal_factor - 1:]  # latent 0 decodes to frame 0 alone
 
     def stream(self) -> "SpaceToDepthStream":
@@ -300,7 +300,7 @@ class SpaceToDepthStream:
 
     @torch.no_grad()
     def push(self, latents: torch.Tensor) -> torch.Tensor:
-        frames = self.codec._unpack(latents)
+        frames = self.codec.unpack(latents)
         if self.num_latent_frames == 0:
             frames = frames[:, :, self.codec.temporal_factor - 1:]
         self.num_latent_frames += latents.shape[2]

@@ -108,6 +108,9 @@ class StreamingGenerator:
         if config.uses_camera and not self.tracks_camera:
             raise ValueError(f"camera conditioning ({config.camera}) needs camera-delta actions, the model's "
                              f"action space is {list(self.action_spec.names)}")
+        if settings.warp_reference and not self.tracks_camera:
+            raise ValueError(f"warp_reference needs camera poses from camera-delta actions, the model's action "
+                             f"space is {list(self.action_spec.names)}")
         self._conditioned = model.backbone.conditioning is not None
         self._prompt: PromptState | None = None
         self._generators: list[torch.Generator] = []
@@ -256,7 +259,14 @@ class StreamingGenerator:
         self.model.backbone(latents, timestep, positions, self._prompt, kv_cache=self.cache, cache_write=True,
                             conditions=conditions)
 
-    def _predict(self, positions: torch.Tensor, conditions: FrameConditions | None):
+    def _chunk_reference(self, c2w: torch.Tensor) -> torch.Tensor:
+        """The residual reference of the chunk's frames, posed ``c2w`` (B, chunk, 4, 4): the last
+        clean frame, reprojected into each frame's camera for a ``warp_reference`` model."""
+        previous = torch.cat([self.c2w[:, None], c2w[:, :-1]], dim=1)
+        intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float64).expand(*c2w.shape[:2], 4)
+        return self.model.residual_reference(self._reference, self.c2w[:, None], previous, c2w, intrinsics)
+
+    def _predict(self, positions: torch.Tensor, conditions: FrameConditions | None, reference: torch.Tensor):
         backbone = self.model.backbone
 
         def predict(x: torch.Tensor, sigma: float, with_uncond: bool):
@@ -265,7 +275,7 @@ class StreamingGenerator:
             x_in = x.repeat(self.num_branches, 1, 1, 1, 1)
             timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
             out = backbone(x_in, timestep, positions, self._prompt, kv_cache=self.cache, conditions=conditions,
-                           reference=self._reference.repeat(self.num_branches, 1, 1, 1, 1))
+                           reference=reference.repeat(self.num_branches, 1, 1, 1, 1))
             return (out[: x.shape[0]], out[x.shape[0]:]) if with_uncond else (out, None)
 
         return predict
@@ -311,7 +321,8 @@ class StreamingGenerator:
             positions = torch.arange(self.next_position, self.next_position + self.chunk_frames)
             with timed(timings, "time/denoise_s", device):
                 noise = randn_rows((self.batch_size, *self.latent_shape), self._generators, device, self.model.dtype)
-                latents = self.sampler.sample(self._predict(positions, conditions), noise,
+                predict = self._predict(positions, conditions, self._chunk_reference(c2w))
+                latents = self.sampler.sample(predict, noise,
                                               self.model.backbone.prediction_type, self._generators, on_step)
             frames = None
             if decode:

@@ -143,6 +143,11 @@ def test_ground_truth_scores_perfect_adherence_and_no_drift(truth_scores):
     assert summary["adherence/mirrored_psnr_db"] < 25
     assert summary["drift/psnr_db"] == metrics.PSNR_CAP_DB and summary["drift/ssim"] == 1.0
     assert summary["drift/beats_baseline_fraction"] == 1.0
+    # The warp baseline (the start frame reprojected along the command) beats repeating it on
+    # these turning paths, yet the truth beats it at every horizon.
+    assert summary["adherence/warp_psnr_db"] > summary["adherence/baseline_psnr_db"] + 2
+    assert summary["drift/warp_psnr_db"] > summary["drift/baseline_psnr_db"]
+    assert summary["drift/beats_warp_fraction"] == 1.0
     assert summary["consistency/flicker_ratio"] == 1.0 and summary["consistency/loop_closure_error"] == 0
     assert summary["controllability/direction_agreement"] == 1.0
     assert summary["idle/final_difference"] == 0 and summary["idle/estimated_rotation_deg_per_step"] == 0

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from .. import camera
+from ..codec import from_uint8, to_uint8
 from ..envs.world_model import WorldModelEnv
 from ..pose_strings import KEY_DELTAS
+from ..warp import warp_along_actions
 from ..world.paths import PATH_KINDS, random_path, random_start
 from . import metrics
 from .motion import METHODS, RelativeMotion, estimate_motion, expected_flow, image_flow
@@ -45,11 +47,15 @@ DEFINITIONS = {
                          "(100 dB = identical)",
     "adherence/ssim": "SSIM (luminance, 11x11 Gaussian window) of the model against the truth, mean over all frames",
     "adherence/baseline_*": "the same for the baseline that repeats the start frame",
+    "adherence/warp_psnr_db": "the same for a geometric baseline: the start frame reprojected into every commanded "
+                              "camera through a plane at warp_baseline_depth (no model)",
     "adherence/mirrored_psnr_db": "PSNR against the same truth of the model rolled out from the same start and noise "
                                   "with every action negated (a model that uses its actions scores well below "
                                   "adherence/psnr_db)",
     "drift/psnr_db_curve": "PSNR of each step's last frame against the truth vs horizon (error averaged over paths)",
     "drift/beats_baseline_fraction": "fraction of horizons where the model's PSNR beats repeating the start frame",
+    "drift/warp_psnr_db": "the drift PSNR of the warp baseline (see adherence/warp_psnr_db)",
+    "drift/beats_warp_fraction": "fraction of horizons where the model's PSNR beats the warp baseline",
     "consistency/flicker": "mean absolute difference of consecutive frames (0..255), mean over paths",
     "consistency/flicker_ratio": "model flicker / truth flicker along the same path (1 = as much change as the truth)",
     "consistency/loop_closure_error": "mean absolute difference (0..255) between the last and the start frame of an "
@@ -97,6 +103,8 @@ class EvalConfig:
     """seed of the paths and of the model's noise"""
     mirrored: bool = True
     """adherence also rolls each path out with its actions negated (true vs mirrored actions)"""
+    warp_baseline_depth: float = 2.0
+    """plane depth (world units) of the warp baseline (2: the best of 1-4 and infinity on rendered clips)"""
 
     def __post_init__(self):
         for name in ("num_paths", "chunks", "drift_chunks", "drift_paths", "idle_chunks", "recovery_chunks"):
@@ -222,6 +230,13 @@ class Evaluator:
     def _step_motions(self, run: Rollout) -> list[RelativeMotion | None]:
         return [self._motion(run.step_frames(k)) for k in range(run.num_chunks)]
 
+    def _warp_baseline(self, run: Rollout) -> np.ndarray:
+        """(K·F, H, W, 3): the run's start frame reprojected into every commanded camera after it."""
+        temporal_factor = self.layout.frames_per_chunk // self.layout.chunk_frames
+        warped = warp_along_actions(from_uint8(torch.from_numpy(run.start)), torch.from_numpy(run.actions.reshape(-1, 6)),
+                                    torch.from_numpy(self.intrinsics), temporal_factor, self.config.warp_baseline_depth)
+        return to_uint8(warped[None])[0].numpy()
+
     def _step_flows(self, run: Rollout) -> list[np.ndarray | None]:
         return [image_flow(run.step_frames(k), size=self.config.motion_size) for k in range(run.num_chunks)]
 
@@ -267,6 +282,8 @@ class Evaluator:
                 mirrored_mse = metrics.mse(mirrored_run.all_frames()[1:], truth_frames[1:]).reshape(-1, per_step).mean(1)
                 record.update(mirrored_mse=mirrored_mse.tolist(), mirrored_psnr_db=_psnr_db(mirrored_mse))
             baseline_mse = metrics.mse(truth_frames[:1], truth_frames[1:]).reshape(-1, per_step).mean(1)
+            warp_mse = metrics.mse(self._warp_baseline(model_run), truth_frames[1:]).reshape(-1, per_step).mean(1)
+            record.update(warp_mse=warp_mse.tolist(), warp_psnr_db=_psnr_db(warp_mse))
             record.update(
                 mse=mse.tolist(), baseline_mse=baseline_mse.tolist(), psnr_db=_psnr_db(mse),
                 baseline_psnr_db=_psnr_db(baseline_mse),
@@ -294,6 +311,7 @@ class Evaluator:
             "adherence/baseline_psnr_db": _pooled_psnr_db(pooled("baseline_mse")),
             "adherence/baseline_ssim": _mean(pooled("baseline_ssim")),
             "adherence/mirrored_psnr_db": _pooled_psnr_db(pooled("mirrored_mse")) if config.mirrored else None,
+            "adherence/warp_psnr_db": _pooled_psnr_db(pooled("warp_mse")),
             "consistency/flicker": _mean([p["flicker"] for p in paths]),
             "consistency/truth_flicker": _mean([p["truth_flicker"] for p in paths]),
             "consistency/flicker_ratio": _mean([p["flicker_ratio"] for p in paths]),
@@ -303,7 +321,7 @@ class Evaluator:
     def drift(self) -> dict:
         """Error against horizon along ``drift_paths`` long paths, with the repeat-start-frame baseline."""
         config = self.config
-        mse, ssim, baseline_mse, baseline_ssim, strings = [], [], [], [], []
+        mse, ssim, baseline_mse, baseline_ssim, warp_mse, strings = [], [], [], [], [], []
         for i in range(config.drift_paths):
             path = self._path(config.drift_kind, config.drift_chunks, 500 + i)
             model_run, truth_run = paired_rollout(self.model, self.truth, path, seed=config.seed + 500 + i, keep="last")
@@ -312,8 +330,11 @@ class Evaluator:
             ssim.append(metrics.ssim(model_frames, truth_frames[1:]))
             baseline_mse.append(metrics.mse(truth_frames[:1], truth_frames[1:]))
             baseline_ssim.append(metrics.ssim(truth_frames[:1], truth_frames[1:]))
+            per_step = self.layout.frames_per_chunk
+            warp_mse.append(metrics.mse(self._warp_baseline(model_run)[per_step - 1::per_step], truth_frames[1:]))
             strings.append(path.pose_string)
         mse, baseline_mse = np.mean(mse, axis=0), np.mean(baseline_mse, axis=0)  # (K,) over paths
+        warp_mse = np.mean(warp_mse, axis=0)
         ssim, baseline_ssim = np.mean(ssim, axis=0), np.mean(baseline_ssim, axis=0)
         summary = {
             "drift/num_steps": config.drift_chunks,
@@ -321,9 +342,11 @@ class Evaluator:
             "drift/ssim": float(ssim.mean()), "drift/ssim_final": float(ssim[-1]),
             "drift/baseline_psnr_db": _pooled_psnr_db(baseline_mse), "drift/baseline_ssim": float(baseline_ssim.mean()),
             "drift/beats_baseline_fraction": float(np.mean(mse < baseline_mse)),
+            "drift/warp_psnr_db": _pooled_psnr_db(warp_mse), "drift/beats_warp_fraction": float(np.mean(mse < warp_mse)),
         }
         return {"pose_strings": strings, "psnr_db_curve": _psnr_db(mse), "ssim_curve": ssim.tolist(),
                 "baseline_psnr_db_curve": _psnr_db(baseline_mse), "baseline_ssim_curve": baseline_ssim.tolist(),
+                "warp_psnr_db_curve": _psnr_db(warp_mse),
                 "summary": summary}
 
     def consistency(self) -> dict:

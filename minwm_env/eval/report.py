@@ -58,6 +58,8 @@ def plot_drift(drift: dict, path: Path) -> Path:
     steps = np.arange(1, len(drift["psnr_db_curve"]) + 1)
     top.plot(steps, drift["psnr_db_curve"], label="model")
     top.plot(steps, drift["baseline_psnr_db_curve"], "--", label="repeat start frame")
+    if "warp_psnr_db_curve" in drift:
+        top.plot(steps, drift["warp_psnr_db_curve"], ":", label="start frame warped (no model)")
     top.set_ylabel(f"PSNR vs truth (dB, capped at {PSNR_CAP_DB:g})")
     top.legend()
     bottom.plot(steps, drift["ssim_curve"], label="model")
@@ -192,10 +194,13 @@ _ROWS = [
     ("rotation error vs the truth's estimate (deg)", "adherence/pose_rotation_error_deg", None, ""),
     ("PSNR vs truth (dB)", "adherence/psnr_db", "adherence/baseline_psnr_db", "repeat start"),
     ("PSNR vs truth, actions negated (dB)", "adherence/mirrored_psnr_db", None, ""),
+    ("PSNR vs truth of the warped start frame, no model (dB)", "adherence/warp_psnr_db", None, ""),
     ("SSIM vs truth", "adherence/ssim", "adherence/baseline_ssim", "repeat start"),
     ("drift: PSNR over the long rollout (dB)", "drift/psnr_db", "drift/baseline_psnr_db", "repeat start"),
     ("drift: PSNR at the last step (dB)", "drift/psnr_db_final", None, ""),
     ("drift: horizons beating the baseline", "drift/beats_baseline_fraction", None, ""),
+    ("drift: PSNR of the warped start frame (dB)", "drift/warp_psnr_db", None, ""),
+    ("drift: horizons beating the warped start frame", "drift/beats_warp_fraction", None, ""),
     ("flicker (0..255)", "consistency/flicker", "consistency/truth_flicker", "truth"),
     ("flicker / truth's flicker", "consistency/flicker_ratio", None, ""),
     ("loop closure error (0..255)", "consistency/loop_closure_error", "consistency/truth_loop_closure_error", "truth"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from minwm_env import flow
+from minwm_env import camera, flow
 from minwm_env.backbones import PromptState, causal_frame_mask
 from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_action_spec
 from minwm_env.models import CONDITIONING_DIR, PRESETS as MODEL_PRESETS, WorldModel, load_model
@@ -88,32 +88,53 @@ def chunk_sigmas(batch_size: int, num_frames: int, chunk: int, generator: torch.
     return per_chunk.repeat_interleave(chunk, dim=1)
 
 
-def teacher_forcing_layout(clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy: torch.Tensor, chunk: int,
-                           conds: FrameConditions | None):
+def residual_references(model: WorldModel, clean: torch.Tensor, sources: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The residual reference of every frame of a clip: frame k's is clean frame ``sources[k]``
+    (B, C, F, h, w), reprojected into frame k's cameras for a ``warp_reference`` model (poses
+    from ``batch["w2c"]`` and ``batch["intrinsics"]``, the same reprojection streaming does)."""
+    reference = clean[:, :, sources]
+    if not model.settings.warp_reference:
+        return reference
+    if batch.get("w2c") is None or batch.get("intrinsics") is None:
+        raise ValueError("a warp_reference model needs camera poses (w2c, intrinsics) with its data")
+    num_frames = clean.shape[2]
+    c2w = camera.invert_pose(batch["w2c"][:, :num_frames].double())
+    previous = c2w[:, (torch.arange(num_frames) - 1).clamp_min(0)]  # frame 0: itself, an identity warp
+    return model.residual_reference(reference, c2w[:, sources], previous, c2w, batch["intrinsics"][:, :num_frames])
+
+
+def teacher_forcing_layout(model: WorldModel, clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy: torch.Tensor,
+                           chunk: int, batch: dict):
     """Stage 1's input: [clean frames 0..F-1 ; noisy frames 1..F-1] with the block-causal mask
     (a noisy chunk sees the clean chunks before it and itself; DESIGN.md §6, stage 1).
 
-    Returns x, timestep (B, 2F-1), positions, frame mask, conditions, the index where the
-    noisy half starts, and the residual reference of every frame (for a noisy chunk: the
-    clean frame just before it; the clean half's outputs are never used).
+    ``batch`` holds the clip's poses and actions. Returns x, timestep (B, 2F-1), positions,
+    frame mask, conditions, the index where the noisy half starts, and the residual reference
+    of every frame (for a noisy chunk: the clean frame just before it; the clean half's
+    outputs are never used).
     """
-    batch, _, num_frames = clean.shape[:3]
+    batch_size, _, num_frames = clean.shape[:3]
+    conds = conditions(model, batch, slice(0, num_frames))
     positions = torch.arange(num_frames)
     blocks = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(num_frames - 1) // chunk + 1])
     x = torch.cat([clean, noisy], dim=2)
-    timestep = torch.cat([torch.zeros(batch, num_frames, device=clean.device), sigma_noisy.to(clean.device) * 1000], 1)
+    timestep = torch.cat([torch.zeros(batch_size, num_frames, device=clean.device),
+                          sigma_noisy.to(clean.device) * 1000], 1)
     all_positions = torch.cat([positions, positions[1:]])
     is_noisy = torch.cat([torch.zeros(num_frames, dtype=torch.bool), torch.ones(num_frames - 1, dtype=torch.bool)])
     mask = causal_frame_mask(all_positions, torch.cat([blocks, blocks[1:]]), noisy=is_noisy)
     all_conds = None if conds is None else FrameConditions.cat([conds, conds.frames(slice(1, None))])
-    previous = (torch.arange(num_frames - 1) // chunk) * chunk  # index of the clean frame before each chunk
-    reference = torch.cat([torch.zeros_like(clean), clean[:, :, previous]], dim=2)
+    previous = torch.cat([torch.zeros(1, dtype=torch.long), (torch.arange(num_frames - 1) // chunk) * chunk])
+    reference = residual_references(model, clean, previous, batch)[:, :, 1:]  # the clean frame before each chunk
+    reference = torch.cat([torch.zeros_like(clean), reference], dim=2)
     return x, timestep, all_positions, mask, all_conds, num_frames, reference
 
 
-def start_reference(clean: torch.Tensor) -> torch.Tensor:
+def start_reference(model: WorldModel, clean: torch.Tensor, batch: dict) -> torch.Tensor:
     """Bidirectional models (stage 0, DMD's scores) take the start frame as every frame's reference."""
-    return clean[:, :, :1]
+    if not model.settings.warp_reference:
+        return clean[:, :, :1]
+    return residual_references(model, clean, torch.zeros(clean.shape[2], dtype=torch.long), batch)
 
 
 def guided_prediction(model: WorldModel, x, timestep, positions, batch: dict, guidance: float, *,

@@ -30,7 +30,7 @@ class BidirectionalStage(SingleModelStage):
         x_t = flow.add_noise(x0, noise, sigma.to(x0.device))
         prediction = backbone(x_t, sigma.to(x0.device) * 1000, torch.arange(num_frames),
                               prompt_state(self.model, batch, batch_size), conditions=conditions(self.model, batch),
-                              reference=start_reference(x0))
+                              reference=start_reference(self.model, x0, batch))
         target = flow.training_target(x0, noise, backbone.prediction_type)
         loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
         return loss, {"loss/flow": loss.detach()}

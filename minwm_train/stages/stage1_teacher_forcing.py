@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from minwm_env import flow
 
-from .common import (SingleModelStage, chunk_sigmas, conditions, prompt_state, randn,
-                     teacher_forcing_layout)
+from .common import SingleModelStage, chunk_sigmas, prompt_state, randn, teacher_forcing_layout
 
 
 class TeacherForcingStage(SingleModelStage):
@@ -27,7 +26,7 @@ class TeacherForcingStage(SingleModelStage):
         noise = randn(clean[:, :, 1:].shape, generator, clean.device)
         sigma = chunk_sigmas(batch_size, num_frames, self.config.chunk_frames, generator, self.config.shift)
         noisy = flow.add_noise(clean[:, :, 1:], noise, sigma.to(clean.device))
-        inputs = teacher_forcing_layout(clean, noisy, sigma, self.config.chunk_frames, conditions(self.model, batch))
+        inputs = teacher_forcing_layout(self.model, clean, noisy, sigma, self.config.chunk_frames, batch)
         target = flow.training_target(clean[:, :, 1:], noise, backbone.prediction_type)
         return inputs, target
 

@@ -129,13 +129,9 @@ class CausalODEStage(SingleModelStage):
         gather = per_frame[:, None, None, :, None, None].expand(-1, 1, *states.shape[2:])
         noisy = states.gather(1, gather).squeeze(1)
         sigma = torch.tensor(student_sigmas(self.config), device=x0.device)[per_frame]
-        conds = None
-        if self.model.backbone.conditioning is not None:
-            from minwm_env.conditioning import FrameConditions
-            conds = FrameConditions(pairs["w2c"][index], pairs["intrinsics"][index],
-                                    pairs["actions"][index] if "actions" in pairs else None)
-        x, timestep, positions, mask, all_conds, split, reference = teacher_forcing_layout(x0, noisy, sigma, chunk,
-                                                                                           conds)
+        clips = {key: pairs[key][index] for key in ("w2c", "intrinsics", "actions") if key in pairs}
+        x, timestep, positions, mask, all_conds, split, reference = teacher_forcing_layout(self.model, x0, noisy, sigma,
+                                                                                           chunk, clips)
         prediction = self.model.backbone(x, timestep, positions, prompt_state(self.model, {}, batch_size),
                                          frame_mask=mask, conditions=all_conds, reference=reference)
         estimate = flow.to_x0(prediction[:, :, split:], noisy, sigma, self.model.backbone.prediction_type)

@@ -18,7 +18,7 @@ import torch
 
 from minwm_env import flow
 
-from .common import (SingleModelStage, build_model, conditions, guided_prediction, prompt_state, randn,
+from .common import (SingleModelStage, build_model, guided_prediction, prompt_state, randn,
                      teacher_forcing_layout)
 
 
@@ -51,15 +51,14 @@ class CausalConsistencyStage(SingleModelStage):
         sigma, sigma_next = self.grid[j].to(clean.device), self.grid[j + 1].to(clean.device)
         noise = randn(clean[:, :, 1:].shape, generator, clean.device)
         x_t = flow.add_noise(clean[:, :, 1:], noise, sigma)
-        conds = conditions(self.model, batch)
         with torch.no_grad():
-            x, timestep, positions, mask, all_conds, split, reference = teacher_forcing_layout(clean, x_t, sigma, chunk,
-                                                                                               conds)
+            x, timestep, positions, mask, all_conds, split, reference = teacher_forcing_layout(
+                self.model, clean, x_t, sigma, chunk, batch)
             out = guided_prediction(self.teacher, x, timestep, positions, batch, config.cd_guidance, frame_mask=mask,
                                     conds=all_conds, reference=reference)[:, :, split:]
             velocity = flow.to_velocity(out, x_t, sigma, self.teacher.backbone.prediction_type)
             x_next = x_t + flow.expand_sigma(sigma_next - sigma, x_t) * velocity  # one Euler step of the teacher
-            x2, timestep2, _, _, _, _, _ = teacher_forcing_layout(clean, x_next, sigma_next, chunk, conds)
+            x2, timestep2, _, _, _, _, _ = teacher_forcing_layout(self.model, clean, x_next, sigma_next, chunk, batch)
             target_out = self.target(x2, timestep2, positions, prompt_state(self.model, batch, batch_size),
                                      frame_mask=mask, conditions=all_conds, reference=reference)[:, :, split:]
             safe_sigma = sigma_next.clamp_min(1e-6)

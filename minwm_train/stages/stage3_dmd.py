@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from minwm_env import flow
+from minwm_env import camera, flow
 
 from .common import (build_model, conditions, export_model, guided_prediction, prompt_state, randn, sample_sigmas,
                      start_reference, student_sigmas)
@@ -77,7 +77,7 @@ class DMDStage(Stage):
             backbone(start, torch.zeros(batch_size, 1, device=start.device), torch.tensor([0]), prompt, kv_cache=cache,
                      cache_write=True, conditions=None if conds is None else conds.frames(slice(0, 1)))
         outputs = [start]
-        reference = start
+        reference, reference_index = start, 0
         for c in range(num_chunks):
             frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
             positions = torch.arange(frames.start, frames.stop)
@@ -86,24 +86,36 @@ class DMDStage(Stage):
             # run the same number of forwards through the sharded generator
             exit_step = int(torch.randint(len(self.sigmas), (1,), generator=self.shared_generator or generator))
             x = randn((batch_size, channels, chunk, height, width), generator, start.device)
+            chunk_reference = self._chunk_reference(batch, reference, reference_index, frames)
             for i in range(exit_step + 1):
                 keep_grad = with_grad and i == exit_step
                 with torch.set_grad_enabled(keep_grad):
                     sigma = self.sigmas[i]
                     timestep = torch.full((batch_size, chunk), sigma * 1000, device=start.device)
                     x0 = flow.to_x0(backbone(x, timestep, positions, prompt, kv_cache=cache, conditions=part,
-                                             reference=reference), x, sigma, backbone.prediction_type)
+                                             reference=chunk_reference), x, sigma, backbone.prediction_type)
                 stats["forwards"] += 1
                 stats["grad_forwards"] += int(keep_grad)
                 if i < exit_step:
                     x = flow.add_noise(x0.detach(), randn(x0.shape, generator, x0.device), self.sigmas[i + 1])
             outputs.append(x0)
-            reference = x0.detach()[:, :, -1:]
+            reference, reference_index = x0.detach()[:, :, -1:], frames.stop - 1
             with torch.no_grad():  # the context the next chunk sees: the clean sample, no gradient
                 backbone(x0.detach(), torch.zeros(batch_size, chunk, device=start.device), positions, prompt,
                          kv_cache=cache, cache_write=True, conditions=part)
         self.rollout_stats = stats
         return torch.cat(outputs, dim=2)
+
+    def _chunk_reference(self, batch: dict, reference: torch.Tensor, reference_index: int, frames: slice):
+        """The residual reference of a rolled-out chunk: the last clean frame (index
+        ``reference_index`` of the clip), reprojected for a ``warp_reference`` generator."""
+        model = self.generator_model
+        if not model.settings.warp_reference:
+            return reference
+        c2w = camera.invert_pose(batch["w2c"].double())
+        previous = c2w[:, frames.start - 1:frames.stop - 1]
+        return model.residual_reference(reference, c2w[:, reference_index:reference_index + 1], previous,
+                                        c2w[:, frames], batch["intrinsics"][:, frames])
 
     def _noised(self, sample, generator):
         """The critic's view: frames 1.. noised to one random t in [min, max] (shifted) per clip."""
@@ -124,7 +136,7 @@ class DMDStage(Stage):
                 sample = self.rollout(batch, generator, with_grad=False)
             x_t, sigma, noise = self._noised(sample, generator)
             prediction = self.fake.backbone(x_t, sigma * 1000, positions, prompt_state(self.fake, batch, x_t.shape[0]),
-                                            conditions=conds, reference=start_reference(sample))
+                                            conditions=conds, reference=start_reference(self.fake, sample, batch))
             target = flow.training_target(sample, noise, self.fake.backbone.prediction_type)
             loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
             return loss, {"loss/critic": loss.detach()}
@@ -132,10 +144,10 @@ class DMDStage(Stage):
         x_t, sigma, _ = self._noised(sample, generator)
         with torch.no_grad():
             real = guided_prediction(self.real, x_t, sigma * 1000, positions, batch, self.config.dmd_real_guidance,
-                                     conds=conds, reference=start_reference(sample))
+                                     conds=conds, reference=start_reference(self.fake, sample, batch))
             real_x0 = flow.to_x0(real, x_t, sigma.clamp_min(1e-6), self.real.backbone.prediction_type)
             fake = self.fake.backbone(x_t, sigma * 1000, positions, prompt_state(self.fake, batch, x_t.shape[0]),
-                                      conditions=conds, reference=start_reference(sample))
+                                      conditions=conds, reference=start_reference(self.fake, sample, batch))
             fake_x0 = flow.to_x0(fake, x_t, sigma.clamp_min(1e-6), self.fake.backbone.prediction_type)
             weight = (sample - real_x0).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
             gradient = (fake_x0 - real_x0) / weight

@@ -1,0 +1,124 @@
+"""A geometric residual reference: the last clean frame warped to each new frame's camera.
+
+A residual model (``ModelSettings.residual_reference``) adds its output to a reference latent.
+Plainly that reference is the last clean frame, so a commanded turn has to be produced by the
+network as a whole-image shift, which a small model learns slowly and then half-commits to
+(measured: a 12° turn comes out as 0–6 px where the truth moves 12 px, docs/default_model.md).
+With ``warp_reference`` the reference of each new frame is the last clean RGB frame reprojected
+into that frame's camera. A rotation is known exactly from the command (the homography
+``K R K⁻¹`` does not depend on depth); a translation's reprojection needs depth, which we take
+as one plane at ``warp_depth`` in front of the new camera (``None``: infinitely far, i.e. the
+rotation alone). The network then only learns what the warp cannot know: parallax, the strip
+that comes into view, light. Needs a codec whose latents are pixels (space-to-depth).
+
+Poses within a latent frame follow the world's own interpolation (the delta from the previous
+latent frame's pose, scaled by ``j / temporal_factor``), so training (poses from data) and
+streaming (poses from actions) build the same references.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import camera
+
+
+def rgb_frame_poses(previous_c2w: torch.Tensor, c2w: torch.Tensor, temporal_factor: int) -> torch.Tensor:
+    """c2w of the RGB frames inside latent frames.
+
+    previous_c2w (..., 4, 4): the pose of the latent frame before each one; c2w (..., 4, 4):
+    the latent frames' poses → (..., temporal_factor, 4, 4): RGB frame j (1..temporal_factor)
+    is ``previous @ delta(previous → c2w) · j / temporal_factor``, the last one ``c2w`` itself.
+    """
+    previous_c2w, c2w = previous_c2w.double(), c2w.double()
+    delta = camera.matrix_to_delta(camera.invert_pose(previous_c2w) @ c2w)  # (..., 6)
+    fractions = torch.arange(1, temporal_factor + 1, dtype=torch.float64, device=c2w.device) / temporal_factor
+    steps = camera.delta_to_matrix(delta[..., None, :] * fractions[:, None])  # (..., T, 4, 4)
+    poses = previous_c2w[..., None, :, :] @ steps
+    poses[..., -1, :, :] = c2w
+    return poses
+
+
+def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.Tensor, intrinsics: torch.Tensor,
+               depth: float | None = None) -> torch.Tensor:
+    """Reproject ``image`` (B, 3, H, W), seen from ``source_c2w`` (B, 4, 4), into the cameras
+    ``target_c2w`` (B, N, 4, 4) → (B, 3, N, H, W).
+
+    intrinsics (B, 4) normalised [fx/W, fy/H, cx/W, cy/H], shared by both cameras. Each target
+    pixel's ray meets a plane at ``depth`` in front of the target camera (``None``: at
+    infinity, so only the rotation matters); that point is looked up in the source image
+    (bilinear). Points outside the source view take its nearest border pixel; points behind
+    the source camera take the border too.
+    """
+    batch, channels, height, width = image.shape
+    num_targets = target_c2w.shape[1]
+    if source_c2w.shape != (batch, 4, 4) or target_c2w.shape != (batch, num_targets, 4, 4):
+        raise ValueError(f"poses must be (B, 4, 4) and (B, N, 4, 4) for B={batch}, got "
+                         f"{tuple(source_c2w.shape)} and {tuple(target_c2w.shape)}")
+    if intrinsics.shape != (batch, 4):
+        raise ValueError(f"intrinsics must be (B, 4) = ({batch}, 4), got {tuple(intrinsics.shape)}")
+    if depth is not None and not (math.isfinite(depth) and depth > 0):
+        raise ValueError(f"warp depth must be a positive number or None (infinitely far), got {depth}")
+    device = image.device
+    k = intrinsics.to(device, torch.float64)
+    fx, fy, cx, cy = (k[:, i, None, None, None] for i in range(4))  # (B, 1, 1, 1)
+    v, u = torch.meshgrid((torch.arange(height, dtype=torch.float64, device=device) + 0.5) / height,
+                          (torch.arange(width, dtype=torch.float64, device=device) + 0.5) / width, indexing="ij")
+    # homogeneous points (x, y, 1, 1/depth) on the plane z = depth of each target camera
+    x, y = ((u - cx) / fx).expand(-1, num_targets, -1, -1), ((v - cy) / fy).expand(-1, num_targets, -1, -1)
+    inverse_depth = 0.0 if depth is None else 1.0 / depth
+    points = torch.stack([x, y, torch.ones_like(x), torch.full_like(x, inverse_depth)], dim=-1)  # (B, N, H, W, 4)
+    to_source = camera.invert_pose(source_c2w.to(device, torch.float64))[:, None] @ target_c2w.to(device, torch.float64)  # (B, N, 4, 4)
+    seen = torch.einsum("bnij,bnhwj->bnhwi", to_source, points)
+    in_front = seen[..., 2] > 1e-6
+    z = torch.where(in_front, seen[..., 2], torch.ones_like(seen[..., 2]))
+    u_source = fx * seen[..., 0] / z + cx
+    v_source = fy * seen[..., 1] / z + cy
+    grid = torch.stack([2 * u_source - 1, 2 * v_source - 1], dim=-1)
+    grid = torch.where(in_front[..., None], grid, torch.full_like(grid, 2.0)).clamp(-2, 2)
+    grid = grid.reshape(batch * num_targets, height, width, 2).to(image.dtype)
+    source = image[:, None].expand(-1, num_targets, -1, -1, -1).reshape(batch * num_targets, channels, height, width)
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warped.reshape(batch, num_targets, channels, height, width).transpose(1, 2)
+
+
+def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
+                     c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None) -> torch.Tensor:
+    """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
+    into every RGB frame of each latent frame, packed back into latents.
+
+    reference (B, C, 1 or F, h, w): each frame's clean reference latent; reference_c2w (B, 1 or
+    F, 4, 4) the pose of its last RGB frame; previous_c2w and c2w (B, F, 4, 4) the poses of the
+    latent frame before each frame and of the frame; intrinsics (B, F, 4) → (B, C, F, h, w).
+    """
+    batch, _, num_refs = reference.shape[:3]
+    num_frames = c2w.shape[1]
+    if num_refs not in (1, num_frames) or reference_c2w.shape[1] != num_refs:
+        raise ValueError(f"need 1 or {num_frames} reference frames with one pose each, got {num_refs} frames "
+                         f"and poses of shape {tuple(reference_c2w.shape)}")
+    factor = codec.temporal_factor
+    images = codec.unpack(reference)[:, :, factor - 1::factor]  # (B, 3, refs, H, W): each one's last RGB frame
+    targets = rgb_frame_poses(previous_c2w, c2w, factor)  # (B, F, T, 4, 4)
+    if num_refs == 1:
+        warped = warp_image(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], depth)
+    else:  # one reference per frame: fold the frames into the batch
+        rows = batch * num_frames
+        warped = warp_image(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
+                            reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
+                            intrinsics.reshape(rows, 4), depth)  # (B·F, 3, T, H, W)
+        warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
+    return codec.pack(warped.to(reference.dtype)).to(reference.dtype)
+
+
+def warp_along_actions(image: torch.Tensor, actions: torch.Tensor, intrinsics: torch.Tensor, temporal_factor: int,
+                       depth: float | None = None) -> torch.Tensor:
+    """A geometric baseline: ``image`` (3, H, W) reprojected into the camera of every RGB frame
+    that the camera-delta ``actions`` (N, 6), one per latent frame, lead to from it → (3, N·T, H, W).
+    No model: what the start frame alone predicts once the commanded motion is undone."""
+    latent_c2w = camera.compose_deltas(actions.double())  # (N + 1, 4, 4), the start first
+    poses = rgb_frame_poses(latent_c2w[:-1], latent_c2w[1:], temporal_factor).reshape(-1, 4, 4)
+    warped = warp_image(image[None].float(), latent_c2w[None, 0], poses[None], intrinsics.reshape(1, 4), depth)
+    return warped[0]

@@ -1,0 +1,140 @@
+"""The warped residual reference (minwm_env/warp.py): geometry against real renders, and the same
+reference in training as in streaming."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from minwm_env import camera
+from minwm_env.codec import from_uint8
+from minwm_env.generator import StreamingGenerator
+from minwm_env.models import ModelSettings, build_preset
+from minwm_env.warp import rgb_frame_poses, warp_along_actions, warp_image
+from minwm_env.world.renderer import WorldRenderer, look_pose
+from minwm_env.world.scenes import make_scene
+from minwm_train.stages.common import residual_references
+
+from conftest import randomize_
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def room():
+    renderer = WorldRenderer(make_scene("room", 3), SIZE, SIZE)
+    yield renderer
+    renderer.close()
+
+
+def _image(frame: np.ndarray) -> torch.Tensor:
+    return from_uint8(torch.from_numpy(frame))  # (3, H, W)
+
+
+def _mean_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().mean())
+
+
+def test_identity_warp_returns_the_image():
+    image = torch.rand(2, 3, 16, 24) * 2 - 1
+    eye = torch.eye(4, dtype=torch.float64).expand(2, 4, 4)
+    intrinsics = torch.tensor([[0.8, 0.9, 0.5, 0.5], [1.1, 1.2, 0.45, 0.55]])
+    for depth in (None, 2.0):
+        warped = warp_image(image, eye, eye[:, None].expand(-1, 3, -1, -1), intrinsics, depth)
+        torch.testing.assert_close(warped, image[:, :, None].expand(-1, -1, 3, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_rotation_warp_predicts_the_rendered_view(room):
+    """A turn's reprojection (depth-free) matches the render from the turned camera: far closer
+    than the unwarped frame, and turning the wrong way is as bad as not warping."""
+    intrinsics = torch.from_numpy(room.intrinsics).float()[None]
+    for yaw, pitch in ((6.0, 0.0), (-9.0, 0.0), (4.0, 3.0)):
+        start = look_pose(0.0, 0.0, 1.0, 30.0)
+        turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0, yaw, pitch, 0]))
+        source, target = _image(room.render(start)), _image(room.render(start @ turn.numpy()))
+        warped = warp_image(source[None], torch.eye(4)[None], turn[None, None], intrinsics)[0, :, 0]
+        wrong = warp_image(source[None], torch.eye(4)[None], camera.invert_pose(turn)[None, None], intrinsics)[0, :, 0]
+        inner = (slice(None), slice(12, -12), slice(12, -12))  # away from the strip that comes into view
+        assert _mean_abs(warped[inner], target[inner]) < 0.3 * _mean_abs(source[inner], target[inner])
+        assert _mean_abs(wrong[inner], target[inner]) > 0.8 * _mean_abs(source[inner], target[inner])
+
+
+def test_plane_warp_helps_a_forward_step(room):
+    """Stepping forward: a plane at a plausible depth beats both no warp and the rotation-only warp
+    (which, with no rotation, is the identity)."""
+    intrinsics = torch.from_numpy(room.intrinsics).float()[None]
+    start = look_pose(0.0, 0.0, 1.0, 30.0)
+    step = camera.delta_to_matrix(torch.tensor([0.0, 0, 0.3, 0, 0, 0]))
+    source, target = _image(room.render(start)), _image(room.render(start @ step.numpy()))
+    plane = warp_image(source[None], torch.eye(4)[None], step[None, None], intrinsics, depth=2.0)[0, :, 0]
+    at_infinity = warp_image(source[None], torch.eye(4)[None], step[None, None], intrinsics)[0, :, 0]
+    torch.testing.assert_close(at_infinity, source, atol=1e-5, rtol=0)
+    assert _mean_abs(plane, target) < 0.8 * _mean_abs(source, target)
+
+
+def test_rgb_frame_poses_interpolate_like_the_world():
+    """RGB frame j of a latent frame sits at previous · delta(j / T), as GroundTruthEnv renders it."""
+    previous = camera.compose_deltas(torch.tensor([[0.1, 0.0, 0.2, 20.0, -5.0, 1.0]]))[-1]
+    delta = torch.tensor([0.05, -0.02, 0.08, 3.0, 2.0, -1.0], dtype=torch.float64)
+    current = previous @ camera.delta_to_matrix(delta)
+    poses = rgb_frame_poses(previous, current, 4)
+    for j in range(1, 5):
+        expected = previous @ camera.delta_to_matrix(delta * j / 4)
+        torch.testing.assert_close(poses[j - 1], expected, atol=1e-9, rtol=0)
+
+
+def test_warp_along_actions_matches_renders_of_a_turn(room):
+    start = look_pose(0.0, 0.0, 1.0, 10.0)
+    actions = torch.tensor([[0.0, 0, 0, 3.0, 0, 0]]).repeat(2, 1)  # two latent frames of 3° each
+    source = _image(room.render(start))
+    warped = warp_along_actions(source, actions, torch.from_numpy(room.intrinsics), 4)
+    assert warped.shape == (3, 8, SIZE, SIZE)
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    for k in range(8):  # RGB frame k+1 has turned (k+1)·0.75° (measured ratios 0.15-0.24)
+        target = _image(room.render(start @ camera.delta_to_matrix(actions[0] * (k + 1) / 4).numpy()))
+        assert _mean_abs(warped[:, k][inner], target[inner]) < 0.3 * _mean_abs(source[inner], target[inner])
+
+
+def test_streaming_reference_equals_the_training_reference():
+    """The reference a warp model streams with is the one stage 1 trains it with: same clip, same
+    poses (from the actions), restarted context or not."""
+    model = build_preset("default")
+    assert model.settings.warp_reference and model.settings.restart_context
+    randomize_(model.backbone, seed=4)
+    actions = torch.tensor([[0.02, 0, 0.08, 3, 0, 0], [0, 0, 0.08, -3, 1, 0], [0, 0.01, 0, 3, 0, 0],
+                            [0.04, 0, 0.04, 0, -2, 0]]).expand(2, 4, 6)
+    stream = StreamingGenerator(model, batch_size=2)
+    start = torch.randn(2, 192, 1, 16, 16).clamp(-2, 2)
+    stream.reset(seed=1, start_latents=start, decode=False)
+    references, chunks = [], []
+    for _ in range(2):
+        c2w = stream._chunk_poses(actions)
+        references.append(stream._chunk_reference(c2w))
+        chunks.append(stream.next_chunk(actions, decode=False))
+    clean = torch.cat([start, chunks[0].latents, chunks[1].latents], dim=2)
+    c2w = torch.cat([torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), chunks[0].c2w, chunks[1].c2w], dim=1)
+    batch = {"w2c": camera.invert_pose(c2w).float(), "intrinsics": torch.tensor(model.settings.intrinsics).expand(2, 9, 4)}
+    sources = torch.tensor([0, 0, 0, 0, 0, 4, 4, 4, 4])
+    trained = residual_references(model, clean, sources, batch)
+    # poses pass through float32 w2c in the training batch: agreement to ~2e-5 of a latent range of ±2
+    torch.testing.assert_close(trained[:, :, 1:5], references[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(trained[:, :, 5:9], references[1], atol=1e-4, rtol=0)
+    # a turn moves the reference: it is not the plain last frame
+    assert not torch.allclose(references[1], clean[:, :, 4:5].expand_as(references[1]), atol=1e-2)
+
+
+def test_warp_settings_and_inputs_are_checked(tiny_model):
+    with pytest.raises(ValueError, match="warp_reference needs residual_reference"):
+        ModelSettings.from_dict({"warp_reference": True}, "minwm.json")
+    with pytest.raises(ValueError, match="warp_depth must be positive"):
+        ModelSettings.from_dict({"residual_reference": True, "warp_reference": True, "warp_depth": -1.0}, "minwm.json")
+    with pytest.raises(ValueError, match="intrinsics must be"):
+        warp_image(torch.zeros(1, 3, 8, 8), torch.eye(4)[None], torch.eye(4)[None, None], torch.ones(4))
+    with pytest.raises(ValueError, match="warp depth must be"):
+        warp_image(torch.zeros(1, 3, 8, 8), torch.eye(4)[None], torch.eye(4)[None, None], torch.ones(1, 4), depth=0.0)
+    tiny_model.settings = replace(tiny_model.settings, residual_reference=True, warp_reference=True)
+    latent = torch.zeros(1, 4, 1, 8, 8)
+    with pytest.raises(ValueError, match="codec whose latents are pixels"):
+        tiny_model.residual_reference(latent, torch.eye(4)[None, None], torch.eye(4)[None, None],
+                                      torch.eye(4)[None, None], torch.ones(1, 1, 4))
