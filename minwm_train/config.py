@@ -46,7 +46,7 @@ class TrainConfig:
     fsdp: bool = arg(False, "several processes: shard the trained models' blocks (FSDP2), their gradients and "
                             "optimiser state")
     ema_decay: float = arg(0.0, "EMA decay of the trained model (0: no EMA)")
-    ema_start: int = arg(0, "first step that updates the EMA")
+    ema_start: int = arg(0, "the step whose weights start the EMA (updated from the next step on)")
     checkpoint_every: int = arg(10, "write a checkpoint every this many steps")
     keep_checkpoints: int = arg(2, "checkpoints kept on disk")
     log_every: int = arg(1, "write metrics every this many steps")
@@ -129,7 +129,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "default": {
         "all": dict(model="default", batch_size=8, lr=3e-4, prediction_type="x0", camera="none",
                     actions="camera", num_latent_frames=5, chunk_frames=4, checkpoint_every=100,
-                    keep_checkpoints=1, log_every=10, ema_decay=0.999, ema_start=500, ode_teacher_steps=16,
+                    keep_checkpoints=1, log_every=10, ema_decay=0.998, ema_start=200, ode_teacher_steps=16,
                     ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
                     dmd_rollout_chunks=1),
         # With the warped reference (minwm_env/warp.py) the network starts at the warp's quality

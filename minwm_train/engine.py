@@ -132,6 +132,13 @@ class EMA:
         self.state = {k: _like(state[k].to(device), template) for k, template in self.state.items()}
 
     @torch.no_grad()
+    def restart(self, module: nn.Module) -> None:
+        """The average starts over from ``module``'s current weights."""
+        for key, value in module.state_dict().items():
+            if key in self.state:
+                self.state[key].copy_(value.detach().float())
+
+    @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         for key, value in module.state_dict().items():
             if key in self.state:
@@ -407,7 +414,11 @@ class Trainer:
                 scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
                 scaler.update()
                 self.stage.after_update(name, self.step)
-            if self.ema is not None and self.step >= config.ema_start:
+            if self.ema is not None and self.step == config.ema_start:
+                # the average starts from the weights of this step, not from the initial ones (an
+                # EMA that kept the start, at decay 0.999 over 1500 steps, would still hold 22% of it)
+                self.ema.restart(self.stage.ema_module())
+            elif self.ema is not None and self.step > config.ema_start:
                 self.ema.update(self.stage.ema_module())
             self.step += 1
             logs["time/step_s"] = time.perf_counter() - began

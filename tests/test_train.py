@@ -11,6 +11,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import minwm_env  # noqa: F401
@@ -182,6 +183,25 @@ def test_ema_and_gradient_accumulation_run(tmp_path, data_dir):
     assert len(history) == 3
     checkpoint = tmp_path / "ema" / "checkpoints" / "step-000003"
     assert (checkpoint / "ema.safetensors").is_file() and (checkpoint / "optimizer-model.pt").is_file()
+
+
+def test_ema_starts_from_the_weights_at_ema_start(tmp_path, data_dir):
+    """EMA = the weights after step ema_start, then averaged: never the initial weights."""
+    weights = []
+    for steps in (2, 3):
+        config = preset_config("tiny", "stage0", data=str(data_dir), out=str(tmp_path / f"run{steps}"), steps=steps,
+                               checkpoint_every=steps)
+        train(config, "cpu")
+        state = safetensors.torch.load_file(tmp_path / f"run{steps}" / "checkpoints" / f"step-{steps:06d}" /
+                                            "modules.safetensors")
+        weights.append(state)
+    config = preset_config("tiny", "stage0", data=str(data_dir), out=str(tmp_path / "ema"), steps=3,
+                           checkpoint_every=3, ema_decay=0.9, ema_start=1)
+    train(config, "cpu")
+    ema = safetensors.torch.load_file(tmp_path / "ema" / "checkpoints" / "step-000003" / "ema.safetensors")
+    for key, value in ema.items():
+        expected = 0.9 * weights[0][f"backbone/{key}"] + 0.1 * weights[1][f"backbone/{key}"]
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
 
 
 def test_corrupted_or_missing_checkpoint_raises(tmp_path, data_dir):
