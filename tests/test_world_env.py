@@ -108,8 +108,17 @@ def test_long_episode_keeps_memory_flat(model):
     assert grown_mb < 50, f"peak memory grew by {grown_mb:.1f} MB over 250 steps"
 
 
-@pytest.mark.parametrize("obs_mode", ["frame", "latent"])
-def test_vector_env_equals_single_envs(model, obs_mode):
+@pytest.fixture(scope="module")
+def warp_model():
+    """The default preset: space-to-depth, restarted contexts and the warped reference."""
+    m = build_preset("default", seed=0)
+    randomize_(m.backbone, seed=1, scale=0.3)
+    return m
+
+
+@pytest.mark.parametrize("obs_mode, which", [("frame", "model"), ("latent", "model"), ("frame", "warp_model")])
+def test_vector_env_equals_single_envs(obs_mode, which, request):
+    model = request.getfixturevalue(which)
     num_envs, seeds = 3, [11, 12, 13]
     venv = gym.make_vec("minwm/World-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", model=model,
                         obs_mode=obs_mode, max_episode_steps=2)
