@@ -5,7 +5,8 @@
     minwm-rollout --model tiny --random-steps 20 --out outputs/rollout
 
 Writes ``rollout.mp4`` (the world model's frames; beside them the ground truth rendered along
-the same camera path when the start view came from the ground-truth world) and
+the same camera path when the start view came from the ground-truth world), ``steps.png``
+(the start and the last frame of every step in a row; the ground truth's row below) and
 ``rollout.json`` (actions, poses, per-step timings and, with the ground truth, PSNR per step).
 """
 
@@ -70,6 +71,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
+def contact_sheet(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Rows of frames (each (N, H, W, 3), the same N) → one image, frames side by side with white
+    gaps between frames and between rows."""
+    num, height, width, _ = rows[0].shape
+    sheet = np.full((len(rows) * (height + gap) - gap, num * (width + gap) - gap, 3), 255, np.uint8)
+    for r, frames in enumerate(rows):
+        for i, frame in enumerate(frames):
+            sheet[r * (height + gap):r * (height + gap) + height, i * (width + gap):i * (width + gap) + width] = frame
+    return sheet
+
+
 def main(argv=None) -> None:
     args = parse(Args, argv)
     import imageio.v3 as iio
@@ -116,10 +128,15 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     iio.imwrite(out / "rollout.mp4", video, fps=args.fps, codec="libx264", macro_block_size=1)
+    rows = [np.stack([frames[-1] for frames in model_frames])]
+    if truth is not None:
+        rows.append(np.stack([frames[-1] for frames in truth_frames]))
+    iio.imwrite(out / "steps.png", contact_sheet(rows))
     log["num_frames"] = int(len(video))
     log["mean_latency_s"] = float(np.mean([s["latency_s"] for s in log["steps"]])) if log["steps"] else None
     (out / "rollout.json").write_text(json.dumps(log, indent=1) + "\n")
-    print(f"wrote {len(video)} frames to {out / 'rollout.mp4'} and the log to {out / 'rollout.json'}")
+    print(f"wrote {len(video)} frames to {out / 'rollout.mp4'}, the last frame of every step to "
+          f"{out / 'steps.png'} and the log to {out / 'rollout.json'}")
     env.close()
     if truth is not None:
         truth.close()

@@ -16,4 +16,4 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 "$MINWM_PYTHON" -m minwm_env.eval.cli --model minwm-default --out "$OUT/eval" --scene-seed 100 --seed 1234 \
   --num-paths 4 --chunks 8 --drift-chunks 16 --drift-paths 4 --suites adherence drift controllability idle \
   --no-hardware "$@"
-echo "main job done: $OUT/rollout/rollout.mp4 (model | ground truth), $OUT/eval/report.md"
+echo "main job done: $OUT/rollout/rollout.mp4 (model | ground truth), $OUT/rollout/steps.png, $OUT/eval/report.md"

@@ -67,6 +67,16 @@ def test_gymnasium_wrappers_work(tmp_path, tiny):
     assert list((tmp_path / "videos").glob("*.mp4"))
 
 
+def test_contact_sheet_places_frames_in_rows():
+    from minwm_env.rollout import contact_sheet
+    rows = [np.random.default_rng(i).integers(0, 255, (3, 4, 5, 3), dtype=np.uint8) for i in range(2)]
+    sheet = contact_sheet(rows, gap=1)
+    assert sheet.shape == (2 * 4 + 1, 3 * 5 + 2, 3)
+    np.testing.assert_array_equal(sheet[5:9, 12:17], rows[1][2])
+    np.testing.assert_array_equal(sheet[0:4, 6:11], rows[0][1])
+    assert (sheet[4] == 255).all() and (sheet[:, 5] == 255).all()
+
+
 def test_rollout_command_writes_video_and_log(tmp_path):
     out = tmp_path / "rollout"
     proc = subprocess.run([sys.executable, "-m", "minwm_env.rollout", "--pose-string", "w*4,l*3",
@@ -78,6 +88,9 @@ def test_rollout_command_writes_video_and_log(tmp_path):
     import imageio.v3 as iio
     video = iio.imread(out / "rollout.mp4")
     assert video.shape == (33, 64, 128, 3)  # model | truth side by side
+    sheet = iio.imread(out / "steps.png")  # start + 2 steps in a row, model above truth, 2 px gaps
+    assert sheet.shape == (64 * 2 + 2, 64 * 3 + 2 * 2, 3)
+    assert np.abs(sheet[-64:, :64].astype(np.float64) - video[0, :, 64:]).mean() < 8  # truth's start (mp4 lossy)
     bad = subprocess.run([sys.executable, "-m", "minwm_env.rollout", "--pose-string", "w*4,x*2", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "unknown key 'x'" in bad.stderr
