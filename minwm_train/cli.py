@@ -4,7 +4,7 @@
     minwm-train stage1 --preset tiny --model runs/stage0/model --data ... --out runs/stage1
     minwm-train stage2a --preset tiny --model runs/stage1/model --teacher runs/stage1/model ...
     minwm-train stage3 --preset tiny --model runs/stage2a/model --teacher runs/stage0/model ...
-    minwm-train pipeline --preset tiny --data data/world/latents --out runs/pipeline [--distill ode|cd]
+    minwm-train pipeline --preset tiny --data data/world/latents --out runs/pipeline [--distill ode|cd] [--until stage2c]
     minwm-train stage1 --config runs/stage1/config.json --steps 200      # a saved config, overridden
 
 Settings are layered: the preset's recipe, then ``--config`` (a saved ``config.json``), then
@@ -44,13 +44,17 @@ def train(config: TrainConfig, device: str | torch.device | None = None, resume:
     return Trainer(config, stage, data).run(resume=resume)
 
 
-def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=None) -> Path:
-    """Stages 0 → 1 → 2a (or 2b) → 3, each starting from the previous one's model; returns the final model."""
+def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=None, until: str | None = None) -> Path:
+    """Stages 0 → 1 → 2a (or 2b) [→ 2c where the preset has it] → 3, each starting from the
+    previous one's model, stopping after ``until`` if given; returns the last model trained."""
     stage2 = {"ode": "stage2a", "cd": "stage2b"}[distill]
     model = base.get("model")
     outputs = {}
     rollout = ["stage2c"] if "stage2c" in PRESETS.get(preset, {}) else []  # self-rollout, where the preset has it
-    for stage in ("stage0", "stage1", stage2, *rollout, "stage3"):
+    stages = ("stage0", "stage1", stage2, *rollout, "stage3")
+    if until is not None and until not in stages:
+        raise ValueError(f"--until {until}: this pipeline runs {list(stages)}")
+    for stage in stages:
         overrides = {k: v for k, v in base.items() if k not in ("stage", "out", "model", "teacher")}
         if model is not None:
             overrides["model"] = model
@@ -62,7 +66,9 @@ def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=No
         train(config, device)
         outputs[stage] = out / stage / "model"
         model = str(outputs[stage])
-    return outputs["stage3"]
+        if stage == until:
+            break
+    return outputs[stage]
 
 
 def main(argv=None) -> None:
@@ -71,15 +77,17 @@ def main(argv=None) -> None:
     parser.add_argument("command", choices=list(STAGES) + ["pipeline"], help="stage to train, or the whole pipeline")
     parser.add_argument("--config", help="a config.json to start from (the preset's recipe otherwise)")
     parser.add_argument("--distill", choices=["ode", "cd"], default="ode", help="pipeline: stage 2a (ode) or 2b (cd)")
+    parser.add_argument("--until", default=None, help="pipeline: stop after this stage (e.g. stage2c)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_dataclass_arguments(parser, TrainConfig, suppress_defaults=True, skip=("stage",))
     args = vars(parser.parse_args(argv))
-    command, config_path, distill, device = (args.pop(k) for k in ("command", "config", "distill", "device"))
+    command, config_path, distill, device, until = (args.pop(k) for k in ("command", "config", "distill", "device",
+                                                                          "until"))
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     try:
         if command == "pipeline":
             preset = given.pop("preset", "tiny")
-            final = pipeline(given, preset, Path(given.pop("out", "runs/pipeline")), distill, device)
+            final = pipeline(given, preset, Path(given.pop("out", "runs/pipeline")), distill, device, until)
             print(f"pipeline done: the final model is {final} (load it with gym.make('minwm/World-v0', model=...))")
             return
         if config_path is not None:

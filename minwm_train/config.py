@@ -125,7 +125,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # on the space-to-depth latent of 64x64 renders. No prompts, so no CFG. Camera deltas enter
     # through the action branch only (relative, so long rollouts stay in distribution); clips of
     # 1 start frame + 1 chunk keep attention affordable on 2 cores (PRoPE and 2-chunk clips
-    # measured ~7 s a step at batch 8). No stage 2c: with restart_context it measured no gain.
+    # measured ~7 s a step at batch 8).
     "default": {
         "all": dict(model="default", batch_size=8, lr=3e-4, prediction_type="x0", camera="none",
                     actions="camera", num_latent_frames=5, chunk_frames=4, checkpoint_every=100,
@@ -133,9 +133,14 @@ PRESETS: dict[str, dict[str, dict]] = {
                     ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
                     dmd_rollout_chunks=1),
         # With the warped reference (minwm_env/warp.py) the network starts at the warp's quality
-        # and learns the remainder: the recipe is a third of the unwarped one's 6000/8000/2000.
-        "stage0": dict(steps=2000), "stage1": dict(steps=2500), "stage2a": dict(steps=1000),
+        # and learns the remainder (measured: the one-chunk loss plateaus within 1000 steps), so
+        # stages 0-2a are far shorter than the unwarped recipe's 6000/8000/2000. Trained on clean
+        # contexts only, streaming drifted (worse than the bare warp from horizon 4), so stage 2c
+        # then trains on the model's own rolled-out contexts.
+        "stage0": dict(steps=2000), "stage1": dict(steps=1200), "stage2a": dict(steps=1000),
         "stage2b": dict(steps=1000),
+        "stage2c": dict(steps=500, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99,
+                        ema_start=100),
         "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
                                                     ema_start=100),
     },

@@ -350,3 +350,16 @@ def test_fp16_mixed_precision_scales_the_loss_and_checkpoints_the_scaler(tmp_pat
     assert trainer.scalers["model"].get_scale() > 1  # the loss was scaled before backward
     assert all(np.isfinite(r["loss/flow"]) for r in history)
     assert (tmp_path / "fp16" / "checkpoints" / "step-000002" / "scaler-model.pt").is_file()
+
+
+def test_pipeline_runs_the_stages_in_order_and_stops_after_until(tmp_path, data_dir):
+    from minwm_train.cli import main
+    out = tmp_path / "pipeline"
+    with pytest.raises(SystemExit):  # a stage the pipeline does not run: refused before any training
+        main(["pipeline", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--until", "stage9"])
+    assert not out.exists()
+    main(["pipeline", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--until", "stage1",
+          "--steps", "2"])
+    assert (out / "stage0" / "model" / "minwm.json").is_file() and (out / "stage1" / "model" / "minwm.json").is_file()
+    assert json.loads((out / "stage1" / "config.json").read_text())["model"] == str(out / "stage0" / "model")
+    assert not (out / "stage2a").exists()
