@@ -262,12 +262,15 @@ class StreamingGenerator:
     def _chunk_reference(self, c2w: torch.Tensor) -> torch.Tensor:
         """The residual reference of the chunk's frames, posed ``c2w`` (B, chunk, 4, 4): the last
         clean frame, reprojected into each frame's camera for a ``warp_reference`` model."""
+        if not self.model.settings.warp_reference:
+            return self._reference
         previous = torch.cat([self.c2w[:, None], c2w[:, :-1]], dim=1)
         intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float64).expand(*c2w.shape[:2], 4)
         return self.model.residual_reference(self._reference, self.c2w[:, None], previous, c2w, intrinsics)
 
     def _predict(self, positions: torch.Tensor, conditions: FrameConditions | None, reference: torch.Tensor):
         backbone = self.model.backbone
+        reference = reference.repeat(self.num_branches, 1, 1, 1, 1)  # once per chunk, not per sampler step
 
         def predict(x: torch.Tensor, sigma: float, with_uncond: bool):
             if with_uncond != (self.num_branches == 2):
@@ -275,7 +278,7 @@ class StreamingGenerator:
             x_in = x.repeat(self.num_branches, 1, 1, 1, 1)
             timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
             out = backbone(x_in, timestep, positions, self._prompt, kv_cache=self.cache, conditions=conditions,
-                           reference=reference.repeat(self.num_branches, 1, 1, 1, 1))
+                           reference=reference)
             return (out[: x.shape[0]], out[x.shape[0]:]) if with_uncond else (out, None)
 
         return predict
