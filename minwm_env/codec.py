@@ -17,6 +17,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, unpatchify
 
+from .integrity import check_finite, weight_files, write_manifest
+
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     """(B, 3, T, H, W) in [-1, 1] → (B, T, H, W, 3) uint8."""
@@ -121,7 +123,9 @@ class WanVAECodec:
         return self.vae
 
     def save(self, folder) -> None:
+        """``folder/vae/``: diffusers' format plus the sha256 manifest of its weights."""
         self.vae.save_pretrained(Path(folder) / "vae", safe_serialization=True)
+        write_manifest(Path(folder) / "vae", weight_files(Path(folder) / "vae"))
 
     @torch.no_grad()
     def _cache_shapes(self, latent_hw: tuple[int, int]) -> list[tuple[int, ...]]:
@@ -288,7 +292,9 @@ class SpaceToDepthCodec(torch.nn.Module):
             raise ValueError(f"{path} is not a readable codec description ({err})") from err
         if config.pop("kind", None) != cls.kind:
             raise ValueError(f"{path} does not describe a {cls.kind} codec")
-        return cls(**config)
+        codec = cls(**config)
+        check_finite(codec.state_dict(), path)  # its one weight, the scale, lives in the JSON
+        return codec
 
 
 class SpaceToDepthStream:
@@ -314,7 +320,8 @@ class SpaceToDepthStream:
 
 
 def load_codec(folder: Path):
-    """The codec saved in a model folder: ``vae/`` (Wan VAE) or ``codec.json`` (space-to-depth)."""
+    """The codec saved in a model folder: ``vae/`` (Wan VAE, its files checked like the
+    transformer's: manifest and finite tensors) or ``codec.json`` (space-to-depth)."""
     if (folder / "codec.json").is_file():
         return SpaceToDepthCodec.load(folder)
     from .models import load_component  # (avoids an import cycle)

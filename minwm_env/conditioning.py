@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import camera as cam
+from .integrity import check_files, check_finite, describe_non_finite, non_finite, write_manifest
 from .jsonfile import read_json
 
 CAMERA_MODES = ("none", "prope", "plucker")
@@ -326,20 +327,29 @@ class Conditioning(nn.Module):
 
     # -- saving apart from the backbone ---------------------------------------------------
     def save(self, folder: str | Path) -> None:
+        """The branch weights, their sha256 manifest and the JSON spec; NaN or inf is refused."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if counts := non_finite(state):
+            raise ValueError(f"refusing to save conditioning branches with NaN or inf weights to {folder}: "
+                             f"{describe_non_finite(state, counts)}")
+        folder.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_file(state, folder / WEIGHTS_FILE)
+        write_manifest(folder, [WEIGHTS_FILE])
         (folder / CONFIG_FILE).write_text(json.dumps({**self.config.to_dict(), "patch": list(self.patch)}, indent=2) + "\n")
 
     def load_weights(self, folder: str | Path) -> None:
+        """Load branch weights saved by :meth:`save`, checked against the folder's sha256
+        manifest (if it has one) and for NaN or inf."""
         path = Path(folder) / WEIGHTS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
+        check_files(folder, [WEIGHTS_FILE])
         try:
             state = safetensors.torch.load_file(path)
         except Exception as err:  # safetensors raises several types for damaged files
             raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+        check_finite(state, path)
         expected = self.state_dict()
         bad = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state and state[k].shape != expected[k].shape]
         if bad:

@@ -5,7 +5,8 @@
 (``transformer/`` and ``vae/``, each a ``config.json`` plus safetensors weights, sharded or
 not) and an optional ``minwm.json`` with our settings. Nothing is ever downloaded. Broken
 folders fail loudly, naming the file: a missing folder or file, a config that does not match
-its weights, a truncated or corrupted weights file.
+its weights, a truncated or corrupted weights file, one whose bytes differ from the sha256
+recorded when it was written, a tensor holding NaN or inf (:mod:`minwm_env.integrity`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .backbones import CausalWan
 from .codec import SpaceToDepthCodec, WanVAECodec, load_codec
 from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
+from .integrity import check_files, check_finite, describe_non_finite, non_finite, weight_files, write_manifest
 from .jsonfile import read_json
 from .warp import warped_reference
 
@@ -187,9 +189,14 @@ class WorldModel:
         return self
 
     def save_pretrained(self, path: str | Path) -> None:
+        """Write a folder :func:`load_model` reads: ``transformer/``, the codec, ``minwm.json`` and
+        ``conditioning/``, each weights folder with its sha256 manifest (:mod:`minwm_env.integrity`).
+        A model holding NaN or inf is refused (ValueError) before anything is written."""
         path = Path(path)
+        _refuse_non_finite(self, path)
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.transformer.save_pretrained(path / "transformer", safe_serialization=True)
+        write_manifest(path / "transformer", weight_files(path / "transformer"))
         self.codec.save(path)
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.settings).items()}
         (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
@@ -201,6 +208,17 @@ class WorldModel:
         if self.backbone.conditioning is None:
             raise ValueError("this model has no conditioning branches to save")
         self.backbone.conditioning.save(folder)
+
+
+def _refuse_non_finite(model: WorldModel, path: Path) -> None:
+    parts = {"transformer": model.backbone.transformer, "codec": model.codec.module,
+             "conditioning": model.backbone.conditioning}
+    tensors = {f"{part}.{key}": value for part, module in parts.items() if module is not None
+               for key, value in module.state_dict().items()}
+    counts = non_finite(tensors)
+    if counts:
+        raise ValueError(f"refusing to save a model with NaN or inf weights to {path}: "
+                         f"{describe_non_finite(tensors, counts)}")
 
 
 def _cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -253,7 +271,9 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def load_component(folder: Path, cls):
-    """Build ``cls`` from ``folder/config.json`` and load its safetensors, checking every tensor."""
+    """Build ``cls`` from ``folder/config.json`` and load its safetensors, checking every file
+    against the folder's sha256 manifest (a folder without one, e.g. from the hub, loads with the
+    other checks alone) and every tensor: finite, and of the shape the config gives it."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist (a model folder needs transformer/ and vae/ subfolders)")
     config_path = folder / "config.json"
@@ -264,12 +284,16 @@ def load_component(folder: Path, cls):
         model = cls.from_config(config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config_path} is not a valid {cls.__name__} config ({err})") from err
+    files = _weight_files(folder)
+    check_files(folder, files)  # against the folder's sha256 manifest, when it has one
     state: dict[str, torch.Tensor] = {}
-    for path in _weight_files(folder):
+    for path in files:
         try:
-            state.update(safetensors.torch.load_file(path))
+            tensors = safetensors.torch.load_file(path)
         except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise ValueError(f"{path} is not a readable safetensors file, it may be truncated or corrupted ({err})") from err
+        check_finite(tensors, path)
+        state.update(tensors)
     expected = model.state_dict()
     ignored = tuple(getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or ())
     missing = sorted(expected.keys() - state.keys())
