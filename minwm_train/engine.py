@@ -18,13 +18,23 @@ checkpoints and exports still hold full tensors, gathered from every process.
 Checkpoints (``<out>/checkpoints/step-NNNNNN/``) are written to a temporary folder and renamed
 into place, so a run killed at any moment resumes from its last complete checkpoint. Each
 holds the stage's modules (safetensors), the EMA (safetensors), every optimiser's state
-(``torch.save``, read back with ``weights_only=True``), the step and the config.
+(``torch.save``, read back with ``weights_only=True``), the step, the config and the sha256 of
+every weight file (:mod:`minwm_env.integrity`), checked before a resume reads them. A resumed
+run's ``metrics.jsonl`` first drops the lines of the steps it is about to run again.
+
+Nothing non-finite is trained on, saved or loaded: a NaN or inf loss or logged value stops the
+run (FloatingPointError naming the step and the key) before its update, as does a non-finite
+gradient norm outside fp16 (whose loss scaler skips such steps by design); a checkpoint whose
+weights, EMA or optimiser state hold NaN or inf is refused, and so is loading one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
+import re
 import shutil
 import sys
 import time
@@ -37,6 +47,8 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm import tqdm
 
+from minwm_env.integrity import check_files, check_finite, describe_non_finite, non_finite, write_manifest
+
 from .config import TrainConfig
 from .data import LatentClips
 
@@ -47,6 +59,25 @@ except ImportError:  # pragma: no cover - older torch
     fully_shard = DTensor = distribute_tensor = None
 
 CHECKPOINT_FILES = ("modules.safetensors", "trainer.json", "config.json")
+
+
+def load_torch_file(path: Path):
+    """``torch.load`` of tensors and plain containers only; ValueError naming the file otherwise.
+
+    A file pickling anything else gets our own message: torch's suggests ``weights_only=False``,
+    i.e. running whatever code the file carries, which is never the fix for a checkpoint.
+    """
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # a damaged zip archive raises RuntimeError, an empty file EOFError, ...
+        if not (isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err)):
+            raise ValueError(f"{path} cannot be read, it may be truncated or corrupted ({err})") from err
+        # torch's own first reason ("Unsupported global: GLOBAL os.system ..."), not its advice
+        reason = re.search(r"WeightsUnpickler error:\s*([^.\n]+)", str(err))
+    # raised outside the except block, so torch's error (and its advice) is not even chained
+    raise ValueError(f"{path} is not a file of tensors and plain containers: it is damaged, or it pickles other "
+                     f"Python objects, which minwm never writes{f' ({reason.group(1)})' if reason else ''}. It is "
+                     f"not loaded: unpickling it could run arbitrary code")
 
 
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
@@ -266,6 +297,14 @@ class Trainer:
         modules = self._module_state()
         ema = None if self.ema is None else self.ema.full_state()
         optimizers = {name: self._optimizer_state(opt) for name, opt in self.optimizers.items()}
+        # every process holds the same full tensors, so all of them refuse together
+        tensors = {**{f"modules/{k}": v for k, v in modules.items()},
+                   **{f"ema/{k}": v for k, v in (ema or {}).items()},
+                   **{f"optimizer-{name}/{index}/{k}": v for name, state in optimizers.items()
+                      for index, entry in state["state"].items() for k, v in entry.items()}}
+        if counts := non_finite(tensors):
+            raise FloatingPointError(f"after step {self.step - 1} the training state holds NaN or inf in "
+                                     f"{describe_non_finite(tensors, counts)}; checkpoint {final.name} is not written")
         if self.is_main:
             self._write_checkpoint(final, modules, ema, optimizers)
         self.accelerator.wait_for_everyone()
@@ -283,6 +322,7 @@ class Trainer:
             torch.save(state, tmp / f"optimizer-{name}.pt")
             if self.scalers[name].is_enabled():
                 torch.save(self.scalers[name].state_dict(), tmp / f"scaler-{name}.pt")
+        write_manifest(tmp)  # every weight file above, hashed before the folder becomes a checkpoint
         (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "stage": self.stage.name}) + "\n")
         self.config.save(tmp / "config.json")
         shutil.rmtree(final, ignore_errors=True)
@@ -310,10 +350,16 @@ class Trainer:
         for name in CHECKPOINT_FILES + tuple(f"optimizer-{n}.pt" for n in self.optimizers):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
+        scalers = [n for n, scaler in self.scalers.items()
+                   if scaler.is_enabled() and (path / f"scaler-{n}.pt").is_file()]
+        # against the checkpoint's sha256 manifest (one written before manifests: content checks alone)
+        check_files(path, ["modules.safetensors", *(["ema.safetensors"] if self.ema is not None else []),
+                           *(f"optimizer-{n}.pt" for n in self.optimizers), *(f"scaler-{n}.pt" for n in scalers)])
         try:
             state = safetensors.torch.load_file(path / "modules.safetensors")
         except Exception as err:
             raise ValueError(f"{path / 'modules.safetensors'} is not a readable safetensors file ({err})") from err
+        check_finite(state, path / "modules.safetensors")
         for name, module in self.stage.modules().items():
             prefix = f"{name}/"
             own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -329,20 +375,77 @@ class Trainer:
             if not ema_path.is_file():
                 raise FileNotFoundError(f"checkpoint {path} has no ema.safetensors but EMA is on")
             try:
-                self.ema.load_full_state(safetensors.torch.load_file(ema_path), self.stage.device)
+                ema_state = safetensors.torch.load_file(ema_path)
+            except Exception as err:
+                raise ValueError(f"{ema_path} cannot be loaded ({err})") from err
+            check_finite(ema_state, ema_path)
+            try:
+                self.ema.load_full_state(ema_state, self.stage.device)
             except Exception as err:
                 raise ValueError(f"{ema_path} cannot be loaded ({err})") from err
         for name, optimizer in self.optimizers.items():
+            file = path / f"optimizer-{name}.pt"
+            optimizer_state = load_torch_file(file)
             try:
-                self._load_optimizer_state(optimizer, torch.load(path / f"optimizer-{name}.pt", weights_only=True))
-                if self.scalers[name].is_enabled() and (path / f"scaler-{name}.pt").is_file():
-                    self.scalers[name].load_state_dict(torch.load(path / f"scaler-{name}.pt", weights_only=True))
+                tensors = {f"{index}/{k}": v for index, entry in optimizer_state["state"].items()
+                           for k, v in entry.items()}
+            except (KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{file} is not an optimiser state ({err!r})") from err
+            check_finite(tensors, file)
+            try:
+                self._load_optimizer_state(optimizer, optimizer_state)
             except Exception as err:
-                raise ValueError(f"{path / f'optimizer-{name}.pt'} cannot be loaded ({err})") from err
+                raise ValueError(f"{file} does not fit this stage's {name!r} optimiser ({err})") from err
+            if name in scalers:
+                file = path / f"scaler-{name}.pt"
+                try:
+                    self.scalers[name].load_state_dict(load_torch_file(file))
+                except ValueError:
+                    raise
+                except Exception as err:
+                    raise ValueError(f"{file} does not fit this stage's loss scaler ({err})") from err
         try:
             self.step = int(json.loads((path / "trainer.json").read_text())["step"])
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise ValueError(f"{path / 'trainer.json'} is damaged ({err})") from err
+
+    def _drop_metrics_from_step(self, log_path: Path) -> None:
+        """Keep only the metrics of the steps before ``self.step``: a run killed after its last
+        checkpoint logged steps it now runs again, and each step is logged once. Rewritten to a
+        temporary file and renamed, so a kill now loses nothing."""
+        if not log_path.is_file():
+            return
+        lines = log_path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                if number == len(lines):  # the line a kill cut short
+                    break
+                raise ValueError(f"{log_path} line {number} is not a line of metrics ({err!r})") from err
+            if step < self.step:
+                kept.append(line)
+        if len(kept) == len(lines):
+            return
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, log_path)
+
+    def _stop_if_non_finite(self, what: str, problems: list[str]) -> None:
+        """FloatingPointError if this process or another found non-finite values: every process
+        raises together (one left running would wait forever in the next collective)."""
+        others = []
+        if self.num_processes > 1:
+            flags = self.accelerator.gather(torch.tensor([float(bool(problems))], device=self.stage.device))
+            others = [rank for rank, flag in enumerate(flags.tolist()) if flag and rank != self.rank]
+        if not problems and not others:
+            return
+        found = "; ".join(problems) if problems else f"on processes {others} (their own errors name the values)"
+        latest = self.checkpoints / "latest"
+        last = latest.read_text().strip() if latest.is_file() else "none"
+        raise FloatingPointError(f"step {self.step}: {what} is not finite: {found}. Training stops before a "
+                                 f"checkpoint or export of the damage (last checkpoint: {last})")
 
     # -- the loop ------------------------------------------------------------------------------
     def _clip(self, optimizer: torch.optim.Optimizer) -> float:
@@ -374,6 +477,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if resume and (latest := self.latest_checkpoint()) is not None:
             self.load_checkpoint(latest)
+        log_path = self.out / "metrics.jsonl"
+        if self.is_main:
+            self._drop_metrics_from_step(log_path)
         self._broadcast_modules()
         # one-off work (ODE pairs) is done and stored by the main process; the others read it
         if self.is_main:
@@ -381,7 +487,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             self.stage.prepare(self.data)
-        log_path = self.out / "metrics.jsonl"
         writer = None
         if config.tensorboard and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -398,6 +503,7 @@ class Trainer:
             for name in self.stage.updates(self.step):
                 optimizer, scaler = self.optimizers[name], self.scalers[name]
                 optimizer.zero_grad(set_to_none=True)
+                problems = []
                 for generator in generators:
                     # the same stream for every micro-batch, on every process
                     self.stage.shared_generator = step_generator(config.seed + 1, self.step)
@@ -406,11 +512,23 @@ class Trainer:
                                         enabled=self.autocast_dtype is not None):
                         loss, extra = self.stage.loss(name, batch, self.step, generator)
                     scaler.scale(loss / config.grad_accum).backward()
-                    for key, value in extra.items():
-                        logs[key] = logs.get(key, 0.0) + float(value) / config.grad_accum
+                    values = {key: float(value) for key, value in extra.items()}
+                    problems += [f"{key} = {value}" for key, value in values.items() if not math.isfinite(value)]
+                    if not torch.isfinite(loss.detach()).all() and not problems:
+                        problems.append(f"its loss = {loss.detach().float().sum().item()}")
+                    for key, value in values.items():
+                        logs[key] = logs.get(key, 0.0) + value / config.grad_accum
+                self._stop_if_non_finite(f"the {name!r} update's loss", problems)
                 self._average_gradients(optimizer, name)
                 scaler.unscale_(optimizer)  # fp16 only: true gradients before clipping
                 logs[f"grad_norm/{name}"] = self._clip(optimizer)
+                # fp16's scaler skips steps whose gradients overflowed (and lowers its scale): by
+                # design, not damage. Elsewhere a non-finite norm means the update would write
+                # NaN into the weights. (The norm is the same on every process: averaged gradients.)
+                if not scaler.is_enabled() and not math.isfinite(logs[f"grad_norm/{name}"]):
+                    raise FloatingPointError(f"step {self.step}: the gradient norm of the {name!r} update is "
+                                             f"{logs[f'grad_norm/{name}']} though its loss is finite; training "
+                                             f"stops before the update writes it into the weights")
                 scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
                 scaler.update()
                 self.stage.after_update(name, self.step)
