@@ -26,6 +26,7 @@ from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
 from .integrity import check_files, check_finite, describe_non_finite, non_finite, weight_files, write_manifest
 from .jsonfile import read_json
+from .streaming import ChunkStream
 from .warp import warped_reference
 
 SETTINGS_FILE = "minwm.json"
@@ -173,6 +174,14 @@ class WorldModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.backbone.transformer.patch_embedding.weight.dtype
+
+    def stream(self, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
+               window_frames: int | None = None, sink_frames: int | None = None) -> ChunkStream:
+        """A :class:`~minwm_env.streaming.ChunkStream` of this model: the one place that decides
+        what a streamed chunk is conditioned on and what it leaves in the cache (sizes default
+        to the settings)."""
+        return ChunkStream(self, batch_size=batch_size, num_branches=num_branches, chunk_frames=chunk_frames,
+                           window_frames=window_frames, sink_frames=sink_frames)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
         for module in (self.backbone, self.codec.module):

@@ -9,6 +9,7 @@ or a single chunk inside the autoregressive loop (:mod:`minwm_env.generator`).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -17,6 +18,17 @@ import torch
 from . import flow
 
 Predict = Callable[[torch.Tensor, float, bool], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
+
+
+def row_generators(seed: int | Sequence[int] | None, batch_size: int) -> list[torch.Generator]:
+    """One noise generator per batch row: an int seed s seeds rows s, s + 1, ...; a sequence
+    gives each row's seed; None draws a random one."""
+    if seed is None:
+        seed = secrets.randbits(62)
+    seeds = [seed + i for i in range(batch_size)] if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != batch_size:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch_size}")
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def randn_rows(shape: Sequence[int], generators: Sequence[torch.Generator], device, dtype) -> torch.Tensor:
@@ -43,7 +55,7 @@ class EulerSampler:
     num_steps: int = 50
     """number of model evaluations (doubled by guidance)"""
     shift: float = 5.0
-    """timestep shift s (DESIGN.md §3)"""
+    """timestep shift s (docs/design.md §3)"""
     guidance_scale: float = 5.0
     """classifier-free guidance; 1 disables the unconditional branch"""
 
@@ -77,7 +89,7 @@ class FewStepSampler:
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     """timesteps in (0, 1000] before the shift, strictly decreasing"""
     shift: float = 5.0
-    """timestep shift s (DESIGN.md §3)"""
+    """timestep shift s (docs/design.md §3)"""
     guidance_scale: float = 1.0
     """classifier-free guidance; distilled students run without it"""
 

@@ -217,7 +217,7 @@ def test_restart_context_continues_like_a_fresh_start_from_the_last_frame():
     stream.reset(seed=5, start_latents=torch.randn(2, 192, 1, 16, 16), decode=False)
     first = stream.next_chunk(actions, decode=False)
     anchor = model.codec.restart_latent(first.latents)
-    assert torch.equal(stream._reference, anchor)
+    assert torch.equal(stream.stream.reference, anchor)
     fresh = StreamingGenerator(model, batch_size=2)
     fresh.reset(seed=0, start_latents=anchor, decode=False)
     fresh._generators = [torch.Generator().set_state(g.get_state()) for g in stream._generators]
@@ -229,7 +229,7 @@ def test_restart_context_continues_like_a_fresh_start_from_the_last_frame():
     other = StreamingGenerator(plain, batch_size=2)
     other.reset(seed=5, start_latents=torch.randn(2, 192, 1, 16, 16), decode=False)
     other.next_chunk(actions, decode=False)
-    assert not torch.equal(other._reference, plain.codec.restart_latent(other._reference))
+    assert not torch.equal(other.stream.reference, plain.codec.restart_latent(other.stream.reference))
 
 
 def test_restart_context_needs_a_codec_that_can_restart(tiny_model):

@@ -109,8 +109,7 @@ def test_streaming_reference_equals_the_training_reference():
     stream.reset(seed=1, start_latents=start, decode=False)
     references, chunks = [], []
     for _ in range(2):
-        c2w = stream._chunk_poses(actions)
-        references.append(stream._chunk_reference(c2w))
+        references.append(stream.stream.plan(actions).reference)
         chunks.append(stream.next_chunk(actions, decode=False))
     clean = torch.cat([start, chunks[0].latents, chunks[1].latents], dim=2)
     c2w = torch.cat([torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), chunks[0].c2w, chunks[1].c2w], dim=1)

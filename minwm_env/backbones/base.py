@@ -196,6 +196,31 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for keys, values in self.streams.values() for t in keys + values)
 
+    def frozen(self) -> "FrozenContext":
+        """A read-only copy of the context as it is now (rows in lockstep), for a forward whose
+        gradient is taken later: gradient checkpointing recomputes the forward during backward,
+        by which time this cache holds later chunks (the pitfall of docs/design.md §2)."""
+        counts = {len(positions) for positions in self.row_positions}
+        if len(counts) != 1:
+            raise ValueError(f"a frozen context needs rows in lockstep, the rows hold {sorted(counts)} frames")
+        length = counts.pop() * self.tokens_per_frame
+        return FrozenContext({name: ([k[:, :, :length].clone() for k in keys], [v[:, :, :length].clone() for v in values])
+                              for name, (keys, values) in self.streams.items()})
+
+
+class FrozenContext:
+    """Context K/V that forwards read and never change (:meth:`KVCache.frozen`)."""
+
+    def __init__(self, streams: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]):
+        self.streams = streams
+
+    def extend(self, layer, key, value, stream="main"):
+        keys, values = self.streams[stream]
+        return torch.cat([keys[layer], key], dim=2), torch.cat([values[layer], value], dim=2), None
+
+    def commit(self, frame_positions):
+        raise RuntimeError("a frozen context cannot be written: write through the KVCache it was taken from")
+
 
 class KVCacheRows:
     """A view of some rows of a :class:`KVCache` (same API), for forwards on a sub-batch."""

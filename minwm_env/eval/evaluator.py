@@ -193,7 +193,7 @@ def _perturb_cache(noise: float, seed: int):
     """A ``before_step`` hook adding Gaussian noise to every cached key and value of a world model."""
     def perturb(env: gym.Env) -> None:
         generator = env.unwrapped._world.generator
-        generator._flush_pending()  # the last step's clean write is part of the context too
+        generator.flush()  # the last step's clean write is part of the context too
         rng = torch.Generator().manual_seed(seed)
         for keys, values in generator.cache.streams.values():
             for tensor in (*keys, *values):

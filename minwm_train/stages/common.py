@@ -15,6 +15,7 @@ from minwm_env import camera, flow
 from minwm_env.backbones import PromptState, causal_frame_mask
 from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_action_spec
 from minwm_env.models import CONDITIONING_DIR, PRESETS as MODEL_PRESETS, WorldModel, load_model
+from minwm_env.streaming import guidance_prompt
 
 from ..config import TrainConfig
 from ..engine import Stage
@@ -62,6 +63,24 @@ def conditions(model: WorldModel, batch: dict, frames=slice(None)) -> FrameCondi
         raise ValueError("the model is action-conditioned but the data has no actions")
     return FrameConditions(batch["w2c"][:, frames], batch["intrinsics"][:, frames],
                            None if actions is None else actions[:, frames])
+
+
+def rollout_actions(model: WorldModel, batch: dict, num_frames: int) -> torch.Tensor | None:
+    """(B, num_frames, d): the actions a rollout of the clip replays (row k moves frame k − 1 to
+    k; row 0 is unused), so a training rollout streams exactly as ``env.step`` would. Clips that
+    store no actions give the camera deltas between their poses; None for a model without
+    conditioning branches (it ignores actions and needs no poses)."""
+    actions = batch.get("actions")
+    if actions is not None:
+        return actions[:, :num_frames]
+    spec = model.backbone.conditioning_config.action_spec
+    if spec is not None and spec.names != camera.DELTA_NAMES:
+        raise ValueError(f"the model's actions are {list(spec.names)}, not camera deltas, and the data has no actions")
+    if model.backbone.conditioning is None and not model.settings.warp_reference:
+        return None
+    c2w = camera.invert_pose(batch["w2c"][:, :num_frames].double())
+    deltas = camera.poses_to_deltas(c2w).float()
+    return torch.cat([torch.zeros_like(deltas[:, :1]), deltas], dim=1)
 
 
 def prompt_state(model: WorldModel, batch: dict, batch_size: int) -> PromptState:
@@ -141,15 +160,12 @@ def guided_prediction(model: WorldModel, x, timestep, positions, batch: dict, gu
                       frame_mask=None, conds: FrameConditions | None = None, reference=None) -> torch.Tensor:
     """A model output with classifier-free guidance (cond: the batch's prompt; uncond: the null prompt)."""
     batch_size = x.shape[0]
-    cond_prompt = prompt_state(model, batch, batch_size)
     if guidance == 1.0:
-        return model.backbone(x, timestep, positions, cond_prompt, frame_mask=frame_mask, conditions=conds,
-                              reference=reference)
-    from minwm_env.generator import pad_prompts
+        return model.backbone(x, timestep, positions, prompt_state(model, batch, batch_size), frame_mask=frame_mask,
+                              conditions=conds, reference=reference)
     cond_embeds = batch.get("prompt_embeds")
-    cond_embeds = model.backbone.null_prompt_embeds(batch_size) if cond_embeds is None else cond_embeds.to(model.dtype)
-    both = PromptState.cat([model.backbone.encode_prompt(e) for e in
-                            pad_prompts([cond_embeds, model.backbone.null_prompt_embeds(batch_size)])])
+    both = guidance_prompt(model.backbone, [None if cond_embeds is None else cond_embeds.to(model.dtype), None],
+                           batch_size)
     out = model.backbone(torch.cat([x, x]), torch.cat([timestep, timestep]), positions, both, frame_mask=frame_mask,
                          conditions=None if conds is None else conds.repeat(2),
                          reference=None if reference is None else torch.cat([reference, reference]))

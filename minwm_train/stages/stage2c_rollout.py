@@ -26,7 +26,9 @@ import torch
 from minwm_env import camera
 from minwm_env.generator import StreamingGenerator
 from minwm_env.samplers import FewStepSampler
+from minwm_env.streaming import context_frame
 
+from .common import rollout_actions
 from .stage1_teacher_forcing import TeacherForcingStage
 
 
@@ -44,14 +46,15 @@ class SelfRolloutStage(TeacherForcingStage):
 
     @torch.no_grad()
     def rollout_context(self, batch: dict, generator: torch.Generator, num_chunks: int) -> torch.Tensor:
-        """The model's own last frame after ``num_chunks`` streamed chunks: (B, C, 1, h, w)."""
+        """The model's own last latent frame after ``num_chunks`` chunks streamed by the env's
+        generator under the clip's actions: (B, C, 1, h, w)."""
         config, latents = self.config, batch["latents"]
         chunk = config.chunk_frames
         sampler = FewStepSampler(timesteps=tuple(config.student_timesteps), shift=config.shift)
         stream = StreamingGenerator(self.model, sampler, batch_size=latents.shape[0], chunk_frames=chunk)
         stream.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=generator)), start_latents=latents[:, :, :1],
                      decode=False)
-        actions = batch.get("actions")
+        actions = rollout_actions(self.model, batch, 1 + num_chunks * chunk)
         for c in range(num_chunks):
             step_actions = None if actions is None else actions[:, 1 + c * chunk:1 + (c + 1) * chunk]
             out = stream.next_chunk(step_actions, decode=False)
@@ -86,8 +89,7 @@ class SelfRolloutStage(TeacherForcingStage):
         keep_truth = torch.rand(latents.shape[0], generator=generator) < self.config.rollout_clean_fraction
         context = torch.where(keep_truth.view(-1, 1, 1, 1, 1).to(latents.device), latents[:, :, first:first + 1],
                               generated)
-        if self.model.settings.restart_context:  # the context the model streams with: a start-image latent
-            context = self.model.codec.restart_latent(context)
+        context = context_frame(self.model, context)  # the context the model streams with (restarted or not)
         loss, logs = super().loss(optimizer, self.window(batch, context, num_chunks), step, generator)
         drift = (generated - latents[:, :, first:first + 1]).float().square().mean()
         return loss, {**logs, "rollout/context_mse": drift}

@@ -6,9 +6,11 @@
 Three models: the few-step causal generator (from stage 2), the frozen bidirectional real
 score (stage 0, CFG ``dmd_real_guidance``) and a trained fake score initialised from it
 (conditional only). Each step the generator rolls out ``dmd_rollout_chunks`` chunks on its own
-KV cache from the clip's start frame (Self-Forcing's self-rollout): every chunk stops at a
-random exit step of the few-step schedule and only that step keeps its gradient; the clean
-cache writes run without gradient. Critic step: flow matching of the fake score on the
+KV cache from the clip's start frame under the clip's actions (Self-Forcing's self-rollout),
+through the env's own streaming step (:mod:`minwm_env.streaming`: the same references,
+restarted contexts and cache writes as ``env.step``): every chunk stops at a random exit step
+of the few-step schedule and only that step keeps its gradient; the clean cache writes run
+without gradient. Critic step: flow matching of the fake score on the
 generator's samples. Generator step (one per ``dmd_critic_updates`` critic steps, DMD2's
 two time-scale rule): at a random critic time t the generator's sample moves along
 ``(x0_fake − x0_real)`` normalised by ``mean |x − x0_real|`` (DMD2 eq. 7); "asymmetric": a
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from minwm_env import camera, flow
+from minwm_env import flow
+from minwm_env.samplers import FewStepSampler, randn_rows, row_generators
 
-from .common import (build_model, conditions, export_model, guided_prediction, prompt_state, randn, sample_sigmas,
-                     start_reference, student_sigmas)
+from .common import (build_model, conditions, export_model, guided_prediction, prompt_state, randn, rollout_actions,
+                     sample_sigmas, start_reference, student_sigmas)
 from ..engine import Stage
 
 
@@ -56,66 +59,41 @@ class DMDStage(Stage):
     def ema_module(self):
         return self.generator_model.backbone
 
-    def rollout(self, batch: dict, generator: torch.Generator, with_grad: bool) -> torch.Tensor:
+    def rollout(self, batch: dict, generator: torch.Generator, with_grad: bool,
+                exit_steps: list[int] | None = None) -> torch.Tensor:
         """Self-rollout of the few-step generator: (B, C, 1 + chunks·chunk_frames, h, w), the start
-        frame first. With ``with_grad`` only each chunk's exit step is differentiable."""
+        frame first. It streams exactly as the env does (the shared :class:`ChunkStream`: same
+        conditions, references, restarted contexts and cache writes) under the clip's actions;
+        each chunk stops at its exit step (random unless ``exit_steps`` gives them), and with
+        ``with_grad`` only that step is differentiable."""
         model, config = self.generator_model, self.config
-        backbone = model.backbone
         start = batch["latents"][:, :, :1]
-        batch_size, channels, _, height, width = start.shape
+        batch_size = start.shape[0]
         chunk, num_chunks = config.chunk_frames, config.dmd_rollout_chunks
         num_frames = 1 + chunk * num_chunks
         if batch["latents"].shape[2] < num_frames:
             raise ValueError(f"dmd_rollout_chunks={num_chunks} needs clips of {num_frames} latent frames")
-        conds = conditions(model, batch, slice(0, num_frames))
-        prompt = prompt_state(model, batch, batch_size)
-        cache = backbone.new_cache(batch_size=batch_size, latent_height=height, latent_width=width,
-                                   window_frames=model.settings.window_frames, sink_frames=model.settings.sink_frames,
-                                   max_new_frames=chunk)
-        stats = {"forwards": 0, "grad_forwards": 0}
-        with torch.no_grad():
-            backbone(start, torch.zeros(batch_size, 1, device=start.device), torch.tensor([0]), prompt, kv_cache=cache,
-                     cache_write=True, conditions=None if conds is None else conds.frames(slice(0, 1)))
+        actions = rollout_actions(model, batch, num_frames)
+        stream = model.stream(batch_size=batch_size, chunk_frames=chunk)
+        stream.begin(prompt_state(model, batch, batch_size), start)
+        generators = row_generators(int(torch.randint(2**31 - 1, (1,), generator=generator)), batch_size)
         outputs = [start]
-        reference, reference_index = start, 0
         for c in range(num_chunks):
-            frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
-            positions = torch.arange(frames.start, frames.stop)
-            part = None if conds is None else conds.frames(frames)
-            # the same on every process and micro-batch of a step: under FSDP every process must
-            # run the same number of forwards through the sharded generator
-            exit_step = int(torch.randint(len(self.sigmas), (1,), generator=self.shared_generator or generator))
-            x = randn((batch_size, channels, chunk, height, width), generator, start.device)
-            chunk_reference = self._chunk_reference(batch, reference, reference_index, frames)
-            for i in range(exit_step + 1):
-                keep_grad = with_grad and i == exit_step
-                with torch.set_grad_enabled(keep_grad):
-                    sigma = self.sigmas[i]
-                    timestep = torch.full((batch_size, chunk), sigma * 1000, device=start.device)
-                    x0 = flow.to_x0(backbone(x, timestep, positions, prompt, kv_cache=cache, conditions=part,
-                                             reference=chunk_reference), x, sigma, backbone.prediction_type)
-                stats["forwards"] += 1
-                stats["grad_forwards"] += int(keep_grad)
-                if i < exit_step:
-                    x = flow.add_noise(x0.detach(), randn(x0.shape, generator, x0.device), self.sigmas[i + 1])
+            if exit_steps is None:
+                # the same on every process and micro-batch of a step: under FSDP every process must
+                # run the same number of forwards through the sharded generator
+                exit_step = int(torch.randint(len(self.sigmas), (1,), generator=self.shared_generator or generator))
+            else:
+                exit_step = exit_steps[c]
+            # stopping at the exit step = sampling with the schedule's first exit_step + 1 timesteps
+            sampler = FewStepSampler(timesteps=tuple(config.student_timesteps[:exit_step + 1]), shift=config.shift)
+            plan = stream.plan(None if actions is None else actions[:, 1 + c * chunk:1 + (c + 1) * chunk])
+            noise = randn_rows((batch_size, *stream.latent_shape), generators, start.device, start.dtype)
+            x0 = stream.denoise(plan, sampler, noise, generators, grad=with_grad)
             outputs.append(x0)
-            reference, reference_index = x0.detach()[:, :, -1:], frames.stop - 1
-            with torch.no_grad():  # the context the next chunk sees: the clean sample, no gradient
-                backbone(x0.detach(), torch.zeros(batch_size, chunk, device=start.device), positions, prompt,
-                         kv_cache=cache, cache_write=True, conditions=part)
-        self.rollout_stats = stats
+            stream.commit(plan, x0)
+        self.rollout_stats = {"forwards": stream.num_forwards, "grad_forwards": stream.num_grad_forwards}
         return torch.cat(outputs, dim=2)
-
-    def _chunk_reference(self, batch: dict, reference: torch.Tensor, reference_index: int, frames: slice):
-        """The residual reference of a rolled-out chunk: the last clean frame (index
-        ``reference_index`` of the clip), reprojected for a ``warp_reference`` generator."""
-        model = self.generator_model
-        if not model.settings.warp_reference:
-            return reference
-        c2w = camera.invert_pose(batch["w2c"].double())
-        previous = c2w[:, frames.start - 1:frames.stop - 1]
-        return model.residual_reference(reference, c2w[:, reference_index:reference_index + 1], previous,
-                                        c2w[:, frames], batch["intrinsics"][:, frames])
 
     def _noised(self, sample, generator):
         """The critic's view: frames 1.. noised to one random t in [min, max] (shifted) per clip."""

@@ -1,0 +1,289 @@
+"""The streaming step: what a chunk is conditioned on, and what it leaves in the cache.
+
+    stream = model.stream(batch_size=2)                  # a ChunkStream over a fresh KV cache
+    stream.begin(prompt, start_latents)                  # frame 0: the start image, clean, at position 0
+    plan = stream.plan(actions)                          # positions, poses, conditions, residual reference
+    latents = stream.denoise(plan, sampler, noise, generators)
+    stream.commit(plan, latents)                         # the chunk becomes the next chunk's context
+
+Every autoregressive rollout goes through this one object: the env's
+:class:`~minwm_env.generator.StreamingGenerator` (which adds noise seeds, guidance prompts, VAE
+decoding and timings around it), stage 2c's rolled-out contexts and stage 3's self-rollout
+(which keeps the gradient of one exit step, ``denoise(..., grad=True)``). So the decisions of
+docs/design.md §6 are taken here and nowhere else:
+
+- positions: chunk c of an episode started from an image holds latent frames
+  ``1 + c·chunk .. (c+1)·chunk``; RoPE reads them from the cache's write order.
+- poses: the actions are camera deltas composed onto the last frame's pose (frame 0 is the
+  identity); a model with another action space keeps the camera still.
+- conditions of the branches: w2c and the model's intrinsics per frame, and the actions.
+- the residual reference: the last clean frame, reprojected into each new frame's camera
+  for a ``warp_reference`` model (:meth:`WorldModel.residual_reference`).
+- the context a finished chunk leaves: its latents written by a clean (t = 0) pass with the
+  chunk's own conditions, or, with ``restart_context``, only its last RGB frame re-encoded as
+  a start image, at the chunk's last position, with the neutral action.
+
+The clean write is deferred: ``commit`` records it and the next ``denoise`` (or ``flush``)
+runs it, so a chunk's frames can be decoded and shown before the write costs anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from . import camera
+from .backbones import KVCache, PromptState
+from .conditioning import ActionSpec, FrameConditions, camera_action_spec
+from .samplers import Sampler
+
+
+def pad_prompts(embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad prompt embeddings (B, L, D) to a common length so that guidance branches batch
+    into one forward (Wan pads UMT5 tokens with zeros too)."""
+    length = max(e.shape[1] for e in embeds)
+    return [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds]
+
+
+def guidance_prompt(backbone, embeds: Sequence[torch.Tensor | None], batch_size: int) -> PromptState:
+    """The prompt state of one forward over guidance branches: branch i is ``embeds[i]``
+    (B, L, D), the null prompt where it is None; rows ``i·B .. (i+1)·B − 1`` belong to branch i."""
+    branches = [backbone.null_prompt_embeds(batch_size) if e is None else e for e in embeds]
+    return PromptState.cat([backbone.encode_prompt(e) for e in pad_prompts(branches)])
+
+
+def context_frame(model, latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, 1, h, w): the frame that a chunk ``latents`` (B, C, n, h, w) leaves as the next
+    chunk's context and reference: its last latent frame, or with ``restart_context`` its last
+    RGB frame encoded as a start image (the only kind of context frame a model trained on clip
+    starts has seen)."""
+    if model.settings.restart_context:
+        return model.codec.restart_latent(latents)
+    return latents[:, :, -1:]
+
+
+@dataclass
+class ChunkPlan:
+    """What one chunk is conditioned on (:meth:`ChunkStream.plan`)."""
+
+    positions: torch.Tensor  # (chunk,) latent frame positions in the episode
+    c2w: torch.Tensor  # (B, chunk, 4, 4) float64 camera-to-world of each frame
+    actions: torch.Tensor  # (B, chunk, d) the validated actions
+    conditions: FrameConditions | None  # the branches' inputs, one row per batch row; None without branches
+    reference: torch.Tensor  # (B, C, 1 or chunk, h, w) what a residual backbone adds its output to
+
+
+class ChunkStream:
+    """One batch of episodes streamed chunk by chunk over a KV cache (see the module doc).
+
+    ``num_branches`` > 1 runs guidance branches in one forward: the cache and the prompt hold
+    ``num_branches · batch_size`` rows, branch-major; everything else is per batch row.
+    """
+
+    def __init__(self, model, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
+                 window_frames: int | None = None, sink_frames: int | None = None):
+        settings = model.settings
+        self.model = model
+        self.batch_size = batch_size
+        self.num_branches = num_branches
+        self.chunk_frames = chunk_frames or settings.chunk_frames
+        window_frames = window_frames or settings.window_frames
+        sink_frames = settings.sink_frames if sink_frames is None else sink_frames
+        self.latent_height, self.latent_width = model.codec.latent_size(settings.height, settings.width)
+        if settings.restart_context and not hasattr(model.codec, "restart_latent"):
+            raise ValueError(f"restart_context needs a codec with restart_latent (space-to-depth); this model's "
+                             f"codec is {type(model.codec).__name__}")
+        config = model.backbone.conditioning_config
+        self.action_spec: ActionSpec = config.action_spec or camera_action_spec()
+        self.tracks_camera = self.action_spec.names == camera.DELTA_NAMES
+        if config.uses_camera and not self.tracks_camera:
+            raise ValueError(f"camera conditioning ({config.camera}) needs camera-delta actions, the model's "
+                             f"action space is {list(self.action_spec.names)}")
+        if settings.warp_reference and not self.tracks_camera:
+            raise ValueError(f"warp_reference needs camera poses from camera-delta actions, the model's action "
+                             f"space is {list(self.action_spec.names)}")
+        self.cache: KVCache = model.backbone.new_cache(
+            batch_size=batch_size * num_branches, latent_height=self.latent_height, latent_width=self.latent_width,
+            window_frames=window_frames, sink_frames=sink_frames, max_new_frames=self.chunk_frames)
+        self.prompt: PromptState | None = None
+        self.num_forwards = 0  # denoising forwards since begin(), and how many of them kept gradients
+        self.num_grad_forwards = 0
+        self._pending: tuple[torch.Tensor, torch.Tensor, FrameConditions | None] | None = None
+        self._clear_episode()
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, chunk_frames, h, w) of one chunk of one row."""
+        return (self.model.backbone.latent_channels, self.chunk_frames, self.latent_height, self.latent_width)
+
+    def _clear_episode(self) -> None:
+        self.next_position = 0
+        self.c2w = torch.eye(4, dtype=torch.float64).repeat(self.batch_size, 1, 1)  # pose of the last frame
+        # (B, C, 1, h, w): the last clean frame, what the next chunk's residual reference is made of
+        self.reference = torch.zeros(self.batch_size, self.model.backbone.latent_channels, 1, self.latent_height,
+                                     self.latent_width, device=self.model.device, dtype=self.model.dtype)
+
+    # -- episodes ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def begin(self, prompt: PromptState, start_latents: torch.Tensor | None = None) -> None:
+        """Start every row's episode: ``prompt`` for the whole stream (``num_branches · B`` rows)
+        and, optionally, the start frame (B, C, 1, h, w), written clean at position 0 with the
+        identity pose and the neutral action."""
+        if prompt.batch_size != self.batch_size * self.num_branches:
+            raise ValueError(f"the prompt has {prompt.batch_size} rows, the stream needs "
+                             f"{self.batch_size * self.num_branches} ({self.num_branches} branches)")
+        self.prompt = prompt
+        self.cache.reset()
+        self._pending = None
+        self.num_forwards = self.num_grad_forwards = 0
+        self._clear_episode()
+        if start_latents is None:
+            return
+        start = start_latents.to(self.model.device, self.model.dtype)
+        self._write(start, torch.tensor([0]), self._start_conditions(self.batch_size), self.cache, self.prompt)
+        self.reference = start
+        self.next_position = 1
+
+    @torch.no_grad()
+    def begin_rows(self, rows: list[int], start_latents: torch.Tensor) -> None:
+        """Restart some rows from start frames (len(rows), C, 1, h, w) while the others go on: the
+        row's start frame goes at the stream's current position (RoPE is relative, so the row
+        then evolves as a fresh episode would, up to rounding)."""
+        self.flush()  # the other rows' last chunk goes into the cache before rows change
+        branch_rows = [r + b * self.batch_size for b in range(self.num_branches) for r in rows]
+        self.cache.reset_rows(branch_rows)
+        self.c2w[rows] = torch.eye(4, dtype=torch.float64)
+        start = start_latents.to(self.model.device, self.model.dtype)
+        position = torch.tensor([max(self.next_position - 1, 0)])
+        self._write(start, position, self._start_conditions(len(rows)), self.cache.rows(branch_rows),
+                    self.prompt.select(branch_rows))
+        self.next_position = max(self.next_position, 1)
+        self.reference[rows] = start
+
+    def _start_conditions(self, num_rows: int) -> FrameConditions | None:
+        eye = torch.eye(4, dtype=torch.float64).expand(num_rows, 1, 4, 4)
+        return self.conditions(eye, self.action_spec.neutral().expand(num_rows, 1, -1))
+
+    # -- a chunk -------------------------------------------------------------------------------
+    def check_actions(self, actions) -> torch.Tensor:
+        """Validate (B, chunk_frames, d) actions (None: the neutral action) before any state changes."""
+        expected = (self.batch_size, self.chunk_frames, self.action_spec.dim)
+        if actions is None:
+            return self.action_spec.neutral().expand(*expected).clone()
+        actions = self.action_spec.validate(actions)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"actions must have shape {expected} (batch, latent frames of a chunk, "
+                             f"{list(self.action_spec.names)}), got {tuple(actions.shape)}")
+        return actions
+
+    def poses(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B, chunk, 4, 4) c2w of the chunk's frames: camera deltas composed onto the last pose
+        (the episode's frame 0 stays the identity); other action spaces keep the camera still."""
+        if not self.tracks_camera:
+            return self.c2w[:, None].expand(-1, self.chunk_frames, -1, -1).clone()
+        steps = camera.delta_to_matrix(actions.double())
+        if self.next_position == 0:
+            steps[:, 0] = torch.eye(4, dtype=torch.float64)
+        poses, pose = [], self.c2w
+        for i in range(self.chunk_frames):
+            pose = pose @ steps[:, i]
+            poses.append(pose)
+        return torch.stack(poses, dim=1)
+
+    def conditions(self, c2w: torch.Tensor, actions: torch.Tensor) -> FrameConditions | None:
+        """The branches' per-frame inputs for frames posed ``c2w`` (B, F, 4, 4) under ``actions``."""
+        if self.model.backbone.conditioning is None:
+            return None
+        device = self.model.device
+        batch, frames = actions.shape[:2]
+        intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float32).expand(batch, frames, 4)
+        return FrameConditions(camera.invert_pose(c2w).float().to(device), intrinsics.to(device), actions.to(device))
+
+    def plan(self, actions=None) -> ChunkPlan:
+        """Everything the next chunk is conditioned on; validates ``actions``, changes nothing."""
+        if self.prompt is None:
+            raise RuntimeError("call begin() before planning a chunk")
+        actions = self.check_actions(actions)
+        c2w = self.poses(actions)
+        positions = torch.arange(self.next_position, self.next_position + self.chunk_frames)
+        previous = torch.cat([self.c2w[:, None], c2w[:, :-1]], dim=1)
+        intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float64).expand(*c2w.shape[:2], 4)
+        reference = self.model.residual_reference(self.reference, self.c2w[:, None], previous, c2w, intrinsics)
+        return ChunkPlan(positions, c2w, actions, self.conditions(c2w, actions), reference)
+
+    def predictor(self, plan: ChunkPlan, *, grad_step: int | None = None) -> Callable:
+        """The sampler's ``predict(x, sigma, with_uncond)`` for ``plan``'s chunk against the cache.
+        Only call number ``grad_step`` (counted from 0) keeps gradients (None: none does)."""
+        backbone = self.model.backbone
+        branches = self.num_branches
+        # built once per chunk, not at every sampler step
+        conditions = None if plan.conditions is None else plan.conditions.repeat(branches)
+        reference = plan.reference.repeat(branches, 1, 1, 1, 1)
+        calls = [0]
+
+        def predict(x: torch.Tensor, sigma: float, with_uncond: bool):
+            if with_uncond != (branches == 2):
+                raise ValueError(f"the sampler's guidance does not match the stream's {branches} prompt branch(es)")
+            keep = grad_step is not None and calls[0] == grad_step
+            calls[0] += 1
+            x_in = x.repeat(branches, 1, 1, 1, 1)
+            timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
+            # a differentiable forward reads a frozen copy of the context: its backward (and
+            # gradient checkpointing's recomputation) comes after later chunks changed the cache
+            cache = self.cache.frozen() if keep else self.cache
+            with torch.set_grad_enabled(keep):
+                out = backbone(x_in, timestep, plan.positions, self.prompt, kv_cache=cache,
+                               conditions=conditions, reference=reference)
+            self.num_forwards += 1
+            self.num_grad_forwards += int(keep)
+            return (out[: x.shape[0]], out[x.shape[0]:]) if with_uncond else (out, None)
+
+        return predict
+
+    def denoise(self, plan: ChunkPlan, sampler: Sampler, noise: torch.Tensor,
+                generators: Sequence[torch.Generator] | None = None, *, grad: bool = False,
+                on_step=None) -> torch.Tensor:
+        """Denoise the chunk from ``noise`` (B, C, chunk, h, w) with ``sampler`` (re-noising from
+        ``generators``, one per row). With ``grad`` the sampler's last forward keeps its
+        gradient and every earlier one runs without (a few-step sampler cut at an exit step is
+        a sampler with the schedule's first steps: DMD's self-rollout)."""
+        self.flush()
+        grad_step = sampler.num_steps - 1 if grad else None
+        return sampler.sample(self.predictor(plan, grad_step=grad_step), noise, self.model.backbone.prediction_type,
+                              generators, on_step)
+
+    @torch.no_grad()
+    def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> None:
+        """The chunk becomes context: its clean write is recorded (run by the next denoise or
+        :meth:`flush`), the reference, the pose and the position move on. Never differentiable."""
+        latents = latents.detach()
+        if self.model.settings.restart_context:
+            anchor = context_frame(self.model, latents)
+            neutral = self.action_spec.neutral().expand(self.batch_size, 1, -1)
+            self._pending = (anchor, plan.positions[-1:], self.conditions(plan.c2w[:, -1:], neutral))
+            self.reference = anchor
+        else:
+            self._pending = (latents, plan.positions, plan.conditions)
+            self.reference = context_frame(self.model, latents)
+        self.next_position = int(plan.positions[-1]) + 1
+        self.c2w = plan.c2w[:, -1]
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Run the recorded clean write, if any."""
+        if self._pending is not None:
+            self._write(*self._pending, self.cache, self.prompt)
+            self._pending = None
+
+    def _write(self, latents: torch.Tensor, positions: torch.Tensor, conditions: FrameConditions | None, cache,
+               prompt: PromptState) -> None:
+        """The clean (t = 0) pass that writes ``latents`` (b, C, n, h, w) into ``cache``, once per branch."""
+        latents = latents.repeat(self.num_branches, 1, 1, 1, 1)
+        if conditions is not None and self.num_branches > 1:
+            conditions = conditions.repeat(self.num_branches)
+        timestep = torch.zeros(latents.shape[0], latents.shape[2], device=latents.device)
+        with torch.no_grad():
+            self.model.backbone(latents, timestep, positions, prompt, kv_cache=cache, cache_write=True,
+                                conditions=conditions)
