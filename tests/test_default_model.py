@@ -2,10 +2,13 @@
 
 CI loads the shipped weights (it never retrains them). The quality checks run a few held-out
 paths on a scene layout the model never saw (scene seed 100; training used 0..99), so they fail
-if the weights are missing, broken, or replaced by an untrained model.
+if the weights are missing, broken, or replaced by an untrained model, and the network must
+beat the network-free warped stream (the same model with its network silent).
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import gymnasium as gym
 import numpy as np
@@ -49,12 +52,46 @@ def test_the_preset_name_default_is_untrained():
                 == untrained.backbone.transformer.state_dict()[weight]).all()
 
 
-@pytest.fixture(scope="module")
-def held_out_scores():
-    model = WorldModelEnv(obs_mode="chunk")
+def _held_out_scores(model) -> dict:
+    env = WorldModelEnv(model=model, obs_mode="chunk")
     truth = GroundTruthEnv(scene="room", scene_seed=UNSEEN_LAYOUT, obs_mode="chunk")
     config = EvalConfig(num_paths=2, chunks=4, path_kinds=("turn", "walk"), drift_chunks=8, drift_paths=2, seed=4321)
-    return Evaluator(model, truth, config).run(("adherence", "drift", "controllability"))["summary"]
+    return Evaluator(env, truth, config).run(("adherence", "drift", "controllability"))["summary"]
+
+
+@pytest.fixture(scope="module")
+def held_out_scores():
+    return _held_out_scores(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def warp_stream_scores():
+    """The network-free warped stream: the shipped architecture and settings with the untrained
+    network, whose zero-initialised output layer adds nothing to the warped reference, so every
+    chunk is the last frame reprojected along the command (restarted, as the model streams)."""
+    shipped = load_model(DEFAULT_MODEL)
+    silent = load_model("default", **asdict(shipped.settings))
+    assert not silent.backbone.transformer.proj_out.weight.any() and not silent.backbone.transformer.proj_out.bias.any()
+    return _held_out_scores(silent)
+
+
+def test_shipped_model_beats_the_network_free_warped_stream(held_out_scores, warp_stream_scores):
+    # measured (2026-12-02): 21.15 dB against the warped stream's 20.69 over 4 chunks; the network
+    # must add something over geometry, or it is not a world model
+    assert held_out_scores["adherence/psnr_db"] > warp_stream_scores["adherence/psnr_db"] + 0.2
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: over 8 chunks the shipped network falls behind the network-free "
+                                       "warped stream (measured 20.29 vs 21.49 dB); strict, so a model that fixes "
+                                       "it turns this into a failure to remove the mark")
+def test_shipped_model_drifts_less_than_the_network_free_warped_stream(held_out_scores, warp_stream_scores):
+    assert held_out_scores["drift/psnr_db"] > warp_stream_scores["drift/psnr_db"]
+
+
+# The checks below guard the geometry and the weights (they fail for a broken warp, broken or
+# missing weights, ignored actions), but the warped stream alone passes them too (measured:
+# 20.69 vs 16.24 dB over repeat-start, 21.49 vs 16.42 over 8 chunks, +5.4 dB over negated
+# actions, rotation error 0.24 deg, direction agreement 1.0): only the test above is the network's.
 
 
 def test_shipped_model_beats_repeating_the_start_frame(held_out_scores):
