@@ -1,4 +1,4 @@
-"""Camera maths, in one place (DESIGN.md §5). All conventions are stated here once.
+"""Camera maths, in one place (docs/design.md §5). All conventions are stated here once.
 
 * Camera frame: OpenCV — x right, y down, z forward. Poses are 4×4 matrices: ``c2w``
   (camera-to-world: columns are the camera axes and its centre in world coordinates) and

@@ -3,7 +3,7 @@
 :class:`WanVAECodec` wraps ``diffusers.AutoencoderKLWan`` (causal 3D convs, 8× spatial and
 4× temporal compression) with Wan's per-channel latent normalisation, and decodes a stream
 chunk by chunk with the VAE's causal-conv feature cache: pushing latents in pieces gives the
-same frames as decoding the whole latent clip at once (DESIGN.md §4).
+same frames as decoding the whole latent clip at once (docs/design.md §4).
 
 Frames are float tensors in [-1, 1], shaped (B, 3, T, H, W); ``to_uint8`` converts for envs.
 """

@@ -1,4 +1,4 @@
-"""Camera and action conditioning: action spaces and the zero-initialised branches (DESIGN.md §5).
+"""Camera and action conditioning: action spaces and the zero-initialised branches (docs/design.md §5).
 
 An :class:`ActionSpec` describes an action space (names, bounds, continuous or discrete);
 camera deltas are one (:func:`camera_action_spec`), a differential-drive robot's ``[v, ω]``

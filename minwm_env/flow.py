@@ -1,4 +1,4 @@
-"""Rectified-flow conventions, in one place (DESIGN.md §3).
+"""Rectified-flow conventions, in one place (docs/design.md §3).
 
 Noising is ``x_sigma = (1 - sigma) * x0 + sigma * eps`` with ``sigma`` in [0, 1] and the
 network timestep ``t = 1000 * sigma``. A model predicts either the velocity ``v = eps - x0``

@@ -29,7 +29,7 @@ class AttentionContext(NamedTuple):
     It travels in the slot diffusers uses for the rotary embedding (the only per-forward
     argument the Wan block hands to ``attn1``), so it is an explicit argument of every block
     call: gradient checkpointing re-runs a block with the very same context, never with
-    state mutated since (DESIGN.md §2).
+    state mutated since (docs/design.md §2).
     """
 
     freqs_cos: torch.Tensor  # (1, L, 1, head_dim) float32

@@ -148,7 +148,7 @@ def prompt_kv(attn, text_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 class CausalWan(CausalBackbone):
-    """Wan2.1 T2V as a block-causal, streaming backbone (the adapter of DESIGN.md §2, §4)."""
+    """Wan2.1 T2V as a block-causal, streaming backbone (the adapter of docs/design.md §2, §4)."""
 
     def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v",
                  conditioning: ConditioningConfig | None = None, residual_reference: bool = False):

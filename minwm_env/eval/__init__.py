@@ -1,4 +1,4 @@
-"""Evaluation of world models against the ground-truth world (DESIGN.md §8); ``minwm-eval``.
+"""Evaluation of world models against the ground-truth world (docs/design.md §8); ``minwm-eval``.
 
     from minwm_env.eval import Evaluator, EvalConfig, ground_truth_like
     truth = ground_truth_like(model_env)                   # same frame size and chunking

@@ -1,4 +1,4 @@
-"""The evaluation suites of DESIGN.md §8, run on a model env against the ground-truth env.
+"""The evaluation suites of docs/design.md §8, run on a model env against the ground-truth env.
 
     evaluator = Evaluator(model_env, truth_env, EvalConfig(num_paths=4, chunks=8))
     results = evaluator.run()          # {"summary": {"adherence/rotation_error_deg": ...}, "adherence": {...}, ...}

@@ -1,4 +1,4 @@
-"""The pipeline's stages, one module each (DESIGN.md §6)."""
+"""The pipeline's stages, one module each (docs/design.md §7)."""
 
 from .stage0_bidirectional import BidirectionalStage
 from .stage1_teacher_forcing import TeacherForcingStage

@@ -1,7 +1,7 @@
 """What the stages share: loading and exporting models, conditions, sigmas, the stage-1 layout.
 
 Clips are laid out as latent frame 0 (the start image: always clean, its own block) followed by
-chunks of ``chunk_frames`` latent frames (DESIGN.md §4).
+chunks of ``chunk_frames`` latent frames (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
 
 
 def sample_sigmas(shape, generator: torch.Generator, shift: float, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    """Uniform in [low, high], then shifted (DESIGN.md §3: training sigmas are shifted like sampling)."""
+    """Uniform in [low, high], then shifted (docs/design.md §3: training sigmas are shifted like sampling)."""
     return flow.shift_sigma(low + (high - low) * torch.rand(shape, generator=generator), shift)
 
 
@@ -125,7 +125,7 @@ def residual_references(model: WorldModel, clean: torch.Tensor, sources: torch.T
 def teacher_forcing_layout(model: WorldModel, clean: torch.Tensor, noisy: torch.Tensor, sigma_noisy: torch.Tensor,
                            chunk: int, batch: dict):
     """Stage 1's input: [clean frames 0..F-1 ; noisy frames 1..F-1] with the block-causal mask
-    (a noisy chunk sees the clean chunks before it and itself; DESIGN.md §6, stage 1).
+    (a noisy chunk sees the clean chunks before it and itself; docs/design.md §7, stage 1).
 
     ``batch`` holds the clip's poses and actions. Returns x, timestep (B, 2F-1), positions,
     frame mask, conditions, the index where the noisy half starts, and the residual reference

@@ -1,4 +1,4 @@
-"""Stage 0: camera- (or action-) conditioned bidirectional fine-tune (DESIGN.md §6).
+"""Stage 0: camera- (or action-) conditioned bidirectional fine-tune (docs/design.md §7).
 
     minwm-train stage0 --preset tiny --data data/world/latents --out runs/stage0
 

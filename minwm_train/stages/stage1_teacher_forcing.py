@@ -1,4 +1,4 @@
-"""Stage 1: autoregressive diffusion with teacher forcing (DESIGN.md §6).
+"""Stage 1: autoregressive diffusion with teacher forcing (docs/design.md §7).
 
     minwm-train stage1 --preset tiny --model runs/stage0/model --data ... --out runs/stage1
 

@@ -1,4 +1,4 @@
-"""Stage 2a: causal ODE distillation (DESIGN.md §6; CausVid's ODE initialisation).
+"""Stage 2a: causal ODE distillation (docs/design.md §7; CausVid's ODE initialisation).
 
     minwm-train stage2a --preset tiny --model runs/stage1/model --teacher runs/stage1/model \\
         --data ... --out runs/stage2a

@@ -1,4 +1,4 @@
-"""Stage 2b: causal consistency distillation, the alternative to 2a (DESIGN.md §6).
+"""Stage 2b: causal consistency distillation, the alternative to 2a (docs/design.md §7).
 
     minwm-train stage2b --preset tiny --model runs/stage1/model --teacher runs/stage1/model \\
         --data ... --out runs/stage2b

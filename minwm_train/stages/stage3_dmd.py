@@ -1,4 +1,4 @@
-"""Stage 3: asymmetric distribution matching distillation with self-rollout (DESIGN.md §6).
+"""Stage 3: asymmetric distribution matching distillation with self-rollout (docs/design.md §7).
 
     minwm-train stage3 --preset tiny --model runs/stage2a/model --teacher runs/stage0/model \\
         --data ... --out runs/stage3
