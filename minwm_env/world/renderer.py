@@ -20,6 +20,10 @@ from .scenes import Scene
 
 CAMERA_NAME = "minwm"
 OPENCV_TO_MUJOCO = np.diag([1.0, -1.0, -1.0])
+# Semantic classes of :meth:`WorldRenderer.render_labels`, by index: what a pixel shows. Our
+# scenes name their geoms (floor, wall*, panel*, obj*); in a user's MJCF a plane is floor and
+# any other geom an object of its shape.
+LABELS = ("sky", "floor", "wall", "panel", "box", "sphere", "cylinder", "other")
 
 
 def _import_mujoco():
@@ -94,13 +98,67 @@ class WorldRenderer:
 
     def render(self, c2w: np.ndarray) -> np.ndarray:
         """One (H, W, 3) uint8 frame seen by an OpenCV camera with pose ``c2w`` (4×4, world frame)."""
+        self._pose_scene(c2w)
+        return self._renderer.render().copy()
+
+    def _pose_scene(self, c2w: np.ndarray) -> None:
         c2w = np.asarray(c2w, dtype=np.float64)
         if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
             raise ValueError(f"c2w must be a finite 4x4 matrix, got shape {c2w.shape}")
         self.data.cam_xpos[self.camera_id] = c2w[:3, 3]
         self.data.cam_xmat[self.camera_id] = (c2w[:3, :3] @ OPENCV_TO_MUJOCO).reshape(-1)
         self._renderer.update_scene(self.data, camera=self.camera_id)
-        return self._renderer.render().copy()
+
+    def render_depth(self, c2w: np.ndarray) -> np.ndarray:
+        """(H, W) float32 depth along the camera's z axis, in world units; ``inf`` where the
+        ray hits nothing (the sky)."""
+        self._pose_scene(c2w)
+        self._renderer.enable_depth_rendering()
+        try:
+            depth = self._renderer.render().astype(np.float32)
+        finally:
+            self._renderer.disable_depth_rendering()
+        geom = self._geom_ids(c2w)
+        depth[geom < 0] = np.inf
+        return depth
+
+    def _geom_ids(self, c2w: np.ndarray) -> np.ndarray:
+        """(H, W) int: the geom id each pixel shows, −1 for none."""
+        self._pose_scene(c2w)
+        self._renderer.enable_segmentation_rendering()
+        try:
+            ids = self._renderer.render()
+        finally:
+            self._renderer.disable_segmentation_rendering()
+        geom = ids[..., 0].astype(np.int64)
+        geom[ids[..., 1] != int(self._mujoco.mjtObj.mjOBJ_GEOM)] = -1
+        return geom
+
+    def geom_classes(self) -> np.ndarray:
+        """(num_geoms,) the :data:`LABELS` index of every geom of the scene."""
+        mujoco, model = self._mujoco, self.model
+        types = {int(mujoco.mjtGeom.mjGEOM_BOX): "box", int(mujoco.mjtGeom.mjGEOM_SPHERE): "sphere",
+                 int(mujoco.mjtGeom.mjGEOM_CYLINDER): "cylinder"}
+        classes = []
+        for g in range(model.ngeom):
+            name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g) or ""
+            if name.startswith("wall"):
+                label = "wall"
+            elif name.startswith("panel"):
+                label = "panel"
+            elif name == "floor" or int(model.geom_type[g]) == int(mujoco.mjtGeom.mjGEOM_PLANE):
+                label = "floor"
+            else:
+                label = types.get(int(model.geom_type[g]), "other")
+            classes.append(LABELS.index(label))
+        return np.array(classes, dtype=np.int64)
+
+    def render_labels(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) int64 :data:`LABELS` class of each pixel and (H, W) int64 geom id (−1: sky):
+        the renderer's own segmentation, for evaluation (what is where, how large it looks)."""
+        geom = self._geom_ids(c2w)
+        classes = np.where(geom >= 0, self.geom_classes()[np.maximum(geom, 0)], LABELS.index("sky"))
+        return classes, geom
 
     def render_many(self, c2w: np.ndarray) -> np.ndarray:
         """(N, 4, 4) poses → (N, H, W, 3) uint8 frames."""
