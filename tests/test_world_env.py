@@ -141,3 +141,70 @@ def test_vector_env_equals_single_envs(obs_mode, which, request):
             tol = 0 if obs_mode == "frame" and k == 0 else 1e-4 if obs_mode == "latent" else 1
             np.testing.assert_allclose(vector[k][i].astype(np.float64), single[k].astype(np.float64), atol=tol)
     assert (info["frame_index"] == 16).all()  # the autoreset episodes are one step in
+
+
+def _row(info: dict, i: int) -> dict:
+    """Row i of a vector-env info (Gymnasium's layout: values and ``_key`` masks)."""
+    return {k: _row(v, i) if isinstance(v, dict) else v[i] for k, v in info.items()
+            if not k.startswith("_") and info[f"_{k}"][i]}
+
+
+def _assert_same_info(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert got[key].keys() == value.keys()  # timings: the same split, the clock's values
+        elif key != "latency_s" and value is None:
+            assert got[key] is None, key
+        elif key != "latency_s":
+            tol = 1 if key == "frames" else 1e-5  # uint8 frames: batched rounding, as above
+            np.testing.assert_allclose(np.asarray(got[key], np.float64), np.asarray(value, np.float64), atol=tol,
+                                       err_msg=key)
+
+
+def test_vector_info_and_reward_fn_match_single_envs(model):
+    """Row i's info holds the single env's keys and values, and reward_fn gets the arguments a
+    single env gives it: at reset, steps, a masked reset and a next-step autoreset beside a
+    stepping row."""
+    calls = {"vector": [], 0: [], 1: []}
+
+    def recorder(name):
+        def reward_fn(obs, info):
+            calls[name].append((obs.copy(), info))
+            return float(obs.mean())
+        return reward_fn
+
+    venv = gym.make_vec("minwm/World-v0", num_envs=2, vectorization_mode="vector_entry_point", model=model,
+                        reward_fn=recorder("vector"), max_episode_steps=2)
+    singles = [WorldModelEnv(model=model, reward_fn=recorder(i)) for i in range(2)]
+    a1, a2, a3 = FORWARD, np.array([0, 0, 0, 3, 0, 0], np.float32), np.array([0.05, 0, 0, 0, -2, 0], np.float32)
+
+    _, info = venv.reset(seed=[5, 6])
+    for i, env in enumerate(singles):
+        _assert_same_info(_row(info, i), env.reset(seed=[5, 6][i])[1])
+    _, rewards, *_, info = venv.step(np.stack([a1, a1]))
+    for i, env in enumerate(singles):
+        _, reward, *_, single_info = env.step(a1)
+        _assert_same_info(_row(info, i), single_info)
+        assert rewards[i] == pytest.approx(reward, abs=1)
+    _, info = venv.reset(seed=[None, 7], options={"reset_mask": np.array([False, True])})
+    assert info["_pose"].tolist() == [False, True]  # only the reset row has an info
+    _assert_same_info(_row(info, 1), singles[1].reset(seed=7)[1])
+    _, _, _, truncated, info = venv.step(np.stack([a2, a2]))
+    assert truncated.tolist() == [True, False]
+    for i, env in enumerate(singles):
+        _assert_same_info(_row(info, i), env.step(a2)[-1])
+    _, rewards, _, truncated, info = venv.step(np.stack([a3, a3]))  # row 0 autoresets, row 1 steps
+    assert truncated.tolist() == [False, True] and rewards[0] == 0
+    assert info["_start_world_pose"].tolist() == [True, False]
+    _assert_same_info(_row(info, 0), singles[0].reset()[1])
+    _assert_same_info(_row(info, 1), singles[1].step(a3)[-1])
+
+    # reward_fn: rows 0, 1 at the first two steps, row 1 alone at the third (row 0 restarted).
+    assert [len(calls[0]), len(calls[1])] == [2, 3]
+    singles_calls = {0: iter(calls[0]), 1: iter(calls[1])}
+    assert len(calls["vector"]) == 5
+    for row, (obs, info) in zip([0, 1, 0, 1, 1], calls["vector"]):
+        single_obs, single_info = next(singles_calls[row])
+        np.testing.assert_allclose(obs.astype(np.float64), single_obs.astype(np.float64), atol=1)
+        _assert_same_info(info, single_info)

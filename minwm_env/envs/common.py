@@ -77,3 +77,36 @@ class Seconds(float):
         return not self.__eq__(other)
 
     __hash__ = float.__hash__
+
+
+def stack_infos(infos: dict[int, dict], num_envs: int) -> dict:
+    """Per-row infos ``{row: info}`` → one vector-env info in Gymnasium's layout (``SyncVectorEnv``'s):
+    ``out[key][i]`` is row i's value and the bool mask ``out["_" + key]`` marks the rows that have it.
+
+    Arrays of one shape and dtype stack into one array, numbers into a numeric array, dicts
+    recursively; anything else (None beside arrays, shapes that differ) into an object array.
+    """
+    keys = list(dict.fromkeys(key for info in infos.values() for key in info))
+    out = {}
+    for key in keys:
+        values = {row: info[key] for row, info in infos.items() if key in info}
+        mask = np.zeros(num_envs, dtype=bool)
+        mask[list(values)] = True
+        out[key], out[f"_{key}"] = _stack_values(values, num_envs), mask
+    return out
+
+
+def _stack_values(values: dict[int, object], num_envs: int):
+    items = list(values.values())
+    first = items[0]
+    if all(isinstance(v, dict) for v in items):
+        return stack_infos(values, num_envs)
+    if all(isinstance(v, np.ndarray) and v.shape == first.shape and v.dtype == first.dtype for v in items):
+        array = np.zeros((num_envs, *first.shape), dtype=first.dtype)
+    elif all(isinstance(v, (bool, int, float, np.number)) for v in items):
+        array = np.zeros(num_envs, dtype=np.asarray(items).dtype)
+    else:
+        array = np.full(num_envs, None, dtype=object)
+    for row, value in values.items():
+        array[row] = value
+    return array

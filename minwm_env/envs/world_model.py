@@ -26,7 +26,7 @@ from ..models import DEFAULT_MODEL, WorldModel, load_model
 from ..world.paths import random_start
 from ..world.renderer import WorldRenderer
 from ..world.scenes import make_scene
-from .common import Seconds, action_space, check_options, chunk_actions, observation_space
+from .common import Seconds, action_space, check_options, chunk_actions, observation_space, stack_infos
 from .ground_truth import _PyRandom
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -139,6 +139,21 @@ class _World:
             return frames
         return out.latents.float().cpu().numpy()
 
+    # The info contract, one owner: the single env returns row 0's dict, the vector env gives
+    # row i's to ``reward_fn`` and batches them (``stack_infos``), so both carry the same keys.
+    def reset_info(self, row: int, image: np.ndarray, start_world_pose: np.ndarray | None) -> dict:
+        """Row ``row``'s info right after its reset (``image``: its start image (H, W, 3))."""
+        return {"pose": np.eye(4), "latent_poses": np.eye(4)[None], "frame_index": 0, "frames": image[None],
+                "latency_s": Seconds(0.0), "timings": {}, "start_world_pose": start_world_pose}
+
+    def step_info(self, row: int, out, frames: np.ndarray | None) -> dict:
+        """Row ``row``'s info after a step (``frames``: the batch's decoded frames (N, T, H, W, 3))."""
+        return {"pose": self.generator.c2w[row].numpy().copy(),
+                "latent_poses": None if out.c2w is None else out.c2w[row].numpy().copy(),  # not a view of the stream
+                "frame_index": int(self.frame_index[row]), "frames": None if frames is None else frames[row],
+                "latency_s": Seconds(out.timings["time/chunk_s"]),
+                "timings": {k: Seconds(v) for k, v in out.timings.items()}}
+
     def close(self) -> None:
         self.starts.close()
         self.generator = None
@@ -244,9 +259,7 @@ class WorldModelEnv(gym.Env):
         if self.obs_mode == "latent":
             latents = world.model.codec.encode_image(world.to_model_images(images))
         obs = world.reset_observation(images, latents)[0]
-        info = {"pose": np.eye(4), "latent_poses": np.eye(4)[None], "frame_index": 0, "frames": images,
-                "latency_s": Seconds(0.0), "timings": {}, "start_world_pose": poses[0]}
-        return obs, info
+        return obs, world.reset_info(0, images[0], poses[0])
 
     def step(self, action):
         if not self._ready:
@@ -259,11 +272,7 @@ class WorldModelEnv(gym.Env):
             world.last_frames = frames[:, -1]
         world.frame_index += world.frames_per_chunk
         obs = world.step_observation(out, frames)[0]
-        info = {"pose": world.generator.c2w[0].numpy().copy(),
-                "latent_poses": None if out.c2w is None else out.c2w[0].numpy(),
-                "frame_index": int(world.frame_index[0]), "frames": None if frames is None else frames[0],
-                "latency_s": Seconds(out.timings["time/chunk_s"]),
-                "timings": {k: Seconds(v) for k, v in out.timings.items()}}
+        info = world.step_info(0, out, frames)
         reward = 0.0 if self.reward_fn is None else float(self.reward_fn(obs, info))
         return obs, reward, False, False, info
 
@@ -286,6 +295,13 @@ class WorldModelVectorEnv(VectorEnv):
     env is truncated, its next ``step`` ignores its action and returns its reset observation.
     Row i evolves exactly as a single ``WorldModelEnv`` given the same seeds and actions (up to
     float rounding).
+
+    ``info`` has the single env's keys in Gymnasium's vector layout (what ``SyncVectorEnv``
+    builds): ``info[key][i]`` is row i's value (arrays stacked, ``timings`` a dict of arrays)
+    and the bool mask ``info["_" + key]`` marks the rows that have it: at an autoreset, the
+    restarted rows carry their reset info (``start_world_pose`` among it); at a masked reset,
+    only the reset rows. ``reward_fn(observation, info)`` gets row i's observation and info,
+    exactly what a single env passes.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 16, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -338,7 +354,8 @@ class WorldModelVectorEnv(VectorEnv):
         images, poses = world.start_images(images_opt if images_opt is not None else None,
                                            [self._np_randoms[r] for r in rows])
         obs = self._reset_rows(rows, images, prompt)
-        return obs, {"start_world_pose": poses, "frame_index": world.frame_index.copy()}
+        infos = {r: world.reset_info(r, images[k], poses[k]) for k, r in enumerate(rows)}
+        return obs, stack_infos(infos, self.num_envs)
 
     def _reset_rows(self, rows: list[int], images: np.ndarray, prompt=None) -> np.ndarray:
         world = self._world
@@ -380,20 +397,20 @@ class WorldModelVectorEnv(VectorEnv):
         world.frame_index += world.frames_per_chunk
         self._steps += 1
         obs = world.step_observation(out, frames)
+        infos = {i: world.step_info(i, out, frames) for i in range(self.num_envs) if i not in resetting}
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         if self.reward_fn is not None:
-            for i in range(self.num_envs):
-                rewards[i] = float(self.reward_fn(obs[i], {"frame_index": int(world.frame_index[i])}))
+            for i, info in infos.items():
+                rewards[i] = float(self.reward_fn(obs[i], info))
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = (self._steps >= self.max_episode_steps) if self.max_episode_steps else np.zeros(self.num_envs, bool)
-        if resetting:  # next-step autoreset: these envs restart instead of stepping
-            images, _ = world.start_images(None, [self._np_randoms[r] for r in resetting])
+        if resetting:  # next-step autoreset: these envs restart instead of stepping (reward 0, the reset info)
+            images, poses = world.start_images(None, [self._np_randoms[r] for r in resetting])
             obs[resetting] = self._reset_rows(resetting, images)[resetting]
-            rewards[resetting], truncated[resetting] = 0.0, False
+            truncated[resetting] = False
+            infos.update({r: world.reset_info(r, images[k], poses[k]) for k, r in enumerate(resetting)})
         self._needs_reset = terminated | truncated
-        info = {"pose": world.generator.c2w.numpy().copy(), "frame_index": world.frame_index.copy(),
-                "latency_s": np.full(self.num_envs, out.timings["time/chunk_s"])}
-        return obs, rewards, terminated, truncated, info
+        return obs, rewards, terminated, truncated, stack_infos(infos, self.num_envs)
 
     def render(self):
         if self.render_mode != "rgb_array" or self._world.last_frames is None:
