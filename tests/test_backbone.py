@@ -130,19 +130,48 @@ def test_streaming_with_cache_equals_full_block_causal_forward(with_prefix, wind
     assert (streamed - backbone(x, timestep, positions, prompt)[:, :, split:]).abs().max() > 1e-3
 
 
-def test_cache_keeps_sink_and_window_and_constant_memory():
-    backbone = make_backbone()
-    cache = backbone.new_cache(batch_size=1, latent_height=4, latent_width=4, window_frames=3, sink_frames=1,
-                               max_new_frames=2)
-    size = cache.nbytes()
+def _stream_into(backbone, cache, num_chunks: int, chunk: int = 2):
+    """Write ``num_chunks`` chunks into ``cache``, yielding after each the positions it holds and
+    the number of keys that chunk's attention read (layer 0): what a chunk's cost and the memory
+    it touches grow with."""
+    attended = []
+    extend = cache.extend
+
+    def recording_extend(layer, key, value, *args, **kwargs):
+        keys, values, mask = extend(layer, key, value, *args, **kwargs)
+        if layer == 0:
+            attended.append(keys.shape[2])
+        return keys, values, mask
+
+    cache.extend = recording_extend
     prompt = backbone.encode_prompt(torch.zeros(1, 1, 32))
     with torch.no_grad():
-        for start in range(0, 20, 2):
-            pos = torch.arange(start, start + 2)
-            backbone(torch.randn(1, 4, 2, 4, 4), torch.zeros(1, 2), pos, prompt, kv_cache=cache, cache_write=True)
-    assert cache.frame_positions == [0, 17, 18, 19]
-    assert cache.num_frames_written == [20]
-    assert cache.nbytes() == size
+        for start in range(0, num_chunks * chunk, chunk):
+            pos = torch.arange(start, start + chunk)
+            backbone(torch.randn(1, 4, chunk, 4, 4), torch.zeros(1, chunk), pos, prompt, kv_cache=cache, cache_write=True)
+            yield list(cache.frame_positions), attended[-1]
+
+
+def test_cache_keeps_sink_and_window_so_attention_stays_flat():
+    """After every chunk the cache holds the sink frame and the last 3 frames, and the keys a
+    forward attends to stop growing once the window is full. Its buffers are allocated once, so
+    their byte count cannot show growth; the control below shows these measurements can: the
+    same stream into a cache whose window outlasts it (nothing evicted) grows every chunk."""
+    backbone = make_backbone()
+    rolling = backbone.new_cache(batch_size=1, latent_height=4, latent_width=4, window_frames=3, sink_frames=1,
+                                 max_new_frames=2)
+    tokens = rolling.tokens_per_frame
+    for k, (positions, attended) in enumerate(_stream_into(backbone, rolling, num_chunks=10)):
+        written = list(range(2 * (k + 1)))
+        assert positions == written[:1] + written[1:][-3:], f"chunk {k}"
+        assert attended == min(2 * (k + 1), 6) * tokens, f"chunk {k}"  # held + new frames: flat from chunk 2
+    assert rolling.num_frames_written == [20]
+
+    keeps_all = backbone.new_cache(batch_size=1, latent_height=4, latent_width=4, window_frames=1000, sink_frames=1,
+                                   max_new_frames=2)
+    grown = list(_stream_into(backbone, keeps_all, num_chunks=10))
+    assert [len(positions) for positions, _ in grown] == [2 * (k + 1) for k in range(10)]
+    assert [attended for _, attended in grown] == [2 * (k + 1) * tokens for k in range(10)]
 
 
 def test_noisy_chunk_gets_no_gradient_from_later_chunks():
