@@ -1,14 +1,16 @@
 """minwm-train: one command per stage, and the whole pipeline.
 
-    minwm-train stage0 --preset tiny --data data/world/latents --out runs/stage0
-    minwm-train stage1 --preset tiny --model runs/stage0/model --data ... --out runs/stage1
-    minwm-train stage2a --preset tiny --model runs/stage1/model --teacher runs/stage1/model ...
-    minwm-train stage3 --preset tiny --model runs/stage2a/model --teacher runs/stage0/model ...
-    minwm-train pipeline --preset tiny --data data/world/latents --out runs/pipeline [--distill ode|cd] [--until stage2c]
+    minwm-train stage0 --preset tiny --data data/world --out runs/stage0
+    minwm-train stage1 --preset tiny --data data/world --out runs/stage1 --model runs/stage0/model
+    minwm-train stage2a --preset tiny --data data/world --out runs/stage2a --model runs/stage1/model --teacher runs/stage1/model
+    minwm-train stage3 --preset tiny --data data/world --out runs/stage3 --model runs/stage2a/model --teacher runs/stage0/model
+    minwm-train pipeline --preset tiny --data data/world --out runs/pipeline [--distill ode|cd] [--until stage2c]
     minwm-train stage1 --config runs/stage1/config.json --steps 200      # a saved config, overridden
 
-Settings are layered: the preset's recipe, then ``--config`` (a saved ``config.json``), then
-the flags typed. A run writing into a folder with checkpoints resumes from the latest one.
+--data is a dataset folder after `minwm-data encode` (its latents/ subfolder is read; the
+latents folder itself works too). Settings are layered: the preset's recipe, then --config (a
+saved config.json), then the flags typed. A run writing into a folder with checkpoints resumes
+from the latest one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from minwm_env.cli import add_dataclass_arguments
 
-from .config import PRESETS, STAGES, TrainConfig, preset_config
+from .config import PRESETS, STAGES, TrainConfig, check_supported, preset_config
 from .data import LatentClips
 from .engine import Trainer
 
@@ -37,6 +39,7 @@ def train(config: TrainConfig, device: str | torch.device | None = None, resume:
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    check_supported(config)
     if not config.data:
         raise ValueError("--data is required: a folder of pre-encoded latents (minwm-data encode)")
     data = LatentClips(config.data, config.num_latent_frames)
@@ -72,8 +75,11 @@ def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=No
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="minwm-train", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    summary, _, details = __doc__.partition("\n\n")
+    description = summary.removeprefix("minwm-train: ")
+    parser = argparse.ArgumentParser(prog="minwm-train", description=description[0].upper() + description[1:],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="examples:\n" + details)
     parser.add_argument("command", choices=list(STAGES) + ["pipeline"], help="stage to train, or the whole pipeline")
     parser.add_argument("--config", help="a config.json to start from (the preset's recipe otherwise)")
     parser.add_argument("--distill", choices=["ode", "cd"], default="ode", help="pipeline: stage 2a (ode) or 2b (cd)")

@@ -162,6 +162,23 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+# Models whose backbone adapter is not written yet: their presets keep the paper's recipe as
+# settings only, and training one stops before any data or weights are read.
+UNSUPPORTED_MODELS = {
+    "hy15-8b": "HunyuanVideo-1.5 is not supported yet: the hy15-8b preset holds the paper's settings only (there is "
+               "no HunyuanVideo-1.5 backbone adapter). Train the Wan2.1 architecture with --preset wan21-1.3b (GPU), "
+               "--preset default (the shipped model's recipe, CPU) or --preset tiny (a quick CPU check).",
+}
+
+
+def check_supported(config: TrainConfig) -> None:
+    """Raise a ValueError saying what to use instead when the config's model or teacher is one
+    whose backbone minwm cannot build yet."""
+    for name in (config.model, config.teacher):
+        if name in UNSUPPORTED_MODELS:
+            raise ValueError(UNSUPPORTED_MODELS[name])
+
+
 def preset_config(preset: str, stage: str, **overrides) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown training preset {preset!r}; presets: {sorted(PRESETS)}")

@@ -240,8 +240,9 @@ def test_config_round_trip_and_errors(tmp_path):
 
 def test_command_line_trains_a_stage(tmp_path, data_dir):
     out = tmp_path / "cli"
+    # --data the dataset folder, as the README and --help write it (data_dir is its latents/)
     proc = subprocess.run([sys.executable, "-m", "minwm_train.cli", "stage0", "--preset", "tiny", "--data",
-                           str(data_dir), "--out", str(out), "--steps", "2", "--lr", "0.0005"],
+                           str(data_dir.parent), "--out", str(out), "--steps", "2", "--lr", "0.0005"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((out / "config.json").read_text())
@@ -250,6 +251,18 @@ def test_command_line_trains_a_stage(tmp_path, data_dir):
     bad = subprocess.run([sys.executable, "-m", "minwm_train.cli", "stage0", "--data", str(tmp_path / "none"),
                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "index.json" in bad.stderr
+
+
+def test_command_line_help_and_unsupported_preset(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "minwm_train.cli", "--help"], capture_output=True, text=True,
+                               timeout=600).stdout
+    assert help_text.lower().count("one command per stage, and the whole pipeline") == 1
+    assert "``" not in help_text and "--data data/world " in help_text and "data/world/latents" not in help_text
+    hy15 = subprocess.run([sys.executable, "-m", "minwm_train.cli", "stage0", "--preset", "hy15-8b", "--data",
+                           str(tmp_path / "none"), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=600)
+    assert hy15.returncode == 2 and "HunyuanVideo-1.5 is not supported yet" in hy15.stderr, hy15.stderr[-2000:]
+    assert "--preset wan21-1.3b" in hy15.stderr and "Traceback" not in hy15.stderr
 
 
 def _free_port() -> int:
