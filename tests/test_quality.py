@@ -102,9 +102,24 @@ def test_detail_ratio_forgives_a_shift_and_ignores_pixel_noise(views):
     assert (quality.detail_ratio(pixel_noise(quality.gaussian_blur(views, 1.0), 8.0), views) < blur1 + 0.05).all()
 
 
-def test_detail_ratio_of_a_flat_truth_is_nan_and_shapes_are_checked(views):
-    flat = np.full((64, 64, 3), 128, np.uint8)
-    assert np.isnan(quality.detail_ratio(views[0], flat)).all()
+def test_detail_ratio_of_a_plain_truth_is_nan_and_pooling_weighs_frames_by_detail(room, views):
+    wall = room.render(look_pose(2.3, 0.5, 0.5, 0, 0))[None]  # nothing but a shaded wall
+    assert quality.detail_map(wall).std() < quality.DETAIL_FLOOR < quality.detail_map(views).std(axis=(1, 2)).min()
+    patchwork = cell_offsets(pixel_noise(wall, 3.0), 6.0)  # what the shipped model draws on plain walls
+    assert np.isnan(quality.detail_ratio(patchwork, wall)).all()
+    # why: on a plain truth the slope is noise (faint noise alone scores anywhere from 0 to 1.8)
+    unfloored = [quality.detail_ratio(pixel_noise(wall, 3.0, seed), wall, floor=0)[0] for seed in range(4)]
+    assert max(unfloored) - min(unfloored) > 0.5
+    assert np.isnan(quality.detail_ratio(views[0], np.full((64, 64, 3), 128, np.uint8))).all()
+    blurred = quality.gaussian_blur(views, 1.0)
+    alone = quality.pooled_detail_ratio(blurred, views)
+    assert alone == pytest.approx(0.56, abs=0.05)  # the pooled value sits among the frames' 0.53-0.59
+    with_wall = quality.pooled_detail_ratio(np.concatenate([blurred, patchwork]), np.concatenate([views, wall]))
+    assert with_wall == pytest.approx(alone, abs=0.01)
+    assert quality.pooled_detail_ratio(views, views) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_detail_ratio_checks_its_arguments(views):
     assert quality.detail_ratio(views, views[0]).shape == (len(views),)  # one truth frame against many
     with pytest.raises(ValueError, match="same shape"):
         quality.detail_ratio(views[:, :32], views)

@@ -8,7 +8,8 @@ content smeared, approached objects drawn too small. These are pure functions, l
 * :func:`detail_ratio` — how much of the truth's fine detail a frame has, where the truth has it
   (1 = as detailed as the truth, below 1 blurrier, above 1 over-sharpened). Measured inside the
   codec's cells only, so block edges cannot raise it, and as local energy, so a one-pixel shift
-  barely lowers it and pixel noise does not raise it. :func:`detail_map` is the map it compares.
+  barely lowers it and pixel noise does not raise it. :func:`pooled_detail_ratio` summarises a
+  sequence; :func:`detail_map` is the map they compare.
 * :func:`blockiness` — mean absolute difference across cell boundaries over that inside cells
   (natural frames about 1; block artefacts above 1).
 * :func:`gaussian_blur`, :func:`best_blur` — the blur of a baseline (e.g. the warped start frame)
@@ -35,6 +36,10 @@ CELL = 4
 """side of the codec's space-to-depth cells in pixels (block artefacts live on this grid, phase 0)"""
 DETAIL_SIGMA = 2.0
 """σ in pixels of the Gaussian that pools squared differences into a local detail map"""
+DETAIL_FLOOR = 4.0
+"""a truth whose detail map varies less than this (standard deviation, (0..255)² units: a plain
+wall's shading and uint8 rounding give about 1, a textured 64×64 view 40 to 700) has no detail
+to compare with"""
 BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 """the blurs :func:`best_blur` tries, in pixels (0 = the frames themselves)"""
 SEEN_DEPTH_TOLERANCE = 0.03
@@ -129,7 +134,28 @@ def detail_map(frames, cell: int | None = CELL, sigma: float = DETAIL_SIGMA) -> 
     return _gaussian_filter(energy, sigma) / _gaussian_filter(count, sigma)
 
 
-def detail_ratio(frames, truth_frames, cell: int | None = CELL, sigma: float = DETAIL_SIGMA) -> np.ndarray:
+def _detail_moments(frames, truth_frames, cell: int | None, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: the covariance of the frame's and the truth's :func:`detail_map` over the
+    pixels, and the variance of the truth's, shape (T,) each."""
+    model = detail_map(frames, cell, sigma)
+    truth = detail_map(truth_frames, cell, sigma)
+    if model.shape[1:] != truth.shape[1:] or (len(model) != len(truth) and 1 not in (len(model), len(truth))):
+        raise ValueError(f"frames to compare must have the same shape (or one frame against many), "
+                         f"got {model.shape} and {truth.shape} detail maps")
+    model, truth = np.broadcast_arrays(model, truth)
+    truth = truth - truth.mean(axis=(1, 2), keepdims=True)  # (centring one side centres the product)
+    return (model * truth).mean(axis=(1, 2)), (truth ** 2).mean(axis=(1, 2))
+
+
+def _slope_to_ratio(covariance, variance, floor: float) -> np.ndarray:
+    covariance, variance = np.asarray(covariance, np.float64), np.asarray(variance, np.float64)
+    valid = variance >= floor ** 2
+    slope = np.divide(covariance, variance, out=np.zeros_like(covariance), where=valid)
+    return np.where(valid, np.sqrt(np.maximum(slope, 0)), np.nan)
+
+
+def detail_ratio(frames, truth_frames, cell: int | None = CELL, sigma: float = DETAIL_SIGMA,
+                 floor: float = DETAIL_FLOOR) -> np.ndarray:
     """Per-frame detail relative to the truth, shape (T,): 1 = as detailed as the truth where
     the truth is detailed, below 1 blurrier (0 = none), above 1 sharper than the truth.
 
@@ -145,20 +171,20 @@ def detail_ratio(frames, truth_frames, cell: int | None = CELL, sigma: float = D
     * the slope rewards detail where the truth has it: pixel noise raises the map about evenly,
       which the covariance ignores, and detail in the truth's flat parts counts against.
 
-    NaN where the truth's map is constant (a flat truth frame has no detail to compare with).
+    NaN where the truth's map varies less than ``floor`` (standard deviation): a plain wall has
+    no detail to compare with, and a slope on it would be noise. Summaries over many frames
+    should use :func:`pooled_detail_ratio`, which weighs frames by how much detail the truth has.
     """
-    model = detail_map(frames, cell, sigma)
-    truth = detail_map(truth_frames, cell, sigma)
-    if model.shape[1:] != truth.shape[1:] or (len(model) != len(truth) and 1 not in (len(model), len(truth))):
-        raise ValueError(f"frames to compare must have the same shape (or one frame against many), "
-                         f"got {model.shape} and {truth.shape} detail maps")
-    model, truth = np.broadcast_arrays(model, truth)
-    model = model - model.mean(axis=(1, 2), keepdims=True)
-    truth = truth - truth.mean(axis=(1, 2), keepdims=True)
-    variance = (truth ** 2).sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        slope = np.where(variance > 0, (model * truth).sum(axis=(1, 2)) / variance, np.nan)
-    return np.sqrt(np.maximum(slope, 0), where=~np.isnan(slope), out=np.full_like(slope, np.nan))
+    return _slope_to_ratio(*_detail_moments(frames, truth_frames, cell, sigma), floor)
+
+
+def pooled_detail_ratio(frames, truth_frames, cell: int | None = CELL, sigma: float = DETAIL_SIGMA,
+                        floor: float = DETAIL_FLOOR) -> float:
+    """:func:`detail_ratio` of a sequence: the slope pooled over all frames' pixels (the mean
+    covariance over the mean variance), so frames where the truth shows little detail count
+    little. NaN if the truth's maps vary less than ``floor`` on average."""
+    covariance, variance = _detail_moments(frames, truth_frames, cell, sigma)
+    return float(_slope_to_ratio(covariance.mean(), variance.mean(), floor))
 
 
 def blockiness(frames, cell: int = CELL) -> np.ndarray:
@@ -477,6 +503,7 @@ def object_area_ratio(frames, truth_frames, truth_geom, geom_id: int) -> np.ndar
         return np.where(truth_area > 0, masks.sum(axis=(1, 2)) / truth_area, np.nan)
 
 
-__all__ = ["BLUR_SIGMAS", "CELL", "DETAIL_SIGMA", "SEEN_DEPTH_TOLERANCE", "BlurFit", "Reprojection", "best_blur",
-           "blockiness", "detail_map", "detail_ratio", "gaussian_blur", "masked_psnr", "masked_ssim", "object_area_ratio",
-           "object_mask", "reproject", "seen_mask", "ssim_map", "warp_with_depth"]
+__all__ = ["BLUR_SIGMAS", "CELL", "DETAIL_FLOOR", "DETAIL_SIGMA", "SEEN_DEPTH_TOLERANCE", "BlurFit", "Reprojection",
+           "best_blur", "blockiness", "detail_map", "detail_ratio", "gaussian_blur", "masked_psnr", "masked_ssim",
+           "object_area_ratio", "object_mask", "pooled_detail_ratio", "reproject", "seen_mask", "ssim_map",
+           "warp_with_depth"]
