@@ -26,11 +26,12 @@ from ..envs.world_model import WorldModelEnv
 from ..pose_strings import KEY_DELTAS
 from ..warp import warp_along_actions
 from ..world.paths import PATH_KINDS, random_path, random_start
-from . import metrics
+from . import generation, metrics
 from .motion import METHODS, RelativeMotion, estimate_motion, expected_flow, image_flow
 from .rollout import Rollout, env_layout, paired_rollout, render_start, rollout
 
-SUITES = ("adherence", "drift", "consistency", "controllability", "idle", "recovery")
+SUITES = ("adherence", "drift", "consistency", "controllability", "idle", "recovery", "novel_view", "revisit",
+          "object_scale")
 
 DEFINITIONS = {
     "adherence/rotation_error_deg": "median over steps of the angle between the camera rotation estimated from the "
@@ -69,6 +70,7 @@ DEFINITIONS = {
     "recovery/*_half_recovery_steps": "steps from the peak divergence from an undisturbed rollout (same seed and "
                                       "actions) until it falls to half; null if it never does within the run",
 }
+DEFINITIONS.update(generation.DEFINITIONS)
 
 
 @dataclass
@@ -105,9 +107,16 @@ class EvalConfig:
     """adherence also rolls each path out with its actions negated (true vs mirrored actions)"""
     warp_baseline_depth: float = 2.0
     """plane depth (world units) of the warp baseline (2: the best of 1-4 and infinity on rendered clips)"""
+    novel_chunks: int = 10
+    """steps of the novel-view paths (10: a 120° turn at 3° a latent frame)"""
+    object_paths: int = 2
+    """approaches for the object-scale suite"""
+    object_chunks: int = 3
+    """steps of an approach (0.32 units each)"""
 
     def __post_init__(self):
-        for name in ("num_paths", "chunks", "drift_chunks", "drift_paths", "idle_chunks", "recovery_chunks"):
+        for name in ("num_paths", "chunks", "drift_chunks", "drift_paths", "idle_chunks", "recovery_chunks",
+                     "novel_chunks", "object_paths", "object_chunks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.perturb_at < self.recovery_chunks:
@@ -450,6 +459,18 @@ class Evaluator:
                         "recovery/cache_final_over_peak": float(after[-1] / after.max()) if after.max() > 0 else 0.0})
         result["clean_psnr_db_curve"] = _psnr_list(clean_frames[1:], truth_frames[1:])
         return {**result, "summary": summary}
+
+    def novel_view(self) -> dict:
+        """New content by plausibility, seen content by PSNR (:mod:`minwm_env.eval.generation`)."""
+        return generation.novel_view(self)
+
+    def revisit(self) -> dict:
+        """Frames at revisited poses against the truth (:mod:`minwm_env.eval.generation`)."""
+        return generation.revisit(self)
+
+    def object_scale(self) -> dict:
+        """Apparent size of approached objects (:mod:`minwm_env.eval.generation`)."""
+        return generation.object_scale(self)
 
     def run(self, suites: tuple[str, ...] = SUITES, on_suite=None) -> dict:
         """Run ``suites`` in order (``on_suite(name)`` is called before each); results by suite

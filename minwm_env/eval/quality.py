@@ -187,6 +187,22 @@ def pooled_detail_ratio(frames, truth_frames, cell: int | None = CELL, sigma: fl
     return float(_slope_to_ratio(covariance.mean(), variance.mean(), floor))
 
 
+def masked_detail_ratio(frames, truth_frames, mask, cell: int | None = CELL, sigma: float = DETAIL_SIGMA,
+                        floor: float = DETAIL_FLOOR) -> float:
+    """:func:`pooled_detail_ratio` over the pixels of ``mask`` (T, H, W) only, e.g. the content
+    a path newly reveals; NaN when the mask is empty or the truth has too little detail there."""
+    model = detail_map(frames, cell, sigma)
+    truth = detail_map(truth_frames, cell, sigma)
+    mask = np.broadcast_to(np.asarray(mask, dtype=bool), truth.shape)
+    if model.shape != truth.shape:
+        raise ValueError(f"frames to compare must have the same shape, got {model.shape} and {truth.shape} detail maps")
+    if not mask.any():
+        return math.nan
+    m, t = model[mask], truth[mask]
+    t = t - t.mean()
+    return float(_slope_to_ratio((m * t).mean(), (t ** 2).mean(), floor))
+
+
 def blockiness(frames, cell: int = CELL) -> np.ndarray:
     """Per-frame blockiness, shape (T,): the mean absolute difference of neighbouring pixels
     (all channels, horizontal and vertical pairs together) across ``cell`` boundaries divided

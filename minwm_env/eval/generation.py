@@ -1,0 +1,354 @@
+"""The suites that a blur cannot win: new content, revisits and object scale (docs/design.md §8).
+
+    results = Evaluator(model_env, truth_env, config).run(("novel_view", "revisit", "object_scale"))
+
+PSNR rewards a smeared mean frame, so these suites score what a world model must do beyond
+geometry, each against the free baselines rolled along the same path:
+
+- ``novel_view``: turns of 120°, walks and strafes around an object reveal what the start
+  frame never showed. Seen and new pixels are scored apart (the truth's depth gives the exact
+  visibility of each pixel in the start frame, :func:`~minwm_env.eval.quality.seen_mask`):
+  PSNR/SSIM on what was seen; on what is new only plausibility counts (detail, block
+  artefacts and the Fréchet distance in the evaluation encoder's feature space, with the
+  distance of the truth on other layouts as the floor and of a blurred truth beside it).
+- ``revisit``: trajectories that return to earlier poses, after HY-WorldPlay's protocol adapted
+  to our world: short (4 steps, 65 frames) and long (16 steps, 257 frames) look-away-and-back
+  and out-and-back paths; PSNR, SSIM and detail on the frames of the way back (each at a pose
+  the way out visited), and the camera path estimated from the frames against the commanded
+  one (R_dist, T_dist).
+- ``object_scale``: walking straight at an object, the area the model draws it with over the
+  truth's (the truth's segmentation; the model's by colour, :func:`quality.object_area_ratio`).
+
+Baselines in every suite: repeating the start frame, the network-free warp of the start frame
+along the command, that warp blurred by the Gaussian that maximises its PSNR (blur's PSNR
+advantage made visible), and the model itself under the negated actions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import camera
+from ..world.paths import CameraPath, random_start, rgb_frame_poses
+from ..world.renderer import look_pose
+from . import metrics, quality
+from . import evaluator as _evaluator  # motion_errors, commanded_motion (used at call time: no cycle)
+from .rollout import Rollout, paired_rollout, rollout
+
+# The suites' own keys: unit and direction are in DEFINITIONS, which evaluator.py merges.
+DEFINITIONS = {
+    "novel_view/seen_psnr_db": "PSNR (dB, higher is better) over the pixels of frames after the start that the start "
+                               "frame showed (truth depth decides visibility)",
+    "novel_view/seen_ssim": "SSIM (higher is better) over the windows centred on seen pixels",
+    "novel_view/new_detail_ratio": "detail of the model where the truth shows new content, relative to the truth's "
+                                   "(1 = as detailed; < 1 blurrier; block artefacts cannot raise it)",
+    "novel_view/blockiness": "mean step across 4-px cell boundaries over the mean step inside cells, model frames "
+                             "(the truth's own value beside it; higher = more block artefacts)",
+    "novel_view/new_fraction": "fraction of pixels after the start that show content the start frame did not",
+    "revisit/psnr_db": "PSNR (dB, higher is better) of the frames on the way back, each at a pose visited on the way "
+                       "out, against the truth",
+    "revisit/ssim": "SSIM (higher is better) of the frames on the way back",
+    "revisit/detail_ratio": "detail of the frames on the way back relative to the truth's (1 = as detailed)",
+    "revisit/r_dist": "mean angle (radians, lower is better) between the per-step camera rotations estimated from "
+                      "the frames and the commanded ones (HY-WorldPlay's R_dist, on relative motions)",
+    "revisit/t_dist": "mean distance (0..2, lower is better) between the per-step unit translation directions "
+                      "estimated from the frames and the commanded ones, on steps that move (T_dist)",
+    "object_scale/area_ratio": "area the model draws an approached object with over the truth's (1 = true size; "
+                               "< 1 too small), median over steps and paths",
+    "*/warp_*": "the same for the start frame reprojected along the command (no model)",
+    "*/blurred_warp_*": "the same for that warp blurred by the Gaussian that maximises its PSNR (sigma in "
+                        "*/blurred_warp_sigma)",
+    "*/baseline_*": "the same for repeating the start frame",
+    "*/mirrored_*": "the same for the model under the negated actions",
+}
+
+NOVEL_KINDS = ("turn_120", "walk", "orbit")
+REVISIT_KINDS = {"short": 4, "long": 16}  # steps of one chunk: 1 + 16·4 = 65 and 1 + 16·16 = 257 frames
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+def _deltas(*parts: tuple[tuple[float, ...], int]) -> torch.Tensor:
+    rows = [torch.tensor(delta, dtype=torch.float64).expand(count, 6) for delta, count in parts]
+    return torch.cat(rows)
+
+
+def _free_along(scene, start: np.ndarray, deltas: torch.Tensor, margin: float = 0.3) -> bool:
+    poses = start @ camera.compose_deltas(deltas).numpy()
+    return all(scene.is_free(p[0, 3], p[1, 3], margin) for p in poses)
+
+
+def novel_view_path(scene, kind: str, num_latent: int, seed: int) -> CameraPath:
+    """A path that reveals what its start frame does not show: ``turn_120`` (3° a latent frame
+    to one side, 120° over 40 latent frames), ``walk`` (straight ahead from a start with room in
+    front), ``orbit`` (strafe sideways around the nearest object while turning to keep it in view)."""
+    rng = np.random.default_rng(seed)
+
+    class _Rng:
+        def uniform(self, low, high):
+            return float(rng.uniform(low, high))
+
+    for _ in range(200):
+        start = random_start(scene, _Rng())
+        if kind == "turn_120":
+            side = 1.0 if rng.uniform() < 0.5 else -1.0
+            deltas = _deltas(((0, 0, 0, 3.0 * side, 0, 0), num_latent))
+        elif kind == "walk":
+            deltas = _deltas(((0, 0, 0.08, 0, 0, 0), num_latent))
+        elif kind == "orbit":
+            if not scene.obstacles:
+                raise ValueError(f"scene {scene.name} has no object to orbit")
+            position = start[:3, 3]
+            target = min(scene.obstacles, key=lambda o: math.hypot(o.x - position[0], o.y - position[1]))
+            radius = math.hypot(target.x - position[0], target.y - position[1])
+            if not 0.8 < radius < 2.0:
+                continue
+            yaw = math.degrees(math.atan2(target.y - position[1], target.x - position[0]))
+            start = look_pose(position[0], position[1], scene.camera_height, yaw)
+            side = 1.0 if rng.uniform() < 0.5 else -1.0
+            # strafing 0.08 sideways at distance r turns the bearing by 0.08 / r radians
+            deltas = _deltas(((0.08 * side, 0, 0, -side * math.degrees(0.08 / radius), 0, 0), num_latent))
+        else:
+            raise ValueError(f"unknown novel-view kind {kind!r}; kinds: {list(NOVEL_KINDS)}")
+        if _free_along(scene, start, deltas):
+            return CameraPath(kind, start, deltas, kind)
+    raise RuntimeError(f"no free {kind} path of {num_latent} latent frames in scene {scene.name}")
+
+
+def revisit_path(scene, length: str, kind: str, chunk_frames: int, seed: int) -> CameraPath:
+    """Out and back along the same poses: ``look`` (turn away, then back) or ``walk`` (forward,
+    then backward), half the steps each way, so frame j of the way back is at the pose of the
+    mirrored frame of the way out."""
+    steps = REVISIT_KINDS[length]
+    half = steps * chunk_frames // 2
+    rng = np.random.default_rng(seed)
+
+    class _Rng:
+        def uniform(self, low, high):
+            return float(rng.uniform(low, high))
+
+    for _ in range(500):
+        start = random_start(scene, _Rng())
+        side = 1.0 if rng.uniform() < 0.5 else -1.0
+        if kind == "look":
+            out = (0, 0, 0, 3.0 * side, 0, 0)
+        elif kind == "walk":
+            out = (0, 0, 0.08 if length == "short" else 0.04, 0, 0, 0)
+        else:
+            raise ValueError(f"unknown revisit kind {kind!r}; kinds: look, walk")
+        back = tuple(-v for v in out)
+        deltas = _deltas((out, half), (back, half))
+        if _free_along(scene, start, deltas):
+            return CameraPath(f"{length}_{kind}", start, deltas, f"{length} {kind} out and back")
+    raise RuntimeError(f"no free {length} {kind} revisit path in scene {scene.name}")
+
+
+def approach_path(scene, num_latent: int, seed: int, stop_distance: float = 0.45):
+    """A straight walk at an object from about 2 units away, facing its centre, stopping
+    ``stop_distance`` short of its surface → (path, the object's geom name)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(scene.obstacles))
+    for index in order:
+        target = scene.obstacles[index]
+        size = target.radius if target.radius is not None else max(target.half_x, target.half_y)
+        for _ in range(50):
+            angle = rng.uniform(0, 2 * math.pi)
+            distance = size + stop_distance + 0.08 * num_latent
+            x, y = target.x + distance * math.cos(angle), target.y + distance * math.sin(angle)
+            start = look_pose(x, y, scene.camera_height, math.degrees(angle + math.pi))
+            deltas = _deltas(((0, 0, 0.08, 0, 0, 0), num_latent))
+            poses = start @ camera.compose_deltas(deltas).numpy()
+            others = [o for o in scene.obstacles if o is not target]
+            clear = all(scene.half_extent - max(abs(p[0, 3]), abs(p[1, 3])) > 0.3 for p in poses) and all(
+                o.distance(p[0, 3], p[1, 3]) > 0.3 for o in others for p in poses)
+            if clear:
+                return CameraPath("approach", start, deltas, "approach"), f"obj{index}"
+    raise RuntimeError(f"no clear approach to an object in scene {scene.name}")
+
+
+# -- scoring helpers -------------------------------------------------------------------------------
+
+def _frame_world_poses(path: CameraPath, temporal_factor: int) -> np.ndarray:
+    """(1 + N·factor, 4, 4) world c2w of every RGB frame, interpolated as the world renders them."""
+    return path.start_c2w @ rgb_frame_poses(path.relative_c2w(), temporal_factor).numpy()
+
+
+def _psnr_db(mse) -> float:
+    mse = np.asarray(mse, dtype=np.float64)
+    mse = mse[np.isfinite(mse)]
+    return float(metrics.capped(metrics.psnr_from_mse(np.mean(mse)))) if len(mse) else None
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _row_nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean of each row over its finite entries; NaN for a row with none (a frame all new)."""
+    finite = np.isfinite(values)
+    return np.where(finite.any(1), np.where(finite, values, 0).sum(1) / np.maximum(finite.sum(1), 1), np.nan)
+
+
+def _nanmean(values) -> float | None:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
+def _candidates(evaluator, model_run: Rollout, truth_run: Rollout, path, seed: int):
+    """Every frame after the start, (N, H, W, 3), of the model and of each baseline, and the
+    blurred warp's sigma."""
+    truth = truth_run.all_frames()[1:]
+    warp = evaluator._warp_baseline(model_run)
+    blurred = quality.best_blur(warp, truth)
+    out = {"model": model_run.all_frames()[1:], "baseline": np.repeat(truth_run.start[None], len(truth), axis=0),
+           "warp": warp, "blurred_warp": blurred.frames}
+    if evaluator.config.mirrored:
+        mirrored = rollout(evaluator.model, -model_run.actions, path.start_c2w, truth_run.start, seed=seed)
+        out["mirrored"] = mirrored.all_frames()[1:]
+    return out, blurred.sigma
+
+
+# -- suites ----------------------------------------------------------------------------------------
+
+def novel_view(evaluator) -> dict:
+    """Seen content by PSNR/SSIM, new content by detail, blockiness and plausibility."""
+    config, layout = evaluator.config, evaluator.layout
+    renderer = evaluator.truth.unwrapped.renderer
+    temporal_factor = layout.frames_per_chunk // layout.chunk_frames
+    num_latent = config.novel_chunks * layout.chunk_frames
+    intrinsics = evaluator.intrinsics
+    paths, pooled = [], {}
+    for i, kind in enumerate(NOVEL_KINDS):
+        path = novel_view_path(evaluator.scene, kind, num_latent, seed=config.seed * 1000 + 700 + i)
+        model_run, truth_run = paired_rollout(evaluator.model, evaluator.truth, path, seed=config.seed + 700 + i)
+        poses = _frame_world_poses(path, temporal_factor)
+        truth = truth_run.all_frames()[1:]
+        depth = np.stack([renderer.render_depth(p) for p in poses])
+        seen = quality.seen_mask(poses[0], depth[0], poses[1:], intrinsics, depth[1:])
+        new = ~seen
+        frames, sigma = _candidates(evaluator, model_run, truth_run, path, config.seed + 700 + i)
+        record = {"kind": kind, "label": _NOVEL_LABELS[kind], "new_fraction_curve": new.mean((1, 2)).tolist(),
+                  "blurred_warp_sigma": sigma}
+        per_step = layout.frames_per_chunk
+        for name, candidate in frames.items():
+            seen_err = np.where(seen[..., None], (candidate.astype(np.float64) - truth) ** 2, np.nan)
+            seen_mse = _row_nanmean(seen_err.reshape(len(truth), -1))
+            record[name] = {
+                "seen_psnr_db_curve": [_psnr_db(seen_mse[k * per_step:(k + 1) * per_step])
+                                       for k in range(model_run.num_chunks)],
+                "seen_mse": _nanmean(seen_mse),
+                "seen_ssim": _nanmean(quality.masked_ssim(candidate, truth, seen)),
+                "new_detail_ratio": _finite(quality.masked_detail_ratio(candidate, truth, new)),
+                "new_detail_ratio_curve": [_finite(quality.masked_detail_ratio(
+                    candidate[k * per_step:(k + 1) * per_step], truth[k * per_step:(k + 1) * per_step],
+                    new[k * per_step:(k + 1) * per_step])) for k in range(model_run.num_chunks)],
+                "blockiness": _nanmean(quality.blockiness(candidate)),
+            }
+            pooled.setdefault(name, []).append(record[name])
+        record["truth_blockiness"] = _nanmean(quality.blockiness(truth))
+        paths.append(record)
+    summary = {"novel_view/new_fraction": float(np.mean([np.mean(p["new_fraction_curve"]) for p in paths])),
+               "novel_view/truth_blockiness": float(np.mean([p["truth_blockiness"] for p in paths]))}
+    for name, records in pooled.items():
+        prefix = "novel_view/" if name == "model" else f"novel_view/{name}_"
+        summary[prefix + "seen_psnr_db"] = _psnr_db([r["seen_mse"] for r in records])
+        summary[prefix + "seen_ssim"] = _nanmean([r["seen_ssim"] for r in records])
+        summary[prefix + "new_detail_ratio"] = _nanmean([r["new_detail_ratio"] for r in records
+                                                         if r["new_detail_ratio"] is not None])
+        summary[prefix + "blockiness"] = _nanmean([r["blockiness"] for r in records])
+    return {"paths": paths, "summary": summary}
+
+
+_NOVEL_LABELS = {"turn_120": "turn 120° in place", "walk": "walk straight ahead", "orbit": "strafe around an object"}
+
+
+def _motion_distances(evaluator, run: Rollout) -> tuple[float | None, float | None]:
+    """(R_dist, T_dist) of a run: the per-step motions estimated from its frames against the
+    commanded ones, as the mean rotation error in radians and the mean distance between unit
+    translation directions (2·sin(angle / 2), on steps that move)."""
+    rotations, directions = [], []
+    for k in range(run.num_chunks):
+        rotation, direction = _evaluator.motion_errors(evaluator._motion(run.step_frames(k)),
+                                                       _evaluator.commanded_motion(run.actions[k]))
+        if rotation is not None:
+            rotations.append(math.radians(rotation))
+        if direction is not None:
+            directions.append(2 * math.sin(math.radians(direction) / 2))
+    return (float(np.mean(rotations)) if rotations else None, float(np.mean(directions)) if directions else None)
+
+
+def revisit(evaluator) -> dict:
+    """Frames on the way back against the truth, which returns exactly to where it was."""
+    config, layout = evaluator.config, evaluator.layout
+    per_step, paths, pooled = layout.frames_per_chunk, [], {}
+    for i, (length, kind) in enumerate([(length, kind) for length in REVISIT_KINDS for kind in ("look", "walk")]):
+        path = revisit_path(evaluator.scene, length, kind, layout.chunk_frames, seed=config.seed * 1000 + 800 + i)
+        model_run, truth_run = paired_rollout(evaluator.model, evaluator.truth, path, seed=config.seed + 800 + i)
+        truth = truth_run.all_frames()[1:]
+        back = slice(len(truth) // 2, None)  # the way back: every frame at a pose of the way out
+        frames, sigma = _candidates(evaluator, model_run, truth_run, path, config.seed + 800 + i)
+        record = {"length": length, "kind": kind, "label": path.pose_string, "num_frames": 1 + len(truth),
+                  "blurred_warp_sigma": sigma}
+        for name, candidate in frames.items():
+            mse = metrics.mse(candidate[back], truth[back])
+            record[name] = {"psnr_db": _psnr_db(mse), "mse": float(np.mean(mse)),
+                            "ssim": float(metrics.ssim(candidate[back], truth[back]).mean()),
+                            "final_psnr_db": _psnr_db(mse[-1:]),
+                            "detail_ratio": quality.pooled_detail_ratio(candidate[back], truth[back])}
+            pooled.setdefault((length, name), []).append(record[name])
+        record["model"]["r_dist"], record["model"]["t_dist"] = _motion_distances(evaluator, model_run)
+        record["truth_r_dist"], record["truth_t_dist"] = _motion_distances(evaluator, truth_run)
+        paths.append(record)
+    summary = {}
+    for length in REVISIT_KINDS:
+        records = [p for p in paths if p["length"] == length]
+        summary[f"revisit/{length}_truth_r_dist"] = _nanmean([p["truth_r_dist"] for p in records
+                                                             if p["truth_r_dist"] is not None])
+        summary[f"revisit/{length}_truth_t_dist"] = _nanmean([p["truth_t_dist"] for p in records
+                                                             if p["truth_t_dist"] is not None])
+    for (length, name), records in pooled.items():
+        prefix = f"revisit/{length}_" if name == "model" else f"revisit/{length}_{name}_"
+        summary[prefix + "psnr_db"] = _psnr_db([r["mse"] for r in records])
+        summary[prefix + "ssim"] = _nanmean([r["ssim"] for r in records])
+        summary[prefix + "detail_ratio"] = _nanmean([r["detail_ratio"] for r in records])
+        if name == "model":
+            summary[prefix + "r_dist"] = _nanmean([r["r_dist"] for r in records if r.get("r_dist") is not None])
+            summary[prefix + "t_dist"] = _nanmean([r["t_dist"] for r in records if r.get("t_dist") is not None])
+    return {"paths": paths, "summary": summary}
+
+
+def object_scale(evaluator) -> dict:
+    """Walking at an object: the area the model draws it with over the truth's, per step."""
+    config, layout = evaluator.config, evaluator.layout
+    renderer = evaluator.truth.unwrapped.renderer
+    mujoco = renderer._mujoco
+    temporal_factor = layout.frames_per_chunk // layout.chunk_frames
+    paths, pooled = [], {}
+    for i in range(config.object_paths):
+        path, geom_name = approach_path(evaluator.scene, config.object_chunks * layout.chunk_frames,
+                                        seed=config.seed * 1000 + 900 + i)
+        geom_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_GEOM, geom_name)
+        model_run, truth_run = paired_rollout(evaluator.model, evaluator.truth, path, seed=config.seed + 900 + i,
+                                              keep="last")
+        poses = _frame_world_poses(path, temporal_factor)[::layout.frames_per_chunk]
+        geoms = np.stack([renderer.render_labels(p)[1] for p in poses])
+        truth = truth_run.last_frames()
+        model = model_run.last_frames()
+        baseline = np.repeat(truth[:1], len(truth), axis=0)
+        record = {"label": f"walk at {geom_name}", "truth_area_px": (geoms == geom_id).sum((1, 2)).tolist()}
+        for name, candidate in {"model": model, "baseline": baseline, "truth": truth}.items():
+            ratio = quality.object_area_ratio(candidate, truth, geoms, geom_id)
+            record[name] = {"area_ratio_curve": [None if not math.isfinite(v) else float(v) for v in ratio[1:]]}
+            pooled.setdefault(name, []).extend(v for v in ratio[1:] if math.isfinite(v))
+        paths.append(record)
+    summary = {"object_scale/area_ratio": _median(pooled["model"]),
+               "object_scale/baseline_area_ratio": _median(pooled["baseline"]),
+               "object_scale/truth_area_ratio": _median(pooled["truth"])}
+    return {"paths": paths, "summary": summary}
+
+
+def _median(values) -> float | None:
+    return float(np.median(values)) if len(values) else None

@@ -1,0 +1,77 @@
+"""The suites a blur cannot win, on envs whose answers we know: the truth itself scores perfectly,
+a blurred truth fails detail, a model that repeats its start frame fails new views and revisits."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from minwm_env.envs.ground_truth import GroundTruthEnv
+from minwm_env.eval import quality
+from minwm_env.eval.evaluator import EvalConfig, Evaluator
+from minwm_env.eval.rollout import IgnoreActions
+
+SUITES = ("novel_view", "revisit", "object_scale")
+
+
+class BlurFrames(gym.Wrapper):
+    """The truth seen through a Gaussian blur: right on average, without detail."""
+
+    def __init__(self, env, sigma: float = 1.5):
+        super().__init__(env)
+        self.sigma = sigma
+
+    def _blur(self, obs, info):
+        info = {**info, "frames": quality.gaussian_blur(np.asarray(info["frames"]), self.sigma)}
+        return quality.gaussian_blur(np.asarray(obs), self.sigma), info
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if (kwargs.get("options") or {}).get("start_pose") is not None:
+            return obs, info  # the start frame is given, as a world model is given its start image
+        return self._blur(obs, info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return (*self._blur(obs, info)[:1], reward, terminated, truncated, self._blur(obs, info)[1])
+
+
+def _truth():
+    return GroundTruthEnv(scene="room", scene_seed=100, obs_mode="chunk")
+
+
+@pytest.fixture(scope="module")
+def scores():
+    config = EvalConfig(seed=2, novel_chunks=4, object_paths=1, object_chunks=3, mirrored=False)
+    models = {"truth": _truth(), "blurred": BlurFrames(_truth()), "repeat_start": IgnoreActions(_truth())}
+    return {name: Evaluator(model, _truth(), config).run(SUITES)["summary"] for name, model in models.items()}
+
+
+def test_the_truth_scores_perfectly(scores):
+    truth = scores["truth"]
+    assert truth["novel_view/seen_psnr_db"] == 100.0 and truth["novel_view/seen_ssim"] == pytest.approx(1.0)
+    assert truth["novel_view/new_detail_ratio"] == pytest.approx(1.0)
+    assert truth["novel_view/blockiness"] == pytest.approx(truth["novel_view/truth_blockiness"])
+    for length in ("short", "long"):
+        assert truth[f"revisit/{length}_psnr_db"] == 100.0 and truth[f"revisit/{length}_detail_ratio"] == 1.0
+        assert truth[f"revisit/{length}_r_dist"] == truth[f"revisit/{length}_truth_r_dist"]
+    assert truth["object_scale/area_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert 0.1 < truth["novel_view/new_fraction"] < 0.9  # the paths do reveal new content
+
+
+def test_a_blurred_truth_fails_detail(scores):
+    blurred, truth = scores["blurred"], scores["truth"]
+    assert blurred["novel_view/new_detail_ratio"] < 0.7
+    for length in ("short", "long"):
+        assert blurred[f"revisit/{length}_detail_ratio"] < 0.7
+    # PSNR alone would call it good: on seen content it is close to the truth
+    assert blurred["novel_view/seen_psnr_db"] > blurred["novel_view/warp_seen_psnr_db"]
+    assert truth["novel_view/new_detail_ratio"] - blurred["novel_view/new_detail_ratio"] > 0.3
+
+
+def test_a_model_that_repeats_its_start_frame_fails_new_views_and_revisits(scores):
+    repeat = scores["repeat_start"]
+    assert repeat["novel_view/seen_psnr_db"] == pytest.approx(repeat["novel_view/baseline_seen_psnr_db"])
+    assert repeat["novel_view/seen_psnr_db"] < repeat["novel_view/warp_seen_psnr_db"]
+    for length in ("short", "long"):
+        assert repeat[f"revisit/{length}_psnr_db"] < repeat[f"revisit/{length}_warp_psnr_db"]
+    assert repeat["object_scale/area_ratio"] < 0.8  # the approached object never grows
