@@ -14,6 +14,7 @@ from minwm_env import flow
 from minwm_env.cli import arg, parse
 from minwm_env.conditioning import ConditioningConfig, FrameConditions, diff_drive_action_spec
 from minwm_env.models import load_model
+from minwm_env.threads import configure_process
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Args:
 
 def main() -> None:
     args = parse(Args)
+    configure_process()  # torch was imported before minwm_env: the package picks the threads here
     spec = diff_drive_action_spec()
     model = load_model("tiny", conditioning=ConditioningConfig(action_spec=spec, action_hidden_dim=64))
     backbone = model.backbone

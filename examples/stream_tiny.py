@@ -13,6 +13,7 @@ from minwm_env.cli import arg, parse
 from minwm_env.codec import to_uint8
 from minwm_env.generator import StreamingGenerator
 from minwm_env.models import load_model
+from minwm_env.threads import configure_process
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Args:
 
 def main() -> None:
     args = parse(Args)
+    configure_process()  # torch was imported before minwm_env: the package picks the threads here
     model = load_model(args.model)
     gen = StreamingGenerator(model)
     height, width = model.settings.height, model.settings.width

@@ -1,8 +1,13 @@
 """minwm runtime: streaming world models behind a Gymnasium API.
 
 Importing this package registers the environments ``minwm/GroundTruth-v0`` (a rendered 3D
-world) and ``minwm/World-v0`` (the world model).
+world) and ``minwm/World-v0`` (the world model), and, before torch loads, makes OpenMP's waiting
+threads sleep instead of spin (``minwm_env.threads``: a shared CPU stays fast; yours win).
 """
+
+from . import threads
+
+threads.apply_import_defaults()  # first: OpenMP reads its settings once, when torch loads
 
 from gymnasium.envs.registration import register, registry
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .cli import arg, parse
 from .pose_strings import format_pose_string, parse_pose_string
+from .threads import configure_process
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Args:
     device: str = arg("cpu", "torch device")
     dtype: str = arg("float32", "compute dtype", choices=["float32", "bfloat16", "float16"])
     fps: int = arg(16, "frames per second of the video")
+    num_threads: int | None = arg(None, "torch threads (default: the package's choice, see minwm_env/threads.py; MINWM_THREADS=N also sets it)")
     out: str = arg("outputs/rollout", "output folder")
 
 
@@ -84,13 +86,14 @@ def contact_sheet(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
 
 def main(argv=None) -> None:
     args = parse(Args, argv)
+    configure_process(args.num_threads)
     import imageio.v3 as iio
 
     from .envs.ground_truth import GroundTruthEnv
     from .envs.world_model import WorldModelEnv
 
     env = WorldModelEnv(model=args.model, device=args.device, dtype=args.dtype, obs_mode="chunk",
-                        start_scene=args.start_scene)
+                        start_scene=args.start_scene, num_threads=args.num_threads)
     world = env.unwrapped._world
     deltas = load_actions(args, world.chunk_frames, np.random.default_rng(args.seed))
     options = {}

@@ -21,9 +21,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import minwm_env  # noqa: F401  (before torch: its thread defaults apply only if torch is not loaded yet)
 import torch
-
 from minwm_env.cli import add_dataclass_arguments
+from minwm_env.threads import configure_process
 
 from .config import PRESETS, STAGES, TrainConfig, check_supported, preset_config
 from .data import LatentClips
@@ -85,12 +86,14 @@ def main(argv=None) -> None:
     parser.add_argument("--distill", choices=["ode", "cd"], default="ode", help="pipeline: stage 2a (ode) or 2b (cd)")
     parser.add_argument("--until", default=None, help="pipeline: stop after this stage (e.g. stage2c)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads (default: the package's choice, see minwm_env/threads.py; MINWM_THREADS=N also sets it)")
     add_dataclass_arguments(parser, TrainConfig, suppress_defaults=True, skip=("stage",))
     args = vars(parser.parse_args(argv))
-    command, config_path, distill, device, until = (args.pop(k) for k in ("command", "config", "distill", "device",
-                                                                          "until"))
+    command, config_path, distill, device, until, num_threads = (
+        args.pop(k) for k in ("command", "config", "distill", "device", "until", "num_threads"))
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     try:
+        configure_process(num_threads)
         if command == "pipeline":
             preset = given.pop("preset", "tiny")
             final = pipeline(given, preset, Path(given.pop("out", "runs/pipeline")), distill, device, until)

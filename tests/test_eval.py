@@ -237,9 +237,8 @@ def test_sampler_steps_selects_multi_step_euler():
 
 def test_minwm_eval_quick_writes_the_report(tmp_path):
     out = tmp_path / "eval"
-    # Spinning OpenMP threads run the tiny model ~20x slower on a shared 2-core machine (measured
-    # while another job held a core); passive waiting costs nothing when the cores are free.
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    # No thread settings in the environment: the package chooses them (minwm_env/threads.py).
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MINWM_THREADS")}
     proc = subprocess.run([sys.executable, "-m", "minwm_env.eval.cli", "--model", "tiny", "--against", "ground-truth",
                            "--out", str(out), "--quick"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

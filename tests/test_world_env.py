@@ -1,6 +1,7 @@
 """minwm/World-v0 and its vector env: Gymnasium-correct, deterministic, robust, batch-exact."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -236,3 +237,52 @@ def test_vector_info_and_reward_fn_match_single_envs(model):
         single_obs, single_info = next(singles_calls[row])
         np.testing.assert_allclose(obs.astype(np.float64), single_obs.astype(np.float64), atol=1)
         _assert_same_info(info, single_info)
+
+
+THREADS_PROBE = """
+import json, os, sys
+order, num_threads = sys.argv[1], json.loads(sys.argv[2])
+if order == "torch-first":
+    import torch
+import minwm_env
+import torch
+from minwm_env.envs.world_model import WorldModelEnv
+torch.set_num_threads(2)  # the caller's own count
+during = []
+env = WorldModelEnv(model="tiny", obs_mode="latent", num_threads=num_threads,
+                    reward_fn=lambda obs, info: during.append(torch.get_num_threads()) or 0.0)
+env.reset(seed=0)
+env.step([0, 0, 0.08, 0, 0, 0])
+print(json.dumps({"wait_policy": os.environ.get("OMP_WAIT_POLICY"), "during_step": during[0],
+                  "after_step": torch.get_num_threads()}))
+"""
+
+
+@pytest.mark.parametrize("order, environment, num_threads, expected", [
+    # imported before torch: waiting threads sleep, the caller's thread count is kept
+    ("minwm-first", {}, None, {"wait_policy": "PASSIVE", "during_step": 2}),
+    # torch first (too late for OpenMP's settings): steps run on one thread, then the caller's again
+    ("torch-first", {}, None, {"wait_policy": None, "during_step": 1}),
+    # the user's choices win: their OpenMP variables, MINWM_THREADS, an explicit argument
+    ("minwm-first", {"OMP_WAIT_POLICY": "ACTIVE"}, None, {"wait_policy": "ACTIVE", "during_step": 2}),
+    ("torch-first", {"MINWM_THREADS": "off"}, None, {"wait_policy": None, "during_step": 2}),
+    ("minwm-first", {"MINWM_THREADS": "1"}, None, {"wait_policy": "PASSIVE", "during_step": 1}),
+    ("torch-first", {"MINWM_THREADS": "1"}, 2, {"wait_policy": None, "during_step": 2}),
+])
+def test_thread_settings_and_overrides(order, environment, num_threads, expected):
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MINWM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, order, json.dumps(num_threads)], capture_output=True,
+                          text=True, timeout=600, env={**clean, **environment})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {**expected, "after_step": 2}
+
+
+def test_bad_thread_settings_raise():
+    with pytest.raises(ValueError, match="num_threads must be an int >= 1"):
+        WorldModelEnv(model="tiny", num_threads=0)
+    os.environ["MINWM_THREADS"] = "many"
+    try:
+        with pytest.raises(ValueError, match="MINWM_THREADS must be .*'many'"):
+            WorldModelEnv(model="tiny")
+    finally:
+        del os.environ["MINWM_THREADS"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..cli import add_dataclass_arguments, arg
+from ..threads import configure_process
 from .ingest import IngestConfig
 from .latents import EncodeConfig
 from .render import RenderConfig
@@ -91,6 +92,7 @@ def run(command: str, args) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="minwm-data", description="Build minwm training data.")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads (default: the package's choice, see minwm_env/threads.py; MINWM_THREADS=N also sets it)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands = {}
     for name, cls in COMMANDS.items():
@@ -98,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                description=cls.__doc__.strip())
         add_dataclass_arguments(commands[name], cls)
     namespace = parser.parse_args(argv)
+    configure_process(namespace.num_threads)
     command, sub = namespace.command, commands[namespace.command]
     for name in REQUIRED[command]:
         if not getattr(namespace, name):

@@ -23,6 +23,7 @@ from gymnasium.vector.utils import batch_space
 from ..codec import from_uint8, to_uint8
 from ..generator import StreamingGenerator
 from ..models import DEFAULT_MODEL, WorldModel, load_model
+from ..threads import chosen_threads, torch_threads
 from ..world.paths import random_start
 from ..world.renderer import WorldRenderer
 from ..world.scenes import make_scene
@@ -90,8 +91,11 @@ def check_prompt(prompt, text_dim: int) -> torch.Tensor | None:
 class _World:
     """What the single and the vector env share: a batched generator and per-row bookkeeping."""
 
-    def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames):
-        self.model = resolve_model(model, device, dtype)
+    def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
+                 num_threads):
+        self.num_threads = chosen_threads(num_threads)  # None: torch's as they are (minwm_env.threads)
+        with torch_threads(self.num_threads):
+            self.model = resolve_model(model, device, dtype)
         settings = self.model.settings
         self.height, self.width = settings.height, settings.width
         self.generator = StreamingGenerator(self.model, sampler, batch_size=num_envs, window_frames=window_frames,
@@ -206,7 +210,9 @@ class WorldModelEnv(gym.Env):
     name such as ``"tiny"`` (random weights), a folder written by minwm_train / a diffusers Wan
     folder, or a loaded ``WorldModel``), ``device``, ``dtype``, ``obs_mode``,
     ``reward_fn``, ``sampler`` (default: the model's few-step sampler), ``start_scene``,
-    ``window_frames``, ``sink_frames``, ``render_mode`` ("rgb_array").
+    ``window_frames``, ``sink_frames``, ``render_mode`` ("rgb_array"), ``num_threads`` (torch
+    threads for resets and steps, restored after each; default: the package's choice, see
+    :mod:`minwm_env.threads`).
 
     ## Vectorized environment
     ``gym.make_vec("minwm/World-v0", num_envs=N, vectorization_mode="vector_entry_point")``
@@ -229,10 +235,11 @@ class WorldModelEnv(gym.Env):
                  dtype: str | torch.dtype = "float32",
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
                  sampler=None, start_scene: str = "room", window_frames: int | None = None,
-                 sink_frames: int | None = None):
+                 sink_frames: int | None = None, num_threads: int | None = None):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
-        self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames)
+        self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
+                             num_threads)
         self.action_space = self._world.action_space
         self.observation_space = self._world.observation_space
         self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
@@ -244,6 +251,10 @@ class WorldModelEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        with torch_threads(self._world.num_threads):
+            return self._reset(options)
+
+    def _reset(self, options: dict | None):
         options = check_options(options, RESET_OPTIONS)
         world = self._world
         prompt = check_prompt(options.get("prompt"), world.text_dim)
@@ -264,6 +275,10 @@ class WorldModelEnv(gym.Env):
     def step(self, action):
         if not self._ready:
             raise RuntimeError("call reset() before step()")
+        with torch_threads(self._world.num_threads):
+            return self._step(action)
+
+    def _step(self, action):
         world = self._world
         actions = chunk_actions(action, world.spec, world.chunk_frames)
         out = world.generator.next_chunk(actions[None], decode=self.obs_mode != "latent")
@@ -309,10 +324,12 @@ class WorldModelVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, model: str | WorldModel = DEFAULT_MODEL, device: str = "cpu",
                  dtype: str | torch.dtype = "float32", obs_mode: str = "frame", reward_fn: Callable | None = None,
                  render_mode: str | None = "rgb_array", sampler=None, start_scene: str = "room",
-                 window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None):
+                 window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None,
+                 num_threads: int | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames)
+        self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
+                             num_threads)
         self.num_envs = num_envs
         self.single_action_space = self._world.action_space
         self.single_observation_space = self._world.observation_space
@@ -336,6 +353,10 @@ class WorldModelVectorEnv(VectorEnv):
                 self._np_randoms[r] = np.random.default_rng(seeds[r])
 
     def reset(self, *, seed: int | list | None = None, options: dict | None = None):
+        with torch_threads(self._world.num_threads):
+            return self._reset(seed, options)
+
+    def _reset(self, seed, options: dict | None):
         options = check_options(options, RESET_OPTIONS + ("reset_mask",))
         world = self._world
         mask = options.get("reset_mask")
@@ -382,6 +403,10 @@ class WorldModelVectorEnv(VectorEnv):
     def step(self, actions):
         if not self._ready:
             raise RuntimeError("call reset() before step()")
+        with torch_threads(self._world.num_threads):
+            return self._step(actions)
+
+    def _step(self, actions):
         world = self._world
         actions = np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions
         if actions.shape[0] != self.num_envs:

@@ -21,6 +21,7 @@ import torch
 from ..cli import arg, parse
 from ..data.render import RenderConfig
 from ..profiling import machine_description, now_utc
+from ..threads import configure_process
 from ..world.scenes import SCENE_NAMES
 from .evaluator import SUITES, EvalConfig, Evaluator
 from .motion import METHODS
@@ -61,6 +62,7 @@ class Args:
     dtype: str = arg("float32", "dtype of the evaluated model", choices=["float32", "bfloat16", "float16"])
     sampler_steps: int = arg(0, "0: the model's own few-step sampler; N: deterministic N-step Euler without guidance "
                                 "(the multi-step autoregressive baseline, e.g. for a stage-1 model)")
+    num_threads: int | None = arg(None, "torch threads (default: the package's choice, see minwm_env/threads.py; MINWM_THREADS=N also sets it)")
     quick: bool = arg(False, f"small sizes for every size flag left at its default: {QUICK}")
 
 
@@ -88,12 +90,13 @@ def build_envs(args: Args):
             loaded = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
             sampler = EulerSampler(num_steps=args.sampler_steps, shift=loaded.settings.shift, guidance_scale=1.0)
         model = WorldModelEnv(model=loaded if sampler else args.model, device=args.device, dtype=args.dtype,
-                              obs_mode="chunk", start_scene=args.scene, sampler=sampler)
+                              obs_mode="chunk", start_scene=args.scene, sampler=sampler, num_threads=args.num_threads)
     return model, ground_truth_like(model, args.scene, args.scene_seed)
 
 
 def main(argv=None) -> None:
     args = apply_quick(parse(Args, argv))
+    configure_process(args.num_threads)
     if args.against != GROUND_TRUTH:
         raise SystemExit(f"minwm-eval: --against must be '{GROUND_TRUTH}' (the rendered world is the only reference "
                          f"with a truth), got {args.against!r}")
