@@ -56,6 +56,7 @@ def test_the_truth_scores_perfectly(scores):
         assert truth[f"revisit/{length}_r_dist"] == truth[f"revisit/{length}_truth_r_dist"]
     assert truth["object_scale/area_ratio"] == pytest.approx(1.0, abs=0.05)
     assert 0.1 < truth["novel_view/new_fraction"] < 0.9  # the paths do reveal new content
+    assert truth["novel_view/far_plausible_fraction"] >= 0.9
 
 
 def test_a_blurred_truth_fails_detail(scores):
@@ -75,3 +76,18 @@ def test_a_model_that_repeats_its_start_frame_fails_new_views_and_revisits(score
     for length in ("short", "long"):
         assert repeat[f"revisit/{length}_psnr_db"] < repeat[f"revisit/{length}_warp_psnr_db"]
     assert repeat["object_scale/area_ratio"] < 0.8  # the approached object never grows
+
+
+def test_layout_plausibility_reads_floor_and_sky_against_the_horizon():
+    from minwm_env.eval import features
+    from minwm_env.eval.generation import layout_plausible
+    from minwm_env.world.renderer import WorldRenderer, look_pose
+    from minwm_env.world.scenes import make_scene
+    renderer = WorldRenderer(make_scene("courtyard", 101), 64, 64)
+    poses = np.stack([look_pose(0.2 * k, 0, 0.5, 40 * k, pitch) for k in range(6) for pitch in (-20, 0, 20)])
+    frames = np.stack([renderer.render(p) for p in poses])
+    intrinsics = renderer.intrinsics
+    assert layout_plausible(features.segment(frames), poses, intrinsics).mean() >= 0.9
+    # the same frames upside down put the floor in the sky
+    assert layout_plausible(features.segment(frames[:, ::-1].copy()), poses, intrinsics).mean() <= 0.2
+    renderer.close()

@@ -480,6 +480,22 @@ def features(frames, encoder: FrameEncoder | None = None, batch_size: int = 512)
     return torch.cat(parts).double().numpy()
 
 
+@torch.inference_mode()
+def segment(frames, encoder: FrameEncoder | None = None, batch_size: int = 512) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames → (N, H, W) int64 :data:`~minwm_env.world.renderer.LABELS`
+    class of each pixel as the encoder's segmentation head reads it (what the frame looks like
+    it shows, for frames nobody rendered)."""
+    encoder = _shipped_encoder() if encoder is None else encoder
+    if encoder.training:
+        raise ValueError("the encoder is in training mode (batch statistics would mix frames): call .eval() first")
+    frames = torch.as_tensor(np.asarray(frames))
+    if frames.ndim != 4:
+        raise ValueError(f"frames must be (N, H, W, 3) uint8, got shape {tuple(frames.shape)}")
+    parts = [encoder(frames[start:start + batch_size]).segmentation.argmax(1)
+             for start in range(0, len(frames), batch_size)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, *frames.shape[1:3]), dtype=np.int64)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     eigenvalues, eigenvectors = np.linalg.eigh(matrix)
     return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
