@@ -3,10 +3,12 @@ environment variable set.
 
 Why: torch's OpenMP threads spin while they wait at the end of each parallel operation. When
 another CPU-bound process holds one of the cores, the spinning thread burns its time slice
-waiting for a thread that is not running, and a world-model step on 2 cores took 10-30x longer
+waiting for a thread that is not running, and a world-model step on 2 cores took 7-28x longer
 (BENCHMARKS.md, "Env step time on a shared machine"). Two remedies work, measured: waiting
-threads that sleep (``OMP_WAIT_POLICY=PASSIVE``), or a single torch thread (no one to wait for).
-A spin count between the two (``GOMP_SPINCOUNT``) did not help.
+threads that sleep (``OMP_WAIT_POLICY=PASSIVE``), or a single torch thread (no one to wait for);
+a shorter spin (``GOMP_SPINCOUNT``) helped less. Sleeping costs 1.5-1.8x on a quiet machine
+(waking a thread takes longer than finding it spinning): ``MINWM_THREADS=off`` on a machine of
+your own.
 
 What the package does, unless you chose yourself:
 

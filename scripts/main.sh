@@ -10,7 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 OUT=${MINWM_MAIN_OUT:-outputs/main}
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 "$MINWM_PYTHON" -m minwm_env.rollout --model minwm-default --pose-string "w*8,l*8,w*4,j*8,d*4,s*4,stay*4" \
   --seed 0 --out "$OUT/rollout"
 "$MINWM_PYTHON" -m minwm_env.eval.cli --model minwm-default --out "$OUT/eval" --scene-seed 100 --seed 1234 \

@@ -18,9 +18,6 @@ if [ ! -f "$DATA/latents/index.json" ]; then
   "$MINWM_PYTHON" -m minwm_env.data.cli render --out "$DATA" --num-clips 2000 --num-frames 33 --height 64 --width 64 --seed 0 --no-progress
   "$MINWM_PYTHON" -m minwm_env.data.cli encode --data "$DATA" --model default
 fi
-# Waiting OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made
-# steps ~15x slower whenever another process held a core (0.5 s vs 8 s a step).
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 "$MINWM_PYTHON" -m minwm_train.cli pipeline --preset default --data "$DATA" --out "$OUT" --until stage2c "$@"
 "$MINWM_PYTHON" - "$OUT" <<'EOF'
 import sys
