@@ -28,7 +28,7 @@ class TrainConfig:
     model: str = arg("tiny", "model to start from: a preset name or the previous stage's model folder")
     teacher: str | None = arg(None, "stage2a/2b: the AR teacher (stage-1 model); stage3: the bidirectional "
                                     "real score (stage-0 model)")
-    data: str = arg("", "pre-encoded latents folder (minwm-data encode)")
+    data: str = arg("", "dataset folder (minwm-data render/ingest, then encode) or its latents/ subfolder")
     out: str = arg("runs/stage", "output folder: checkpoints/, model/, metrics.jsonl, config.json")
     camera: str = arg("none", "camera branch added if the model has none: none, prope, plucker")
     actions: str = arg("none", "action branch added if the model has none: none, camera (camera deltas)")
