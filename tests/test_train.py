@@ -132,6 +132,12 @@ def test_dmd_gradient_flows_only_through_the_exit_step(tmp_path, data_dir, train
                            model=str(trained / "stage1" / "model"), teacher=str(trained / "stage0" / "model"),
                            student_timesteps=(1000.0, 750.0, 500.0, 250.0))
     stage = make_stage(config, torch.device("cpu"))
+    # The fake score starts as a copy of the real one, so the DMD gradient starts at zero (up to
+    # rounding: this test once passed on batch-size-dependent rounding alone). Move it, as its
+    # critic updates would, so there is a gradient to flow.
+    with torch.no_grad():
+        for param in stage.fake.backbone.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
     data = LatentClips(config.data, config.num_latent_frames)
     grad_modes = []
     hook = stage.generator_model.backbone.transformer.proj_out.register_forward_hook(

@@ -32,7 +32,8 @@ GROUND_TRUTH = "ground-truth"
 # 0..num_scene_seeds-1 (0..99 by default; the shipped model's data, docs/default_model.md).
 HELD_OUT_LAYOUT = RenderConfig.num_scene_seeds
 # --quick: a smoke-sized run of every suite (about a minute for the tiny preset on 2 CPU cores).
-QUICK = dict(num_paths=2, chunks=4, drift_chunks=8, idle_chunks=3, recovery_chunks=4, perturb_at=1)
+QUICK = dict(num_paths=2, chunks=4, drift_chunks=8, idle_chunks=3, recovery_chunks=4, perturb_at=1, novel_chunks=4,
+             object_paths=1)
 
 
 @dataclass
@@ -55,6 +56,9 @@ class Args:
     scene: str = arg("room", "ground-truth scene", choices=list(SCENE_NAMES))
     scene_seed: int = arg(HELD_OUT_LAYOUT, f"layout variant of the scene; the default is held out: minwm-data render "
                                            f"(the shipped model's data) draws layouts 0..{HELD_OUT_LAYOUT - 1}")
+    novel_chunks: int = arg(10, "steps of the novel-view paths (10: a 120° turn)")
+    object_paths: int = arg(2, "approaches of the object-scale suite")
+    object_chunks: int = arg(3, "steps of each approach")
     suites: tuple[str, ...] = arg(SUITES, "suites to run")
     hardware: bool = arg(True, "measure the hardware-sensitivity table (latency, frames/s, memory)")
     motion_method: str = arg("klt", "camera-motion estimator", choices=list(METHODS))
@@ -111,7 +115,9 @@ def main(argv=None) -> None:
         config = EvalConfig(num_paths=args.num_paths, chunks=args.chunks, drift_chunks=args.drift_chunks,
                             drift_paths=args.drift_paths, idle_chunks=args.idle_chunks,
                             recovery_chunks=args.recovery_chunks, perturb_at=args.perturb_at,
-                            cache_noise=args.cache_noise, motion_method=args.motion_method, seed=args.seed)
+                            cache_noise=args.cache_noise, motion_method=args.motion_method, seed=args.seed,
+                            novel_chunks=args.novel_chunks, object_paths=args.object_paths,
+                            object_chunks=args.object_chunks)
     except ValueError as err:
         raise SystemExit(f"minwm-eval: {err}") from err
     try:
