@@ -2,7 +2,7 @@
 
 Fields are grouped: the run (what to load, where to write), optimisation (shared by all
 stages), then each stage's own settings (``ode_*``, ``cd_*``, ``dmd_*``). Presets hold the
-paper's per-stage recipes (DESIGN.md §6); the command line overrides any field.
+paper's per-stage recipes (docs/design.md §7); the command line overrides any field.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class TrainConfig:
         return cls.from_dict(read_json(path), str(path))
 
 
-# Per-preset, per-stage settings (DESIGN.md §6; the paper's Wan2.1 and HY1.5 recipes).
+# Per-preset, per-stage settings (docs/design.md §7; the paper's Wan2.1 and HY1.5 recipes).
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "all": dict(model="tiny", batch_size=2, lr=1e-3, chunk_frames=2, num_latent_frames=5, checkpoint_every=5,

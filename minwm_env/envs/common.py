@@ -1,7 +1,7 @@
 """What the world-model env and the ground-truth env share: spaces, action parsing, chunk timing.
 
 One ``step`` is one chunk of ``chunk_frames`` latent frames = ``chunk_frames · temporal_factor``
-RGB frames (16 with the defaults). The action is the camera delta of DESIGN.md §5 (or another
+RGB frames (16 with the defaults). The action is the camera delta of docs/design.md §5 (or another
 :class:`~minwm_env.conditioning.ActionSpec`), either one vector held for the whole chunk, shape
 (d,), or one per latent frame, shape (chunk_frames, d).
 """
