@@ -41,7 +41,7 @@ def _truth():
 
 @pytest.fixture(scope="module")
 def scores():
-    config = EvalConfig(seed=2, novel_chunks=4, object_paths=1, object_chunks=3, mirrored=False)
+    config = EvalConfig(seed=2, novel_chunks=4, object_paths=1, object_chunks=3, mirrored=False, fd_paths=24)
     models = {"truth": _truth(), "blurred": BlurFrames(_truth()), "repeat_start": IgnoreActions(_truth())}
     return {name: Evaluator(model, _truth(), config).run(SUITES)["summary"] for name, model in models.items()}
 
@@ -57,6 +57,9 @@ def test_the_truth_scores_perfectly(scores):
     assert truth["object_scale/area_ratio"] == pytest.approx(1.0, abs=0.05)
     assert 0.1 < truth["novel_view/new_fraction"] < 0.9  # the paths do reveal new content
     assert truth["novel_view/far_plausible_fraction"] >= 0.9
+    assert truth["novel_view/far_fd"] == pytest.approx(0.0, abs=1e-6)
+    # the references measured beside it: the truth on other paths, and blurred
+    assert 0 < truth["novel_view/far_fd_floor"] < truth["novel_view/far_fd_blurred_truth"] / 2
 
 
 def test_a_blurred_truth_fails_detail(scores):
@@ -67,6 +70,8 @@ def test_a_blurred_truth_fails_detail(scores):
     # PSNR alone would call it good: on seen content it is close to the truth
     assert blurred["novel_view/seen_psnr_db"] > blurred["novel_view/warp_seen_psnr_db"]
     assert truth["novel_view/new_detail_ratio"] - blurred["novel_view/new_detail_ratio"] > 0.3
+    # and it looks less like the world than the truth on other paths does
+    assert blurred["novel_view/far_fd"] > 2 * blurred["novel_view/far_fd_floor"]
 
 
 def test_a_model_that_repeats_its_start_frame_fails_new_views_and_revisits(scores):

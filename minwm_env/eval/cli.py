@@ -33,7 +33,7 @@ GROUND_TRUTH = "ground-truth"
 HELD_OUT_LAYOUT = RenderConfig.num_scene_seeds
 # --quick: a smoke-sized run of every suite (about a minute for the tiny preset on 2 CPU cores).
 QUICK = dict(num_paths=2, chunks=4, drift_chunks=8, idle_chunks=3, recovery_chunks=4, perturb_at=1, novel_chunks=4,
-             object_paths=1)
+             object_paths=1, fd_paths=24)
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Args:
     scene_seed: int = arg(HELD_OUT_LAYOUT, f"layout variant of the scene; the default is held out: minwm-data render "
                                            f"(the shipped model's data) draws layouts 0..{HELD_OUT_LAYOUT - 1}")
     novel_chunks: int = arg(10, "steps of the novel-view paths (10: a 120° turn)")
+    fd_paths: int = arg(96, "short novel-view paths for the Fréchet distance's frame sets")
     object_paths: int = arg(2, "approaches of the object-scale suite")
     object_chunks: int = arg(3, "steps of each approach")
     suites: tuple[str, ...] = arg(SUITES, "suites to run")
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
                             drift_paths=args.drift_paths, idle_chunks=args.idle_chunks,
                             recovery_chunks=args.recovery_chunks, perturb_at=args.perturb_at,
                             cache_noise=args.cache_noise, motion_method=args.motion_method, seed=args.seed,
-                            novel_chunks=args.novel_chunks, object_paths=args.object_paths,
+                            novel_chunks=args.novel_chunks, fd_paths=args.fd_paths, object_paths=args.object_paths,
                             object_chunks=args.object_chunks)
     except ValueError as err:
         raise SystemExit(f"minwm-eval: {err}") from err

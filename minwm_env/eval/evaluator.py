@@ -109,6 +109,8 @@ class EvalConfig:
     """plane depth (world units) of the warp baseline (2: the best of 1-4 and infinity on rendered clips)"""
     novel_chunks: int = 10
     """steps of the novel-view paths (10: a 120° turn at 3° a latent frame)"""
+    fd_paths: int = 96
+    """short novel-view paths whose step-end frames make the Fréchet distance's sets"""
     object_paths: int = 2
     """approaches for the object-scale suite"""
     object_chunks: int = 3
@@ -116,7 +118,7 @@ class EvalConfig:
 
     def __post_init__(self):
         for name in ("num_paths", "chunks", "drift_chunks", "drift_paths", "idle_chunks", "recovery_chunks",
-                     "novel_chunks", "object_paths", "object_chunks"):
+                     "novel_chunks", "object_paths", "object_chunks", "fd_paths"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.perturb_at < self.recovery_chunks:

@@ -50,6 +50,10 @@ DEFINITIONS = {
     "novel_view/far_plausible_fraction": "fraction of the farthest band's frames whose layout, as the evaluation "
                                          "encoder segments them, is plausible for the camera: no floor above the "
                                          "horizon, no sky below it (higher is better; the truth: about 1)",
+    "novel_view/far_fd": "Fréchet distance (lower is better) in the evaluation encoder's feature space between the "
+                         "model's frames and the truth's, last frames of the steps of the farthest band over fd_paths "
+                         "short paths; beside it far_fd_floor (the truth on other paths: what an independent perfect "
+                         "model scores) and far_fd_blurred_truth (the truth blurred 1.5 px: what blur scores)",
     "novel_view/new_fraction": "fraction of pixels after the start that show content the start frame did not",
     "revisit/psnr_db": "PSNR (dB, higher is better) of the frames on the way back, each at a pose visited on the way "
                        "out, against the truth",
@@ -70,6 +74,7 @@ DEFINITIONS = {
 
 NOVEL_KINDS = ("turn_120", "walk", "orbit")
 BAND_MIN_FRAMES = 96  # frames a horizon band holds at least
+FD_SHRINKAGE = 0.1  # for a band of fewer frames than features (small test runs only; noted in the band)
 REVISIT_KINDS = {"short": 4, "long": 16}  # steps of one chunk: 1 + 16·4 = 65 and 1 + 16·16 = 257 frames
 
 
@@ -269,7 +274,62 @@ def novel_view(evaluator) -> dict:
     bands = plausibility_by_band(evaluator, {k: np.stack(v, 1) for k, v in by_step.items()}, np.stack(step_poses, 1))
     for name, value in bands["summary"].items():
         summary[f"novel_view/{name}"] = value
-    return {"paths": paths, "bands": bands["bands"], "summary": summary}
+    distances = frechet_by_band(evaluator)
+    for name, value in distances["summary"].items():
+        summary[f"novel_view/{name}"] = value
+    return {"paths": paths, "bands": bands["bands"], "fd_bands": distances["bands"], "summary": summary}
+
+
+def _last_frames_of_steps(frames: np.ndarray, per_step: int) -> np.ndarray:
+    return frames[per_step - 1::per_step]
+
+
+def frechet_by_band(evaluator) -> dict:
+    """Fréchet distance to the truth in the evaluation encoder's feature space, per horizon band.
+
+    A distance between distributions needs many independent frames, which a few long paths do
+    not give (measured: on three paths a blurred truth scored closer than the truth on other
+    paths). So ``fd_paths`` short novel-view paths from random starts (turns and walks, the
+    last frame of each step) make the sets; per band, against the truth of the same paths:
+    the model, the baselines, and two reference points from the same run, the truth on
+    ``fd_paths`` other paths of the layout (``fd_floor``: what a perfect but independent model
+    scores) and the truth blurred by 1.5 px (``fd_blurred_truth``: what blur scores)."""
+    config, layout = evaluator.config, evaluator.layout
+    per_step = layout.frames_per_chunk
+    num_latent = config.novel_chunks * layout.chunk_frames
+    sets: dict[str, list[np.ndarray]] = {}
+    for i in range(config.fd_paths):
+        kind = ("turn_120", "walk")[i % 2]
+        path = novel_view_path(evaluator.scene, kind, num_latent, seed=config.seed * 100000 + 3000 + i)
+        model_run, truth_run = paired_rollout(evaluator.model, evaluator.truth, path, seed=config.seed + 3000 + i)
+        truth = truth_run.all_frames()[1:]
+        warp = evaluator._warp_baseline(model_run)
+        other = novel_view_path(evaluator.scene, kind, num_latent, seed=config.seed * 100000 + 60000 + i)
+        _, other_run = paired_rollout(evaluator.truth, evaluator.truth, other, keep="last")
+        candidates = {"model": model_run.all_frames()[1:], "truth": truth, "warp": warp,
+                      "blurred_warp": quality.best_blur(warp, truth).frames,
+                      "baseline": np.repeat(truth_run.start[None], len(truth), axis=0)}
+        for name, frames in candidates.items():
+            sets.setdefault(name, []).append(_last_frames_of_steps(frames, per_step))
+        sets.setdefault("other_truth", []).append(other_run.last_frames()[1:])
+    sets = {name: np.stack(v, 1) for name, v in sets.items()}  # (steps, paths, H, W, 3)
+    bands = []
+    for first, last in horizon_bands(config.novel_chunks, config.fd_paths):
+        flat = {name: f[first:last].reshape(-1, *f.shape[2:]) for name, f in sets.items()}
+        truth_features = features.features(flat["truth"])
+        shrinkage = 0.0 if len(flat["truth"]) > features.features(flat["truth"][:1]).shape[1] else FD_SHRINKAGE
+
+        def distance(frames):
+            return features.frechet_distance(features.features(frames), truth_features, shrinkage=shrinkage)
+
+        band = {"steps": [first + 1, last], "num_frames": len(flat["truth"]), "shrinkage": shrinkage,
+                "fd": distance(flat["model"]), "fd_floor": distance(flat["other_truth"]),
+                "fd_blurred_truth": distance(quality.gaussian_blur(flat["truth"], 1.5))}
+        for name in ("warp", "blurred_warp", "baseline"):
+            band[f"{name}_fd"] = distance(flat[name])
+        bands.append(band)
+    summary = {f"far_{key}": value for key, value in bands[-1].items() if "fd" in key}
+    return {"bands": bands, "summary": summary}
 
 
 def horizon_bands(num_steps: int, frames_per_step: int, min_frames: int = BAND_MIN_FRAMES) -> list[tuple[int, int]]:
@@ -308,9 +368,7 @@ def plausibility_by_band(evaluator, frames: dict[str, np.ndarray], poses: np.nda
     by 1.5 px. ``frames[name]`` (steps, paths, frames_per_step, H, W, 3); ``poses`` (steps,
     paths, frames_per_step, 4, 4).
 
-    (The Fréchet distance is not reported here yet: measured on this suite's frames, three
-    paths' consecutive frames are too few independent samples, and a blurred truth scored closer
-    to the world's look than the truth itself; it needs many short paths.)"""
+    (The Fréchet distance needs many independent frames: :func:`frechet_by_band`.)"""
     truth = frames["truth"]
     num_steps, _, per_step = truth.shape[:3]
     bands = []

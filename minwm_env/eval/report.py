@@ -221,6 +221,7 @@ _GENERATION_ROWS = [
     ("novel view: detail on new pixels", "ratio, 1 = truth", "novel_view/{}new_detail_ratio"),
     ("novel view: blockiness", "ratio, truth's ≈ 1", "novel_view/{}blockiness"),
     ("novel view: plausible layout, far band", "fraction, higher", "novel_view/far_{}plausible_fraction"),
+    ("novel view: Fréchet distance, far band", "feature units, lower", "novel_view/far_{}fd"),
     ("revisit (65 frames): PSNR on the way back", "dB, higher", "revisit/short_{}psnr_db"),
     ("revisit (65 frames): detail on the way back", "ratio, 1 = truth", "revisit/short_{}detail_ratio"),
     ("revisit (257 frames): PSNR on the way back", "dB, higher", "revisit/long_{}psnr_db"),
@@ -250,6 +251,11 @@ def generation_table(summary: dict) -> list[str]:
             value = summary.get(key.format(prefix))
             cells.append("n/a" if value is None else _fmt(value))
         lines.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+    if "novel_view/far_fd" in summary:
+        lines.append(f"\nFréchet distance references, same frames: the truth on other paths of the layout "
+                     f"{_fmt(summary.get('novel_view/far_fd_floor'))} (what an independent perfect model scores), the "
+                     f"truth blurred by 1.5 px {_fmt(summary.get('novel_view/far_fd_blurred_truth'))} (what blur "
+                     f"scores); encoder eval-encoder-v1.")
     for length in ("short", "long"):
         if f"revisit/{length}_r_dist" in summary:
             lines.append(f"\nR_dist / T_dist ({length} revisits): model {_fmt(summary[f'revisit/{length}_r_dist'])} / "
