@@ -464,16 +464,22 @@ def _shipped_encoder() -> FrameEncoder:
     return load_encoder()
 
 
-@torch.inference_mode()
-def features(frames, encoder: FrameEncoder | None = None, batch_size: int = 512) -> np.ndarray:
-    """(N, H, W, 3) uint8 frames (numpy or torch) → (N, D) float64 features (default encoder:
-    the shipped one, loaded once)."""
+def _encoder_and_frames(encoder: FrameEncoder | None, frames) -> tuple[FrameEncoder, torch.Tensor]:
+    """The encoder to use (default: the shipped one, loaded once) and the frames as a tensor, checked."""
     encoder = _shipped_encoder() if encoder is None else encoder
     if encoder.training:
         raise ValueError("the encoder is in training mode (batch statistics would mix frames): call .eval() first")
     frames = torch.as_tensor(np.asarray(frames))
     if frames.ndim != 4:
         raise ValueError(f"frames must be (N, H, W, 3) uint8, got shape {tuple(frames.shape)}")
+    return encoder, frames
+
+
+@torch.inference_mode()
+def features(frames, encoder: FrameEncoder | None = None, batch_size: int = 512) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames (numpy or torch) → (N, D) float64 features (default encoder:
+    the shipped one, loaded once)."""
+    encoder, frames = _encoder_and_frames(encoder, frames)
     if len(frames) == 0:
         return np.zeros((0, encoder.config.feature_dim))
     parts = [encoder.embed(frames[start:start + batch_size]) for start in range(0, len(frames), batch_size)]
@@ -485,12 +491,7 @@ def segment(frames, encoder: FrameEncoder | None = None, batch_size: int = 512) 
     """(N, H, W, 3) uint8 frames → (N, H, W) int64 :data:`~minwm_env.world.renderer.LABELS`
     class of each pixel as the encoder's segmentation head reads it (what the frame looks like
     it shows, for frames nobody rendered)."""
-    encoder = _shipped_encoder() if encoder is None else encoder
-    if encoder.training:
-        raise ValueError("the encoder is in training mode (batch statistics would mix frames): call .eval() first")
-    frames = torch.as_tensor(np.asarray(frames))
-    if frames.ndim != 4:
-        raise ValueError(f"frames must be (N, H, W, 3) uint8, got shape {tuple(frames.shape)}")
+    encoder, frames = _encoder_and_frames(encoder, frames)
     parts = [encoder(frames[start:start + batch_size]).segmentation.argmax(1)
              for start in range(0, len(frames), batch_size)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, *frames.shape[1:3]), dtype=np.int64)

@@ -85,6 +85,16 @@ def _deltas(*parts: tuple[tuple[float, ...], int]) -> torch.Tensor:
     return torch.cat(rows)
 
 
+class _Uniform:
+    """``random.Random``-like ``uniform`` over a numpy generator (for ``random_start``)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def uniform(self, low: float, high: float) -> float:
+        return float(self.rng.uniform(low, high))
+
+
 def _free_along(scene, start: np.ndarray, deltas: torch.Tensor, margin: float = 0.3) -> bool:
     poses = start @ camera.compose_deltas(deltas).numpy()
     return all(scene.is_free(p[0, 3], p[1, 3], margin) for p in poses)
@@ -95,13 +105,8 @@ def novel_view_path(scene, kind: str, num_latent: int, seed: int) -> CameraPath:
     to one side, 120° over 40 latent frames), ``walk`` (straight ahead from a start with room in
     front), ``orbit`` (strafe sideways around the nearest object while turning to keep it in view)."""
     rng = np.random.default_rng(seed)
-
-    class _Rng:
-        def uniform(self, low, high):
-            return float(rng.uniform(low, high))
-
     for _ in range(200):
-        start = random_start(scene, _Rng())
+        start = random_start(scene, _Uniform(rng))
         if kind == "turn_120":
             side = 1.0 if rng.uniform() < 0.5 else -1.0
             deltas = _deltas(((0, 0, 0, 3.0 * side, 0, 0), num_latent))
@@ -134,13 +139,8 @@ def revisit_path(scene, length: str, kind: str, chunk_frames: int, seed: int) ->
     steps = REVISIT_KINDS[length]
     half = steps * chunk_frames // 2
     rng = np.random.default_rng(seed)
-
-    class _Rng:
-        def uniform(self, low, high):
-            return float(rng.uniform(low, high))
-
     for _ in range(500):
-        start = random_start(scene, _Rng())
+        start = random_start(scene, _Uniform(rng))
         side = 1.0 if rng.uniform() < 0.5 else -1.0
         if kind == "look":
             out = (0, 0, 0, 3.0 * side, 0, 0)

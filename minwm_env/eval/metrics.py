@@ -86,6 +86,17 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return weights / weights.sum()
 
 
+def ssim_index(luma_a, luma_b, blur):
+    """The SSIM index at every window position of two luminance arrays (numpy or torch), with
+    ``blur`` the windowed mean (constants of Wang et al. 2004 for 8-bit images)."""
+    mu_a, mu_b = blur(luma_a), blur(luma_b)
+    var_a = blur(luma_a * luma_a) - mu_a ** 2
+    var_b = blur(luma_b * luma_b) - mu_b ** 2
+    cov = blur(luma_a * luma_b) - mu_a * mu_b
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+
+
 def ssim(a, b, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
     """Per-frame SSIM on luminance, shape (T,), in [-1, 1] (1 = identical); see the module doc."""
     a, b = _pair(a, b)
@@ -99,12 +110,7 @@ def ssim(a, b, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarr
     def blur(x: torch.Tensor) -> torch.Tensor:  # separable Gaussian filter, valid positions only
         return torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, rows), cols)
 
-    mu_a, mu_b = blur(luma_a), blur(luma_b)
-    var_a = blur(luma_a * luma_a) - mu_a ** 2
-    var_b = blur(luma_b * luma_b) - mu_b ** 2
-    cov = blur(luma_a * luma_b) - mu_a * mu_b
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    index = ssim_index(luma_a, luma_b, blur)
     same = (luma_a == luma_b).flatten(1).all(dim=1)  # exactly 1 for identical frames (no rounding)
     return torch.where(same, torch.ones(()), index.mean(dim=(1, 2, 3))).numpy()
 

@@ -416,12 +416,7 @@ def ssim_map(a, b, window: int = metrics.SSIM_WINDOW, sigma: float = metrics.SSI
     def blur(x: np.ndarray) -> np.ndarray:  # separable Gaussian filter, valid positions only
         return _filter_axis(_filter_axis(x, g, -2, pad=False), g, -1, pad=False)
 
-    mu_a, mu_b = blur(luma_a), blur(luma_b)
-    var_a = blur(luma_a * luma_a) - mu_a ** 2
-    var_b = blur(luma_b * luma_b) - mu_b ** 2
-    cov = blur(luma_a * luma_b) - mu_a * mu_b
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    index = metrics.ssim_index(luma_a, luma_b, blur)
     # identical frames score exactly 1 (compared in RGB: a matrix product's rounding may depend on memory layout)
     same = (a == b).reshape(len(a), -1).all(axis=1)
     return np.where(same[:, None, None], 1.0, index)
