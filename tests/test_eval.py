@@ -263,3 +263,16 @@ def test_minwm_eval_quick_writes_the_report(tmp_path):
     assert (out / "drift.png").stat().st_size > 1000 and (out / "recovery.png").is_file()
     report = (out / "report.md").read_text()
     assert "![drift](drift.png)" in report and "Hardware sensitivity" in report
+
+
+def test_report_verdict_names_the_baselines_beaten_and_lost_to():
+    from minwm_env.eval.report import verdict
+    summary = {"adherence/psnr_db": 21.0, "adherence/baseline_psnr_db": 16.0, "adherence/warp_psnr_db": 22.0,
+               "novel_view/new_detail_ratio": 0.4, "novel_view/warp_new_detail_ratio": 0.5,
+               "novel_view/blurred_warp_new_detail_ratio": 0.2, "object_scale/area_ratio": None}
+    text = " ".join(verdict(summary))
+    assert "PSNR over the paths (21.00) beats repeat start" in text
+    assert "PSNR over the paths (21.00) does not beat the warp" in text
+    assert "detail on new pixels (0.40) beats the blurred warp" in text and "does not beat the warp" in text
+    assert "size of approached objects" not in text  # n/a: not measured, not judged
+    assert verdict({}) == []

@@ -266,10 +266,68 @@ def generation_table(summary: dict) -> list[str]:
     return lines + [""]
 
 
+# (what, model key, better: "higher" or "lower" or "one", baselines as (label, key))
+_VERDICT = [
+    ("PSNR over the paths", "adherence/psnr_db", "higher",
+     [("repeat start", "adherence/baseline_psnr_db"), ("the warp", "adherence/warp_psnr_db"),
+      ("negated actions", "adherence/mirrored_psnr_db")]),
+    ("PSNR over the long rollout", "drift/psnr_db", "higher",
+     [("repeat start", "drift/baseline_psnr_db"), ("the warp", "drift/warp_psnr_db")]),
+    ("PSNR on seen pixels of new views", "novel_view/seen_psnr_db", "higher",
+     [("repeat start", "novel_view/baseline_seen_psnr_db"), ("the warp", "novel_view/warp_seen_psnr_db"),
+      ("the blurred warp", "novel_view/blurred_warp_seen_psnr_db")]),
+    ("detail on new pixels", "novel_view/new_detail_ratio", "one",
+     [("repeat start", "novel_view/baseline_new_detail_ratio"), ("the warp", "novel_view/warp_new_detail_ratio"),
+      ("the blurred warp", "novel_view/blurred_warp_new_detail_ratio")]),
+    ("Fréchet distance of new views (far band)", "novel_view/far_fd", "lower",
+     [("repeat start", "novel_view/far_baseline_fd"), ("the warp", "novel_view/far_warp_fd"),
+      ("the blurred warp", "novel_view/far_blurred_warp_fd"), ("a blurred truth", "novel_view/far_fd_blurred_truth")]),
+    ("PSNR on 257-frame revisits", "revisit/long_psnr_db", "higher",
+     [("repeat start", "revisit/long_baseline_psnr_db"), ("the warp", "revisit/long_warp_psnr_db"),
+      ("the blurred warp", "revisit/long_blurred_warp_psnr_db")]),
+    ("size of approached objects", "object_scale/area_ratio", "one",
+     [("repeat start", "object_scale/baseline_area_ratio")]),
+]
+
+
+def _better(model: float, other: float, better: str) -> bool:
+    if better == "higher":
+        return model > other
+    if better == "lower":
+        return model < other
+    return abs(model - 1.0) < abs(other - 1.0)
+
+
+def verdict(summary: dict) -> list[str]:
+    """The report's first paragraph: which free baselines the model beats and where it fails,
+    from whichever suites ran."""
+    wins, losses = [], []
+    for what, key, better, baselines in _VERDICT:
+        model = summary.get(key)
+        if model is None or not math.isfinite(model):
+            continue
+        beaten = [label for label, other in baselines if summary.get(other) is not None
+                  and _better(model, summary[other], better)]
+        lost = [label for label, other in baselines if summary.get(other) is not None
+                and not _better(model, summary[other], better)]
+        if beaten:
+            wins.append(f"{what} ({_fmt(model)}) beats {', '.join(beaten)}")
+        if lost:
+            losses.append(f"{what} ({_fmt(model)}) does not beat {', '.join(lost)}")
+    if not wins and not losses:
+        return []
+    lines = ["**Verdict.** " + ("; ".join(wins) + "." if wins else "It beats none of the free baselines.")]
+    if losses:
+        lines.append("Where it fails: " + "; ".join(losses) + ".")
+    lines.append("(The free baselines cost nothing: repeating the start frame, the start frame warped along the "
+                 "command, that warp blurred to its best PSNR. A model that only ties them is not yet a world model.)")
+    return [" ".join(lines), ""]
+
+
 def markdown(results: dict, images: list[Path], title: str) -> str:
     summary = results["summary"]
     lines = [f"# {title}", "", f"{results.get('meta', {}).get('date', '')} · "
-             f"{results.get('meta', {}).get('machine', '')}", "",
+             f"{results.get('meta', {}).get('machine', '')}", ""] + verdict(summary) + [
              "| metric | model | reference |", "|---|---|---|"]
     for label, key, reference, reference_label in _ROWS:
         if key not in summary:
