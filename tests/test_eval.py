@@ -276,3 +276,11 @@ def test_report_verdict_names_the_baselines_beaten_and_lost_to():
     assert "detail on new pixels (0.40) beats the blurred warp" in text and "does not beat the warp" in text
     assert "size of approached objects" not in text  # n/a: not measured, not judged
     assert verdict({}) == []
+
+
+def test_path_labels_say_what_the_path_does():
+    from minwm_env.eval.evaluator import describe_motion
+    from minwm_env.pose_strings import parse_pose_string
+    assert describe_motion(parse_pose_string("w*4,l*8").numpy()) == "walks 0.3 u, turns right 24°"
+    assert describe_motion(parse_pose_string("j*8,l*2,i*3").numpy()) == "turns left 18° (30° in all), tilts up 9°"
+    assert describe_motion(np.zeros((4, 6))) == "stands still"

@@ -138,6 +138,22 @@ def commanded_motion(actions) -> np.ndarray:
     return camera.compose_deltas(torch.as_tensor(np.asarray(actions), dtype=torch.float64))[-1].numpy()
 
 
+def describe_motion(deltas) -> str:
+    """What a path of (N, 6) per-latent-frame deltas does, in words for plot labels: how far it
+    walks and which way it turns and tilts in total (a path named 'walk' may mostly turn)."""
+    deltas = np.asarray(deltas, dtype=np.float64)
+    distance = float(np.linalg.norm(deltas[:, :3], axis=1).sum())
+    yaw, pitch = float(deltas[:, 3].sum()), float(deltas[:, 4].sum())
+    turned = float(np.abs(deltas[:, 3]).sum())
+    parts = [f"walks {distance:.1f} u"] if distance > 1e-6 else []
+    if turned > 1e-6:
+        parts.append(f"turns {'right' if yaw >= 0 else 'left'} {abs(yaw):.0f}°"
+                     + (f" ({turned:.0f}° in all)" if turned - abs(yaw) > 1 else ""))
+    if abs(pitch) > 1e-6:
+        parts.append(f"tilts {'up' if pitch > 0 else 'down'} {abs(pitch):.0f}°")
+    return ", ".join(parts) or "stands still"
+
+
 def _nan(value) -> float:
     return math.nan if value is None else float(value)
 
@@ -260,7 +276,8 @@ class Evaluator:
             path = self._path(kind, config.chunks, i)
             model_run, truth_run = paired_rollout(self.model, self.truth, path, seed=config.seed + i)
             model_motion, truth_motion = self._step_motions(model_run), self._step_motions(truth_run)
-            record = {"kind": kind, "pose_string": path.pose_string, "rotation_error_deg": [],
+            record = {"kind": kind, "pose_string": path.pose_string, "label": describe_motion(path.deltas.numpy()),
+                      "rotation_error_deg": [],
                       "translation_direction_error_deg": [], "truth_rotation_error_deg": [],
                       "truth_translation_direction_error_deg": [], "pose_rotation_error_deg": [],
                       "pose_translation_error_deg": [], "failures": 0, "truth_failures": 0}

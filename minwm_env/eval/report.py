@@ -78,7 +78,7 @@ def _median_or_nan(values) -> float:
 def plot_adherence(adherence: dict, path: Path) -> Path:
     plt = _pyplot()
     paths = adherence["paths"]
-    labels = [f"{i}: {p['kind']}" for i, p in enumerate(paths)]
+    labels = [f"{i}: {p.get('label', p['kind'])}" for i, p in enumerate(paths)]
     x = np.arange(len(paths))
     figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     for axis, key, title in ((axes[0], "rotation_error_deg", "rotation error (deg)"),
