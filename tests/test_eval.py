@@ -148,6 +148,9 @@ def test_ground_truth_scores_perfect_adherence_and_no_drift(truth_scores):
     assert summary["adherence/warp_psnr_db"] > summary["adherence/baseline_psnr_db"] + 2
     assert summary["drift/warp_psnr_db"] > summary["drift/baseline_psnr_db"]
     assert summary["drift/beats_warp_fraction"] == 1.0
+    # as sharp as itself at every horizon, with its own block statistics
+    assert summary["drift/detail_ratio"] == 1.0 and summary["drift/detail_ratio_final"] == 1.0
+    assert summary["drift/blockiness"] == summary["drift/truth_blockiness"]
     assert summary["consistency/flicker_ratio"] == 1.0 and summary["consistency/loop_closure_error"] == 0
     assert summary["controllability/direction_agreement"] == 1.0
     assert summary["idle/final_difference"] == 0 and summary["idle/estimated_rotation_deg_per_step"] == 0

@@ -26,7 +26,7 @@ from ..envs.world_model import WorldModelEnv
 from ..pose_strings import KEY_DELTAS
 from ..warp import warp_along_actions
 from ..world.paths import PATH_KINDS, random_path, random_start
-from . import generation, metrics
+from . import generation, metrics, quality
 from .motion import METHODS, RelativeMotion, estimate_motion, expected_flow, image_flow
 from .rollout import Rollout, env_layout, paired_rollout, render_start, rollout
 
@@ -57,6 +57,10 @@ DEFINITIONS = {
     "drift/beats_baseline_fraction": "fraction of horizons where the model's PSNR beats repeating the start frame",
     "drift/warp_psnr_db": "the drift PSNR of the warp baseline (see adherence/warp_psnr_db)",
     "drift/beats_warp_fraction": "fraction of horizons where the model's PSNR beats the warp baseline",
+    "drift/detail_ratio": "detail of the model's step-end frames relative to the truth's, pooled over horizons "
+                          "(1 = as detailed; < 1 blurrier; block artefacts cannot raise it; _final: the last step)",
+    "drift/blockiness": "mean step across 4-px cell boundaries over that inside cells, model frames, mean over "
+                        "horizons (truth_blockiness beside it; higher = more block artefacts)",
     "consistency/flicker": "mean absolute difference of consecutive frames (0..255), mean over paths",
     "consistency/flicker_ratio": "model flicker / truth flicker along the same path (1 = as much change as the truth)",
     "consistency/loop_closure_error": "mean absolute difference (0..255) between the last and the start frame of an "
@@ -152,6 +156,10 @@ def describe_motion(deltas) -> str:
     if abs(pitch) > 1e-6:
         parts.append(f"tilts {'up' if pitch > 0 else 'down'} {abs(pitch):.0f}°")
     return ", ".join(parts) or "stands still"
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _nan(value) -> float:
@@ -350,6 +358,7 @@ class Evaluator:
         """Error against horizon along ``drift_paths`` long paths, with the repeat-start-frame baseline."""
         config = self.config
         mse, ssim, baseline_mse, baseline_ssim, warp_mse, strings = [], [], [], [], [], []
+        model_last, truth_last = [], []  # (paths, K, H, W, 3): detail and block artefacts per horizon
         for i in range(config.drift_paths):
             path = self._path(config.drift_kind, config.drift_chunks, 500 + i)
             model_run, truth_run = paired_rollout(self.model, self.truth, path, seed=config.seed + 500 + i, keep="last")
@@ -361,11 +370,21 @@ class Evaluator:
             per_step = self.layout.frames_per_chunk
             warp_mse.append(metrics.mse(self._warp_baseline(model_run)[per_step - 1::per_step], truth_frames[1:]))
             strings.append(path.pose_string)
+            model_last.append(model_frames)
+            truth_last.append(truth_frames[1:])
         mse, baseline_mse = np.mean(mse, axis=0), np.mean(baseline_mse, axis=0)  # (K,) over paths
         warp_mse = np.mean(warp_mse, axis=0)
         ssim, baseline_ssim = np.mean(ssim, axis=0), np.mean(baseline_ssim, axis=0)
+        model_last, truth_last = np.stack(model_last, 1), np.stack(truth_last, 1)  # (K, paths, H, W, 3)
+        detail = [_finite(quality.pooled_detail_ratio(m, t)) for m, t in zip(model_last, truth_last)]
+        blocks = [_mean(quality.blockiness(m)) for m in model_last]
+        truth_blocks = [_mean(quality.blockiness(t)) for t in truth_last]
         summary = {
             "drift/num_steps": config.drift_chunks,
+            "drift/detail_ratio": _finite(quality.pooled_detail_ratio(model_last.reshape(-1, *model_last.shape[2:]),
+                                                                      truth_last.reshape(-1, *truth_last.shape[2:]))),
+            "drift/detail_ratio_final": detail[-1],
+            "drift/blockiness": _mean(blocks), "drift/truth_blockiness": _mean(truth_blocks),
             "drift/psnr_db": _pooled_psnr_db(mse), "drift/psnr_db_final": _psnr_db(mse[-1:])[0],
             "drift/ssim": float(ssim.mean()), "drift/ssim_final": float(ssim[-1]),
             "drift/baseline_psnr_db": _pooled_psnr_db(baseline_mse), "drift/baseline_ssim": float(baseline_ssim.mean()),
@@ -374,8 +393,8 @@ class Evaluator:
         }
         return {"pose_strings": strings, "psnr_db_curve": _psnr_db(mse), "ssim_curve": ssim.tolist(),
                 "baseline_psnr_db_curve": _psnr_db(baseline_mse), "baseline_ssim_curve": baseline_ssim.tolist(),
-                "warp_psnr_db_curve": _psnr_db(warp_mse),
-                "summary": summary}
+                "warp_psnr_db_curve": _psnr_db(warp_mse), "detail_ratio_curve": detail, "blockiness_curve": blocks,
+                "truth_blockiness_curve": truth_blocks, "summary": summary}
 
     def consistency(self) -> dict:
         """Loop closure along out-and-back paths (flicker comes with :meth:`adherence`)."""

@@ -54,7 +54,7 @@ def _values(values) -> np.ndarray:
 
 def plot_drift(drift: dict, path: Path) -> Path:
     plt = _pyplot()
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    figure, (top, bottom, detail) = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
     steps = np.arange(1, len(drift["psnr_db_curve"]) + 1)
     top.plot(steps, drift["psnr_db_curve"], label="model")
     top.plot(steps, drift["baseline_psnr_db_curve"], "--", label="repeat start frame")
@@ -65,8 +65,15 @@ def plot_drift(drift: dict, path: Path) -> Path:
     bottom.plot(steps, drift["ssim_curve"], label="model")
     bottom.plot(steps, drift["baseline_ssim_curve"], "--", label="repeat start frame")
     bottom.set_ylabel("SSIM vs truth")
-    bottom.set_xlabel("horizon (steps of one chunk)")
     top.set_title("Accumulated drift: error against horizon")
+    if "detail_ratio_curve" in drift:
+        detail.plot(steps, _values(drift["detail_ratio_curve"]), label="detail / truth's (1 = as sharp)")
+        detail.plot(steps, _values(drift["blockiness_curve"]), "--", label="blockiness, model")
+        detail.plot(steps, _values(drift["truth_blockiness_curve"]), ":", label="blockiness, truth")
+        detail.axhline(1.0, color="grey", linewidth=0.5)
+        detail.set_ylabel("ratio")
+        detail.legend(fontsize="small")
+    detail.set_xlabel("horizon (steps of one chunk)")
     return _save(figure, path)
 
 
@@ -201,6 +208,9 @@ _ROWS = [
     ("drift: horizons beating the baseline", "drift/beats_baseline_fraction", None, ""),
     ("drift: PSNR of the warped start frame (dB)", "drift/warp_psnr_db", None, ""),
     ("drift: horizons beating the warped start frame", "drift/beats_warp_fraction", None, ""),
+    ("drift: detail / truth's (1 = as sharp)", "drift/detail_ratio", None, ""),
+    ("drift: detail / truth's at the last step", "drift/detail_ratio_final", None, ""),
+    ("drift: blockiness (4-px grid)", "drift/blockiness", "drift/truth_blockiness", "truth"),
     ("flicker (0..255)", "consistency/flicker", "consistency/truth_flicker", "truth"),
     ("flicker / truth's flicker", "consistency/flicker_ratio", None, ""),
     ("loop closure error (0..255)", "consistency/loop_closure_error", "consistency/truth_loop_closure_error", "truth"),
