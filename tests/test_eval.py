@@ -138,6 +138,9 @@ def test_ground_truth_scores_perfect_adherence_and_no_drift(truth_scores):
     assert summary["adherence/failure_fraction"] <= 0.25
     assert summary["adherence/pose_rotation_error_deg"] == 0  # same frames, same estimate
     assert summary["adherence/psnr_db"] == metrics.PSNR_CAP_DB and summary["adherence/ssim"] == 1.0
+    assert summary["adherence/seen_psnr_db"] == metrics.PSNR_CAP_DB and summary["adherence/new_detail_ratio"] == 1.0
+    assert 0 < summary["adherence/new_fraction"] < 1
+    assert summary["adherence/warp_seen_psnr_db"] < 40  # the warp through a plane is not the truth
     assert summary["adherence/baseline_psnr_db"] < 25  # the paths move: repeating the start frame is wrong
     # The truth driven by the negated actions ends somewhere else: far from the truth of the true ones.
     assert summary["adherence/mirrored_psnr_db"] < 25

@@ -48,6 +48,10 @@ DEFINITIONS = {
                          "(100 dB = identical)",
     "adherence/ssim": "SSIM (luminance, 11x11 Gaussian window) of the model against the truth, mean over all frames",
     "adherence/baseline_*": "the same for the baseline that repeats the start frame",
+    "adherence/seen_psnr_db": "PSNR (dB, higher) over the pixels of the paths' frames that the start frame showed "
+                              "(truth depth decides); warp_seen_psnr_db: the same for the warp baseline",
+    "adherence/new_detail_ratio": "detail on the newly revealed pixels relative to the truth's (1 = as detailed), "
+                                  "mean over paths; new_fraction: the share of such pixels",
     "adherence/warp_psnr_db": "the same for a geometric baseline: the start frame reprojected into every commanded "
                               "camera through a plane at warp_baseline_depth (no model)",
     "adherence/mirrored_psnr_db": "PSNR against the same truth of the model rolled out from the same start and noise "
@@ -318,7 +322,15 @@ class Evaluator:
                 mirrored_mse = metrics.mse(mirrored_run.all_frames()[1:], truth_frames[1:]).reshape(-1, per_step).mean(1)
                 record.update(mirrored_mse=mirrored_mse.tolist(), mirrored_psnr_db=_psnr_db(mirrored_mse))
             baseline_mse = metrics.mse(truth_frames[:1], truth_frames[1:]).reshape(-1, per_step).mean(1)
-            warp_mse = metrics.mse(self._warp_baseline(model_run), truth_frames[1:]).reshape(-1, per_step).mean(1)
+            warp = self._warp_baseline(model_run)
+            warp_mse = metrics.mse(warp, truth_frames[1:]).reshape(-1, per_step).mean(1)
+            # pixels the start frame showed and pixels it did not, scored apart
+            poses = generation.frame_world_poses(path, per_step // self.layout.chunk_frames)
+            seen, parts = generation.seen_and_new(self, poses, truth_frames[1:],
+                                                  {"model": model_frames[1:], "warp": warp})
+            record.update(new_fraction=float((~seen).mean()), seen_mse=parts["model"]["seen_mse"],
+                          warp_seen_mse=parts["warp"]["seen_mse"], new_detail_ratio=parts["model"]["new_detail_ratio"],
+                          warp_new_detail_ratio=parts["warp"]["new_detail_ratio"])
             record.update(warp_mse=warp_mse.tolist(), warp_psnr_db=_psnr_db(warp_mse))
             record.update(
                 mse=mse.tolist(), baseline_mse=baseline_mse.tolist(), psnr_db=_psnr_db(mse),
@@ -348,6 +360,12 @@ class Evaluator:
             "adherence/baseline_ssim": _mean(pooled("baseline_ssim")),
             "adherence/mirrored_psnr_db": _pooled_psnr_db(pooled("mirrored_mse")) if config.mirrored else None,
             "adherence/warp_psnr_db": _pooled_psnr_db(pooled("warp_mse")),
+            "adherence/new_fraction": _mean([p["new_fraction"] for p in paths]),
+            "adherence/seen_psnr_db": _pooled_psnr_db([p["seen_mse"] for p in paths if p["seen_mse"] is not None]),
+            "adherence/warp_seen_psnr_db": _pooled_psnr_db([p["warp_seen_mse"] for p in paths
+                                                           if p["warp_seen_mse"] is not None]),
+            "adherence/new_detail_ratio": _mean([p["new_detail_ratio"] for p in paths]),
+            "adherence/warp_new_detail_ratio": _mean([p["warp_new_detail_ratio"] for p in paths]),
             "consistency/flicker": _mean([p["flicker"] for p in paths]),
             "consistency/truth_flicker": _mean([p["truth_flicker"] for p in paths]),
             "consistency/flicker_ratio": _mean([p["flicker_ratio"] for p in paths]),

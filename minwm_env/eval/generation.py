@@ -180,7 +180,7 @@ def approach_path(scene, num_latent: int, seed: int, stop_distance: float = 0.45
 
 # -- scoring helpers -------------------------------------------------------------------------------
 
-def _frame_world_poses(path: CameraPath, temporal_factor: int) -> np.ndarray:
+def frame_world_poses(path: CameraPath, temporal_factor: int) -> np.ndarray:
     """(1 + N·factor, 4, 4) world c2w of every RGB frame, interpolated as the world renders them."""
     return path.start_c2w @ rgb_frame_poses(path.relative_c2w(), temporal_factor).numpy()
 
@@ -222,40 +222,51 @@ def _candidates(evaluator, model_run: Rollout, truth_run: Rollout, path, seed: i
 
 # -- suites ----------------------------------------------------------------------------------------
 
+def seen_and_new(evaluator, poses: np.ndarray, truth: np.ndarray, frames: dict[str, np.ndarray]):
+    """Score ``frames[name]`` (N, H, W, 3) against ``truth`` apart on the pixels the start frame
+    showed and on the newly revealed ones; ``poses`` (1 + N, 4, 4) world c2w of the start and of
+    every frame. Returns the seen mask (N, H, W) and per candidate: PSNR per step and pooled
+    MSE, SSIM on seen pixels, detail on new pixels (per step and pooled) and blockiness."""
+    renderer = evaluator.truth.unwrapped.renderer
+    per_step = evaluator.layout.frames_per_chunk
+    num_steps = len(truth) // per_step
+    depth = np.stack([renderer.render_depth(p) for p in poses])
+    seen = quality.seen_mask(poses[0], depth[0], poses[1:], evaluator.intrinsics, depth[1:])
+    new = ~seen
+    steps = [slice(k * per_step, (k + 1) * per_step) for k in range(num_steps)]
+    scores = {}
+    for name, candidate in frames.items():
+        seen_err = np.where(seen[..., None], (candidate.astype(np.float64) - truth) ** 2, np.nan)
+        seen_mse = _row_nanmean(seen_err.reshape(len(truth), -1))
+        scores[name] = {
+            "seen_psnr_db_curve": [_psnr_db(seen_mse[k]) for k in steps],
+            "seen_mse": _nanmean(seen_mse),
+            "seen_ssim": _nanmean(quality.masked_ssim(candidate, truth, seen)),
+            "new_detail_ratio": _finite(quality.masked_detail_ratio(candidate, truth, new)),
+            "new_detail_ratio_curve": [_finite(quality.masked_detail_ratio(candidate[k], truth[k], new[k]))
+                                       for k in steps],
+            "blockiness": _nanmean(quality.blockiness(candidate)),
+        }
+    return seen, scores
+
+
 def novel_view(evaluator) -> dict:
     """Seen content by PSNR/SSIM, new content by detail, blockiness and plausibility."""
     config, layout = evaluator.config, evaluator.layout
-    renderer = evaluator.truth.unwrapped.renderer
     temporal_factor = layout.frames_per_chunk // layout.chunk_frames
     num_latent = config.novel_chunks * layout.chunk_frames
-    intrinsics = evaluator.intrinsics
     paths, pooled, by_step, step_poses = [], {}, {}, []
     for i, kind in enumerate(NOVEL_KINDS):
         path = novel_view_path(evaluator.scene, kind, num_latent, seed=config.seed * 1000 + 700 + i)
         model_run, truth_run = paired_rollout(evaluator.model, evaluator.truth, path, seed=config.seed + 700 + i)
-        poses = _frame_world_poses(path, temporal_factor)
+        poses = frame_world_poses(path, temporal_factor)
         truth = truth_run.all_frames()[1:]
-        depth = np.stack([renderer.render_depth(p) for p in poses])
-        seen = quality.seen_mask(poses[0], depth[0], poses[1:], intrinsics, depth[1:])
-        new = ~seen
         frames, sigma = _candidates(evaluator, model_run, truth_run, path, config.seed + 700 + i)
-        record = {"kind": kind, "label": _NOVEL_LABELS[kind], "new_fraction_curve": new.mean((1, 2)).tolist(),
-                  "blurred_warp_sigma": sigma}
+        seen, scores = seen_and_new(evaluator, poses, truth, frames)
+        record = {"kind": kind, "label": _NOVEL_LABELS[kind], "new_fraction_curve": (~seen).mean((1, 2)).tolist(),
+                  "blurred_warp_sigma": sigma, **scores}
         per_step = layout.frames_per_chunk
         for name, candidate in frames.items():
-            seen_err = np.where(seen[..., None], (candidate.astype(np.float64) - truth) ** 2, np.nan)
-            seen_mse = _row_nanmean(seen_err.reshape(len(truth), -1))
-            record[name] = {
-                "seen_psnr_db_curve": [_psnr_db(seen_mse[k * per_step:(k + 1) * per_step])
-                                       for k in range(model_run.num_chunks)],
-                "seen_mse": _nanmean(seen_mse),
-                "seen_ssim": _nanmean(quality.masked_ssim(candidate, truth, seen)),
-                "new_detail_ratio": _finite(quality.masked_detail_ratio(candidate, truth, new)),
-                "new_detail_ratio_curve": [_finite(quality.masked_detail_ratio(
-                    candidate[k * per_step:(k + 1) * per_step], truth[k * per_step:(k + 1) * per_step],
-                    new[k * per_step:(k + 1) * per_step])) for k in range(model_run.num_chunks)],
-                "blockiness": _nanmean(quality.blockiness(candidate)),
-            }
             pooled.setdefault(name, []).append(record[name])
             by_step.setdefault(name, []).append(candidate.reshape(model_run.num_chunks, per_step, *truth.shape[1:]))
         by_step.setdefault("truth", []).append(truth.reshape(model_run.num_chunks, per_step, *truth.shape[1:]))
@@ -458,7 +469,7 @@ def object_scale(evaluator) -> dict:
         geom_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_GEOM, geom_name)
         model_run, truth_run = paired_rollout(evaluator.model, evaluator.truth, path, seed=config.seed + 900 + i,
                                               keep="last")
-        poses = _frame_world_poses(path, temporal_factor)[::layout.frames_per_chunk]
+        poses = frame_world_poses(path, temporal_factor)[::layout.frames_per_chunk]
         geoms = np.stack([renderer.render_labels(p)[1] for p in poses])
         truth = truth_run.last_frames()
         model = model_run.last_frames()
