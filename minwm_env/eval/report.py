@@ -130,9 +130,13 @@ def plot_controllability(controllability: dict, path: Path) -> Path:
     turn = controllability["patterns"][0]
     steps = np.arange(1, len(turn["commanded_yaw_deg"]) + 1)
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot(steps, turn["commanded_yaw_deg"], "s-", label="commanded", color="black")
-    axis.plot(steps, _values(turn["estimated_yaw_deg"]), "o-", label="estimated from the model's frames")
-    axis.plot(steps, _values(turn["truth_estimated_yaw_deg"]), "x--", label="estimated from the truth's frames")
+    # the command as a wide pale band underneath, the model's line on top: where the model
+    # follows the command exactly, its line stays visible on the band
+    axis.plot(steps, turn["commanded_yaw_deg"], "-", label="commanded", color="black", linewidth=8, alpha=0.2, zorder=1)
+    axis.plot(steps, _values(turn["truth_estimated_yaw_deg"]), "x--", label="estimated from the truth's frames",
+              color="tab:green", zorder=2)
+    axis.plot(steps, _values(turn["estimated_yaw_deg"]), "o-", label="estimated from the model's frames",
+              color="tab:blue", markerfacecolor="none", zorder=3)
     axis.axhline(0, color="grey", linewidth=0.5)
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("step")
