@@ -203,6 +203,7 @@ _ROWS = [
      "adherence/truth_translation_direction_error_deg", "truth"),
     ("motion estimation failures", "adherence/failure_fraction", "adherence/truth_failure_fraction", "truth"),
     ("rotation error vs the truth's estimate (deg)", "adherence/pose_rotation_error_deg", None, ""),
+    ("translation direction error vs the truth's estimate (deg)", "adherence/pose_translation_error_deg", None, ""),
     ("PSNR vs truth (dB)", "adherence/psnr_db", "adherence/baseline_psnr_db", "repeat start"),
     ("PSNR vs truth, actions negated (dB)", "adherence/mirrored_psnr_db", None, ""),
     ("PSNR vs truth of the warped start frame, no model (dB)", "adherence/warp_psnr_db", None, ""),
