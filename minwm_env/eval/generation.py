@@ -33,7 +33,7 @@ import torch
 
 from .. import camera
 from ..world.paths import CameraPath, random_start, rgb_frame_poses
-from ..world.renderer import look_pose
+from ..world.renderer import LABELS, look_pose
 from . import features, metrics, quality
 from . import evaluator as _evaluator  # motion_errors, commanded_motion (used at call time: no cycle)
 from .rollout import Rollout, paired_rollout, rollout
@@ -359,7 +359,6 @@ def layout_plausible(labels: np.ndarray, c2w: np.ndarray, intrinsics, tolerance:
     """(N,) bool: does each frame's segmentation (N, H, W) sit where a camera posed ``c2w`` (N, 4, 4)
     would see it? Floor may not appear above the horizon, sky not below it (each at most a
     fraction ``tolerance`` of those pixels; a band of ``margin_deg`` around the horizon is free)."""
-    from ..world.renderer import LABELS
     num, height, width = labels.shape
     fx, fy, cx, cy = np.asarray(intrinsics, np.float64)
     v, u = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij")
