@@ -237,11 +237,13 @@ class SpaceToDepthCodec(torch.nn.Module):
         return latent_size(height, width, self.spatial_factor)
 
     def pack(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 4n, H, W) → (B, C, n, h, w)."""
-        batch, _, count, height, width = frames.shape
+        """(B, 3, 4n, H, W) → (B, C, n, h, w); other channel counts pack alike (a 1-channel
+        validity mask → (B, C / 3, n, h, w), each value where its pixel's colours go)."""
+        batch, channels, count, height, width = frames.shape
         f = self.spatial_factor
-        x = torch.nn.functional.pixel_unshuffle(frames.transpose(1, 2).reshape(batch * count, 3, height, width), f)
-        x = x.reshape(batch, count // self.temporal_factor, self.temporal_factor * 3 * f * f, height // f, width // f)
+        x = torch.nn.functional.pixel_unshuffle(frames.transpose(1, 2).reshape(batch * count, channels, height, width), f)
+        x = x.reshape(batch, count // self.temporal_factor, self.temporal_factor * channels * f * f, height // f,
+                      width // f)
         return (x.transpose(1, 2) * self.scale).to(frames.dtype)
 
     def unpack(self, latents: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .flow import check_prediction_type
 from .integrity import check_files, check_finite, describe_non_finite, non_finite, weight_files, write_manifest
 from .jsonfile import read_json
 from .streaming import ChunkStream
-from .warp import warped_reference
+from .warp import WARP_FILLS, warped_reference
 
 SETTINGS_FILE = "minwm.json"
 CONDITIONING_DIR = "conditioning"
@@ -73,6 +73,9 @@ class ModelSettings:
     warp_depth: float | None = None
     """the depth, in world units, of the plane a warp reprojects through (None: infinitely far,
     so only rotations move the reference)"""
+    warp_fill: str = "border"
+    """what a warp puts where the reference never looked: "border" (its nearest border pixel,
+    stretched) or "blank" (zero, and the validity of every pixel travels with the reference)"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":
@@ -87,6 +90,10 @@ class ModelSettings:
         check_prediction_type(settings.prediction_type)
         if settings.warp_reference and not settings.residual_reference:
             raise ValueError(f"{source}: warp_reference needs residual_reference (the warp is what the output is added to)")
+        if settings.warp_fill not in WARP_FILLS:
+            raise ValueError(f"{source}: warp_fill must be one of {WARP_FILLS}, got {settings.warp_fill!r}")
+        if settings.warp_fill != "border" and not settings.warp_reference:
+            raise ValueError(f"{source}: warp_fill={settings.warp_fill!r} needs warp_reference")
         if settings.warp_depth is not None and not settings.warp_depth > 0:
             raise ValueError(f"{source}: warp_depth must be positive or null (infinitely far), got {settings.warp_depth}")
         return settings
@@ -131,6 +138,20 @@ PRESETS: dict[str, ModelPreset] = {
                                intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
         description="4-layer Wan (width 128) on a space-to-depth latent at 64x64: the default world model's architecture",
     ),
+    # minwm-default v2 (issue 18): the same network, told what the warp knows. The warped
+    # reference enters beside the noisy latent (not only as what the output is added to), and
+    # what the last frame never saw is left blank, with each pixel's validity beside it, so
+    # new content is drawn by the network instead of arriving as stretched border pixels.
+    "default-v2": ModelPreset(
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
+                         in_channels=192 + 192 + 64, out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512,
+                         num_layers=4),
+        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
+        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
+                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_fill="blank",
+                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+        description="default's network seeing the warped reference and its validity (blank where unseen)",
+    ),
     "wan21-1.3b": ModelPreset(
         transformer=_WAN21_13B,
         vae={},  # diffusers' defaults are the Wan2.1 VAE
@@ -148,6 +169,18 @@ class WorldModel:
     codec: WanVAECodec | SpaceToDepthCodec
     settings: ModelSettings
 
+    def __post_init__(self):
+        extra = getattr(self.backbone, "reference_channels", 0)
+        if not extra:
+            return
+        channels = self.backbone.latent_channels
+        expected = channels + (channels // 3 if self.settings.warp_fill == "blank" else 0)
+        if not self.settings.residual_reference or extra != expected:
+            raise ValueError(f"the backbone takes {extra} input channels beside its {channels}-channel latent; with "
+                             f"residual_reference={self.settings.residual_reference} and warp_fill="
+                             f"{self.settings.warp_fill!r} the reference has "
+                             f"{expected if self.settings.residual_reference else 0}")
+
     @property
     def device(self) -> torch.device:
         return self.backbone.transformer.patch_embedding.weight.device
@@ -160,7 +193,8 @@ class WorldModel:
         last RGB frame seen from ``reference_c2w`` (B, 1 or F, 4, 4); previous_c2w and c2w
         (B, F, 4, 4): the poses of the latent frame before each new frame and of the frame;
         intrinsics (B, F, 4). Plain residual models take ``reference`` as it is; with
-        ``warp_reference`` it is reprojected into every new frame's cameras (B, C, F, h, w).
+        ``warp_reference`` it is reprojected into every new frame's cameras (B, C, F, h, w), and
+        with ``warp_fill="blank"`` its validity follows the colours (B, C + C / 3, F, h, w).
         """
         if not self.settings.warp_reference:
             return reference
@@ -169,7 +203,8 @@ class WorldModel:
                              f"codec is {type(self.codec).__name__}")
         device = reference.device
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
-                                c2w.to(device), intrinsics.to(device), self.settings.warp_depth)
+                                c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
+                                self.settings.warp_fill)
 
     @property
     def dtype(self) -> torch.dtype:

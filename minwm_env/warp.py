@@ -42,17 +42,23 @@ def rgb_frame_poses(previous_c2w: torch.Tensor, c2w: torch.Tensor, temporal_fact
     return poses
 
 
+WARP_FILLS = ("border", "blank")
+
+
 def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.Tensor, intrinsics: torch.Tensor,
-               depth: float | None = None) -> torch.Tensor:
-    """Reproject ``image`` (B, 3, H, W), seen from ``source_c2w`` (B, 4, 4), into the cameras
-    ``target_c2w`` (B, N, 4, 4) → (B, 3, N, H, W).
+               depth: float | None = None, fill: str = "border") -> torch.Tensor:
+    """Reproject ``image`` (B, C, H, W), seen from ``source_c2w`` (B, 4, 4), into the cameras
+    ``target_c2w`` (B, N, 4, 4) → (B, C, N, H, W).
 
     intrinsics (B, 4) normalised [fx/W, fy/H, cx/W, cy/H], shared by both cameras. Each target
     pixel's ray meets a plane at ``depth`` in front of the target camera (``None``: at
     infinity, so only the rotation matters); that point is looked up in the source image
-    (bilinear). Points outside the source view take its nearest border pixel; points behind
-    the source camera take the border too.
+    (bilinear). Points outside the source view, or behind the source camera, take its nearest
+    border pixel (``fill="border"``) or zero (``"blank"``: warp a channel of ones alongside and
+    it becomes the validity of each pixel, 1 where the source saw it, 0 where it did not).
     """
+    if fill not in WARP_FILLS:
+        raise ValueError(f"warp fill must be one of {WARP_FILLS}, got {fill!r}")
     batch, channels, height, width = image.shape
     num_targets = target_c2w.shape[1]
     if source_c2w.shape != (batch, 4, 4) or target_c2w.shape != (batch, num_targets, 4, 4):
@@ -81,18 +87,22 @@ def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.
     grid = torch.where(in_front[..., None], grid, torch.full_like(grid, 2.0)).clamp(-2, 2)
     grid = grid.reshape(batch * num_targets, height, width, 2).to(image.dtype)
     source = image[:, None].expand(-1, num_targets, -1, -1, -1).reshape(batch * num_targets, channels, height, width)
-    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    padding = "border" if fill == "border" else "zeros"
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding, align_corners=False)
     return warped.reshape(batch, num_targets, channels, height, width).transpose(1, 2)
 
 
 def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
-                     c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None) -> torch.Tensor:
+                     c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
+                     fill: str = "border") -> torch.Tensor:
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
     reference (B, C, 1 or F, h, w): each frame's clean reference latent; reference_c2w (B, 1 or
     F, 4, 4) the pose of its last RGB frame; previous_c2w and c2w (B, F, 4, 4) the poses of the
     latent frame before each frame and of the frame; intrinsics (B, F, 4) → (B, C, F, h, w).
+    With ``fill="blank"`` what the reference never saw is zero (mid-grey) and the validity of
+    every pixel, packed like the colours, follows: (B, C + C / 3, F, h, w).
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -101,16 +111,23 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                          f"and poses of shape {tuple(reference_c2w.shape)}")
     factor = codec.temporal_factor
     images = codec.unpack(reference)[:, :, factor - 1::factor]  # (B, 3, refs, H, W): each one's last RGB frame
+    if fill == "blank":  # a channel of ones comes out as the validity
+        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
     targets = rgb_frame_poses(previous_c2w, c2w, factor)  # (B, F, T, 4, 4)
     if num_refs == 1:
-        warped = warp_image(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], depth)
+        warped = warp_image(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], depth,
+                            fill)
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
         warped = warp_image(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
                             reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
-                            intrinsics.reshape(rows, 4), depth)  # (B·F, 3, T, H, W)
+                            intrinsics.reshape(rows, 4), depth, fill)  # (B·F, 3 or 4, T, H, W)
         warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
-    return codec.pack(warped.to(reference.dtype)).to(reference.dtype)
+    colours = codec.pack(warped[:, :3].to(reference.dtype)).to(reference.dtype)
+    if fill == "border":
+        return colours
+    validity = codec.pack(warped[:, 3:].to(reference.dtype)).to(reference.dtype) / codec.scale.to(reference.dtype)
+    return torch.cat([colours, validity], dim=1)
 
 
 def warp_along_actions(image: torch.Tensor, actions: torch.Tensor, intrinsics: torch.Tensor, temporal_factor: int,

@@ -144,6 +144,23 @@ PRESETS: dict[str, dict[str, dict]] = {
         "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
                                                     ema_start=100),
     },
+    # minwm-default v2 (issue 18): the default recipe on the default-v2 network (warped
+    # reference and its validity as inputs, blank where unseen), then stage 3: DMD against the
+    # stage-0 bidirectional model on the student's own rollouts, because a regression target
+    # (stages 1-2c) can only draw the mean of what comes into view.
+    "default-v2": {
+        "all": dict(model="default-v2", batch_size=8, lr=3e-4, prediction_type="x0", camera="none",
+                    actions="camera", num_latent_frames=5, chunk_frames=4, checkpoint_every=100,
+                    keep_checkpoints=1, log_every=10, ema_decay=0.998, ema_start=200, ode_teacher_steps=16,
+                    ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
+                    dmd_rollout_chunks=1),
+        "stage0": dict(steps=2000), "stage1": dict(steps=1200), "stage2a": dict(steps=1000),
+        "stage2b": dict(steps=1000),
+        "stage2c": dict(steps=500, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99,
+                        ema_start=100),
+        "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100,
+                       num_latent_frames=9, dmd_rollout_chunks=2),
+    },
     "wan21-1.3b": {
         "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
                     lr=2e-6, camera="prope", num_latent_frames=20, chunk_frames=4, ode_teacher_steps=48,

@@ -31,9 +31,9 @@ def default_data(tmp_path_factory):
     return root / "latents"
 
 
-def _config(stage: str, data, out, **overrides):
+def _config(stage: str, data, out, preset: str = "default", **overrides):
     # the recipe's settings at a test's size: batch 2, a few steps
-    return preset_config("default", stage, data=str(data), out=str(out), batch_size=2, checkpoint_every=1000,
+    return preset_config(preset, stage, data=str(data), out=str(out), batch_size=2, checkpoint_every=1000,
                          log_every=1, ema_decay=0.0, **overrides)
 
 
@@ -53,10 +53,12 @@ def _fits_one_batch(stage, data, optimizer: str, steps: int = 10) -> tuple[float
     return losses[0], losses[-1]
 
 
-@pytest.fixture(scope="module")
-def stage1_model(tmp_path_factory, default_data):
-    out = tmp_path_factory.mktemp("default_stage1")
-    config = _config("stage1", default_data, out, model="default", steps=4)
+@pytest.fixture(scope="module", params=["default", "default-v2"])
+def stage1_model(request, tmp_path_factory, default_data):
+    """Stage 1 of the shipped recipe (``default``) and of its successor (``default-v2``: the
+    reference and its validity as inputs, blank where unseen)."""
+    out = tmp_path_factory.mktemp(f"{request.param}_stage1")
+    config = _config("stage1", default_data, out, model=request.param, steps=4, preset=request.param)
     data = LatentClips(config.data, config.num_latent_frames)
     stage = make_stage(config, torch.device("cpu"))
     Trainer(config, stage, data).run()
@@ -73,7 +75,8 @@ def test_default_stage1_learns_on_the_warped_reference(stage1_model):
 @pytest.mark.parametrize("stage_name", ["stage2c", "stage3"])
 def test_default_rollout_stages_train_and_stream(tmp_path, default_data, stage1_model, stage_name):
     folder = str(stage1_model[0])
-    config = _config(stage_name, default_data, tmp_path, model=folder, teacher=folder, steps=2,
+    preset = "default-v2" if load_model(folder).settings.warp_fill == "blank" else "default"
+    config = _config(stage_name, default_data, tmp_path, preset=preset, model=folder, teacher=folder, steps=2,
                      student_timesteps=(1000.0, 500.0))
     if stage_name == "stage3":
         config = replace(config, dmd_rollout_chunks=2, dmd_critic_updates=2, num_latent_frames=9)
@@ -85,9 +88,9 @@ def test_default_rollout_stages_train_and_stream(tmp_path, default_data, stage1_
         assert all(row["rollout/context_mse"] > 0 for row in history)  # the context was the model's own
     else:
         assert stage.rollout_stats["grad_forwards"] == 2  # each rolled-out chunk kept its exit step
-    # (the critic's step costs a rollout and two bidirectional forwards: fewer steps)
+    # (the critic fits the rollout it is shown more slowly than the student its target)
     before, after = _fits_one_batch(stage, data, "model" if stage_name == "stage2c" else "critic",
-                                    steps=10 if stage_name == "stage2c" else 8)
+                                    steps=10 if stage_name == "stage2c" else 16)
     assert after < 0.8 * before, (before, after)
     # the exported model streams in the env with the recipe's settings
     env = WorldModelEnv(model=str(tmp_path / "model"))

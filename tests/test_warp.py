@@ -96,10 +96,31 @@ def test_warp_along_actions_matches_renders_of_a_turn(room):
         assert _mean_abs(warped[:, k][inner], target[inner]) < 0.3 * _mean_abs(source[inner], target[inner])
 
 
-def test_streaming_reference_equals_the_training_reference():
+def test_blank_warp_leaves_what_the_source_never_saw_empty_and_says_where(room):
+    """A turn's new strip: "border" streaks the edge pixel across it, "blank" leaves it zero and
+    a warped channel of ones marks it invalid; where the source saw, both warps agree."""
+    intrinsics = torch.from_numpy(room.intrinsics).float()[None]
+    source = _image(room.render(look_pose(0.0, 0.0, 1.0, 30.0)))
+    ones = torch.ones_like(source[:1])
+    for yaw, new_columns in ((9.0, slice(-6, None)), (-9.0, slice(None, 6))):  # the side the camera turns to
+        turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0, yaw, 0, 0]))[None, None]
+        border = warp_image(source[None], torch.eye(4)[None], turn, intrinsics)[0, :, 0]
+        blank = warp_image(torch.cat([source, ones])[None], torch.eye(4)[None], turn, intrinsics, fill="blank")[0, :, 0]
+        colours, validity = blank[:3], blank[3]
+        assert float(validity[:, new_columns].max()) < 0.01 and float(colours[:, :, new_columns].abs().max()) < 0.01
+        assert float(border[:, :, new_columns].abs().mean()) > 0.1  # the streak
+        inner = (slice(None), slice(8, -8), slice(16, -16))  # (the corners bend out of view too)
+        assert float(validity[inner[1:]].min()) > 0.99
+        torch.testing.assert_close(colours[inner], border[inner], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="warp fill must be one of"):
+        warp_image(source[None], torch.eye(4)[None], turn, intrinsics, fill="mirror")
+
+
+@pytest.mark.parametrize("preset", ["default", "default-v2"])
+def test_streaming_reference_equals_the_training_reference(preset):
     """The reference a warp model streams with is the one stage 1 trains it with: same clip, same
-    poses (from the actions), restarted context or not."""
-    model = build_preset("default")
+    poses (from the actions), restarted context or not, with its validity for a blank warp."""
+    model = build_preset(preset)
     assert model.settings.warp_reference and model.settings.restart_context
     randomize_(model.backbone, seed=4)
     actions = torch.tensor([[0.02, 0, 0.08, 3, 0, 0], [0, 0, 0.08, -3, 1, 0], [0, 0.01, 0, 3, 0, 0],
@@ -120,7 +141,11 @@ def test_streaming_reference_equals_the_training_reference():
     torch.testing.assert_close(trained[:, :, 1:5], references[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(trained[:, :, 5:9], references[1], atol=1e-4, rtol=0)
     # a turn moves the reference: it is not the plain last frame
-    assert not torch.allclose(references[1], clean[:, :, 4:5].expand_as(references[1]), atol=1e-2)
+    assert not torch.allclose(references[1][:, :192], clean[:, :, 4:5].expand_as(references[1][:, :192]), atol=1e-2)
+    if model.settings.warp_fill == "blank":  # 64 validity channels follow the 192 colour channels
+        validity = references[1][:, 192:]
+        assert validity.shape[1] == 64 and float(validity.min()) >= 0 and float(validity.max()) <= 1 + 1e-6
+        assert 0.5 < float(validity.mean()) < 1.0  # these turns bring something new into view
 
 
 def test_warp_settings_and_inputs_are_checked(tiny_model):

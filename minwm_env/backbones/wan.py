@@ -182,7 +182,13 @@ class CausalWan(CausalBackbone):
 
     @property
     def latent_channels(self) -> int:
-        return self.config.in_channels
+        return self.config.out_channels
+
+    @property
+    def reference_channels(self) -> int:
+        """Input channels beyond the noisy latent: the reference (and its validity), which such
+        a backbone sees beside the latent as well as adding its output to it (0: it only adds)."""
+        return self.config.in_channels - self.config.out_channels
 
     @property
     def spatial_patch(self) -> tuple[int, int]:
@@ -296,6 +302,16 @@ class CausalWan(CausalBackbone):
         prope = None if branches is None else branches.prope_inputs(conditions, tokens_per_frame, dtype)
         context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write, prope)
 
+        if self.reference_channels:
+            # the reference enters beside the noisy latent; a clean write (no reference) sees zeros
+            if reference is None:
+                extra = hidden_states.new_zeros(batch, self.reference_channels, num_frames, height, width)
+            else:
+                if reference.shape[1] != self.reference_channels:
+                    raise ValueError(f"this backbone takes a reference of {self.reference_channels} channels beside "
+                                     f"the latent, got {reference.shape[1]}")
+                extra = reference.to(hidden_states.dtype).expand(-1, -1, num_frames, -1, -1)
+            hidden_states = torch.cat([hidden_states, extra], dim=1)
         x = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, dim)
         frame_embedding = None
         if branches is not None:
@@ -323,5 +339,5 @@ class CausalWan(CausalBackbone):
         x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if self.residual_reference and reference is not None:
-            out = out + reference.to(out.dtype)
+            out = out + reference[:, :out.shape[1]].to(out.dtype)
         return out

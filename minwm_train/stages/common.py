@@ -145,7 +145,9 @@ def teacher_forcing_layout(model: WorldModel, clean: torch.Tensor, noisy: torch.
     all_conds = None if conds is None else FrameConditions.cat([conds, conds.frames(slice(1, None))])
     previous = torch.cat([torch.zeros(1, dtype=torch.long), (torch.arange(num_frames - 1) // chunk) * chunk])
     reference = residual_references(model, clean, previous, batch)[:, :, 1:]  # the clean frame before each chunk
-    reference = torch.cat([torch.zeros_like(clean), reference], dim=2)
+    # the clean half is written as streaming writes context: with no reference (zeros)
+    reference = torch.cat([reference.new_zeros(*reference.shape[:2], num_frames, *reference.shape[3:]), reference],
+                          dim=2)
     return x, timestep, all_positions, mask, all_conds, num_frames, reference
 
 
