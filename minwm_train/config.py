@@ -158,8 +158,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "stage2b": dict(steps=1000),
         "stage2c": dict(steps=500, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99,
                         ema_start=100),
-        "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100,
-                       num_latent_frames=9, dmd_rollout_chunks=2),
+        # one chunk after the start frame: the clips the stage-0 real score was trained on
+        "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100),
     },
     "wan21-1.3b": {
         "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
