@@ -154,12 +154,14 @@ PRESETS: dict[str, dict[str, dict]] = {
                     keep_checkpoints=1, log_every=10, ema_decay=0.998, ema_start=200, ode_teacher_steps=16,
                     ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
                     dmd_rollout_chunks=1),
-        "stage0": dict(steps=2000), "stage1": dict(steps=1200), "stage2a": dict(steps=1000),
-        "stage2b": dict(steps=1000),
-        "stage2c": dict(steps=500, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99,
+        # shorter than the default recipe's stages (its one-chunk losses were flat after about
+        # half of each) so that a whole first pass fits one 3-hour session on 2 cores
+        "stage0": dict(steps=1200), "stage1": dict(steps=800), "stage2a": dict(steps=600),
+        "stage2b": dict(steps=600),
+        "stage2c": dict(steps=400, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99,
                         ema_start=100),
         # one chunk after the start frame: the clips the stage-0 real score was trained on
-        "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100),
+        "stage3": dict(steps=400, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100),
     },
     "wan21-1.3b": {
         "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
