@@ -43,8 +43,9 @@ from minwm_env.world.renderer import LABELS
 HORIZON_KINDS = ("walk", "look_around", "turn", "zigzag")
 
 
-def _mse_from_psnr(psnr_db: float) -> float:
-    return 255.0 ** 2 * 10 ** (-psnr_db / 10)
+def _mse_from_psnr(psnr_db: float | None) -> float:
+    """NaN where a step has no seen pixel left (a long turn)."""
+    return math.nan if psnr_db is None else 255.0 ** 2 * 10 ** (-psnr_db / 10)
 
 
 def _psnr(mse) -> float:
@@ -138,8 +139,8 @@ def pool(per_layout: list[dict]) -> dict:
     averaged over layouts."""
     curves = {name: np.concatenate([np.asarray(r["curves"][name]) for r in per_layout]) for name in
               per_layout[0]["curves"]}
-    psnr = {name: metrics.capped(metrics.psnr_from_mse(c.mean(0))).tolist() for name, c in curves.items()}
-    pooled = {name: _psnr(c) for name, c in curves.items()}
+    psnr = {name: metrics.capped(metrics.psnr_from_mse(np.nanmean(c, 0))).tolist() for name, c in curves.items()}
+    pooled = {name: _psnr(np.nanmean(c)) for name, c in curves.items()}
 
     def mean(key, curve=False):
         values = [np.asarray(r[key], dtype=np.float64) for r in per_layout if r[key] is not None]

@@ -247,11 +247,13 @@ class SpaceToDepthCodec(torch.nn.Module):
         return (x.transpose(1, 2) * self.scale).to(frames.dtype)
 
     def unpack(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, n, h, w) → (B, 3, 4n, H, W)."""
-        batch, _, count, h, w = latents.shape
+        """(B, C, n, h, w) → (B, 3, 4n, H, W) (other channel counts unpack alike, see :meth:`pack`)."""
+        batch, packed, count, h, w = latents.shape
         f = self.spatial_factor
-        x = (latents.float() / self.scale).transpose(1, 2).reshape(batch * count * self.temporal_factor, 3 * f * f, h, w)
-        x = torch.nn.functional.pixel_shuffle(x, f).reshape(batch, count * self.temporal_factor, 3, h * f, w * f)
+        channels = packed // (self.temporal_factor * f * f)
+        x = (latents.float() / self.scale).transpose(1, 2).reshape(batch * count * self.temporal_factor, channels * f * f,
+                                                                   h, w)
+        x = torch.nn.functional.pixel_shuffle(x, f).reshape(batch, count * self.temporal_factor, channels, h * f, w * f)
         return x.transpose(1, 2).clamp(-1, 1)
 
     @torch.no_grad()

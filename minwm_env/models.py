@@ -75,7 +75,10 @@ class ModelSettings:
     so only rotations move the reference)"""
     warp_fill: str = "border"
     """what a warp puts where the reference never looked: "border" (its nearest border pixel,
-    stretched) or "blank" (zero, and the validity of every pixel travels with the reference)"""
+    stretched) or "blank" (zero, mid-grey)"""
+    warp_validity: bool = False
+    """the validity of every warped pixel (1 seen, 0 never seen) travels with the reference, as
+    input channels beside the noisy latent (the backbone's in_channels say so)"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":
@@ -92,8 +95,9 @@ class ModelSettings:
             raise ValueError(f"{source}: warp_reference needs residual_reference (the warp is what the output is added to)")
         if settings.warp_fill not in WARP_FILLS:
             raise ValueError(f"{source}: warp_fill must be one of {WARP_FILLS}, got {settings.warp_fill!r}")
-        if settings.warp_fill != "border" and not settings.warp_reference:
-            raise ValueError(f"{source}: warp_fill={settings.warp_fill!r} needs warp_reference")
+        if (settings.warp_fill != "border" or settings.warp_validity) and not settings.warp_reference:
+            raise ValueError(f"{source}: warp_fill={settings.warp_fill!r} and warp_validity="
+                             f"{settings.warp_validity} need warp_reference")
         if settings.warp_depth is not None and not settings.warp_depth > 0:
             raise ValueError(f"{source}: warp_depth must be positive or null (infinitely far), got {settings.warp_depth}")
         return settings
@@ -149,8 +153,21 @@ PRESETS: dict[str, ModelPreset] = {
         vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
         settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
                                restart_context=True, warp_reference=True, warp_depth=2.0, warp_fill="blank",
-                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+                               warp_validity=True, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
         description="default's network seeing the warped reference and its validity (blank where unseen)",
+    ),
+    # The same, with the never-seen pixels streaked from the border as the shipped model has
+    # them: the network knows which pixels those are, but starts from the streak (measured one
+    # chunk after a clean start, the streak is a better guess of a new strip than any mean).
+    "default-v2b": ModelPreset(
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
+                         in_channels=192 + 192 + 64, out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512,
+                         num_layers=4),
+        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
+        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
+                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_validity=True,
+                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+        description="default's network seeing the warped reference (border-streaked where unseen) and its validity",
     ),
     "wan21-1.3b": ModelPreset(
         transformer=_WAN21_13B,
@@ -174,11 +191,11 @@ class WorldModel:
         if not extra:
             return
         channels = self.backbone.latent_channels
-        expected = channels + (channels // 3 if self.settings.warp_fill == "blank" else 0)
+        expected = channels + (channels // 3 if self.settings.warp_validity else 0)
         if not self.settings.residual_reference or extra != expected:
             raise ValueError(f"the backbone takes {extra} input channels beside its {channels}-channel latent; with "
-                             f"residual_reference={self.settings.residual_reference} and warp_fill="
-                             f"{self.settings.warp_fill!r} the reference has "
+                             f"residual_reference={self.settings.residual_reference} and warp_validity="
+                             f"{self.settings.warp_validity} the reference has "
                              f"{expected if self.settings.residual_reference else 0}")
 
     @property
@@ -194,7 +211,7 @@ class WorldModel:
         (B, F, 4, 4): the poses of the latent frame before each new frame and of the frame;
         intrinsics (B, F, 4). Plain residual models take ``reference`` as it is; with
         ``warp_reference`` it is reprojected into every new frame's cameras (B, C, F, h, w), and
-        with ``warp_fill="blank"`` its validity follows the colours (B, C + C / 3, F, h, w).
+        with ``warp_validity`` each pixel's validity follows the colours (B, C + C / 3, F, h, w).
         """
         if not self.settings.warp_reference:
             return reference
@@ -204,7 +221,7 @@ class WorldModel:
         device = reference.device
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
-                                self.settings.warp_fill)
+                                self.settings.warp_fill, self.settings.warp_validity)
 
     @property
     def dtype(self) -> torch.dtype:

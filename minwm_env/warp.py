@@ -46,7 +46,7 @@ WARP_FILLS = ("border", "blank")
 
 
 def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.Tensor, intrinsics: torch.Tensor,
-               depth: float | None = None, fill: str = "border") -> torch.Tensor:
+               depth: float | None = None, fill: str = "border", with_validity: bool = False) -> torch.Tensor:
     """Reproject ``image`` (B, C, H, W), seen from ``source_c2w`` (B, 4, 4), into the cameras
     ``target_c2w`` (B, N, 4, 4) → (B, C, N, H, W).
 
@@ -54,8 +54,9 @@ def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.
     pixel's ray meets a plane at ``depth`` in front of the target camera (``None``: at
     infinity, so only the rotation matters); that point is looked up in the source image
     (bilinear). Points outside the source view, or behind the source camera, take its nearest
-    border pixel (``fill="border"``) or zero (``"blank"``: warp a channel of ones alongside and
-    it becomes the validity of each pixel, 1 where the source saw it, 0 where it did not).
+    border pixel (``fill="border"``) or zero (``"blank"``). ``with_validity`` appends each
+    pixel's validity as a last channel (B, C + 1, N, H, W): a channel of ones warped with zero
+    padding, 1 where the source saw the pixel, 0 where it did not, fractional on the seam.
     """
     if fill not in WARP_FILLS:
         raise ValueError(f"warp fill must be one of {WARP_FILLS}, got {fill!r}")
@@ -89,20 +90,26 @@ def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.
     source = image[:, None].expand(-1, num_targets, -1, -1, -1).reshape(batch * num_targets, channels, height, width)
     padding = "border" if fill == "border" else "zeros"
     warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    if with_validity:
+        ones = torch.ones_like(source[:, :1])
+        warped = torch.cat([warped, F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=False)], dim=1)
+        channels += 1
     return warped.reshape(batch, num_targets, channels, height, width).transpose(1, 2)
 
 
 def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
-                     fill: str = "border") -> torch.Tensor:
+                     fill: str = "border", validity: bool = False) -> torch.Tensor:
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
     reference (B, C, 1 or F, h, w): each frame's clean reference latent; reference_c2w (B, 1 or
     F, 4, 4) the pose of its last RGB frame; previous_c2w and c2w (B, F, 4, 4) the poses of the
     latent frame before each frame and of the frame; intrinsics (B, F, 4) → (B, C, F, h, w).
-    With ``fill="blank"`` what the reference never saw is zero (mid-grey) and the validity of
-    every pixel, packed like the colours, follows: (B, C + C / 3, F, h, w).
+    ``fill`` decides what the reference never saw becomes (its border pixels or zero, mid-grey);
+    with ``validity`` every pixel's validity, packed like the colours, follows them:
+    (B, C + C / 3, F, h, w).
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -111,20 +118,18 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                          f"and poses of shape {tuple(reference_c2w.shape)}")
     factor = codec.temporal_factor
     images = codec.unpack(reference)[:, :, factor - 1::factor]  # (B, 3, refs, H, W): each one's last RGB frame
-    if fill == "blank":  # a channel of ones comes out as the validity
-        images = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
     targets = rgb_frame_poses(previous_c2w, c2w, factor)  # (B, F, T, 4, 4)
     if num_refs == 1:
         warped = warp_image(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], depth,
-                            fill)
+                            fill, validity)
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
         warped = warp_image(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
                             reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
-                            intrinsics.reshape(rows, 4), depth, fill)  # (B·F, 3 or 4, T, H, W)
+                            intrinsics.reshape(rows, 4), depth, fill, validity)  # (B·F, 3 or 4, T, H, W)
         warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
     colours = codec.pack(warped[:, :3].to(reference.dtype)).to(reference.dtype)
-    if fill == "border":
+    if not validity:
         return colours
     validity = codec.pack(warped[:, 3:].to(reference.dtype)).to(reference.dtype) / codec.scale.to(reference.dtype)
     return torch.cat([colours, validity], dim=1)

@@ -112,6 +112,23 @@ class TrainConfig:
         return cls.from_dict(read_json(path), str(path))
 
 
+# minwm-default v2 (issue 18): the default recipe on the default-v2 networks (the warped
+# reference and its validity as inputs), then stage 3: DMD against the stage-0 bidirectional
+# model on the student's own rollouts, because a regression target (stages 1-2c) can only draw
+# the mean of what comes into view.
+_V2_ALL = dict(model="default-v2", batch_size=8, lr=3e-4, prediction_type="x0", camera="none", actions="camera",
+               num_latent_frames=5, chunk_frames=4, checkpoint_every=100, keep_checkpoints=1, log_every=10,
+               ema_decay=0.998, ema_start=200, ode_teacher_steps=16, ode_guidance=1.0, ode_num_clips=256,
+               cd_guidance=1.0, dmd_real_guidance=1.0, dmd_rollout_chunks=1)
+_V2_STAGES = {
+    # shorter than the default recipe's stages (its one-chunk losses were flat after about half
+    # of each) so that a whole first pass fits one 3-hour session on 2 cores
+    "stage0": dict(steps=1200), "stage1": dict(steps=800), "stage2a": dict(steps=600), "stage2b": dict(steps=600),
+    "stage2c": dict(steps=400, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99, ema_start=100),
+    # one chunk after the start frame: the clips the stage-0 real score was trained on
+    "stage3": dict(steps=400, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100),
+}
+
 # Per-preset, per-stage settings (docs/design.md §7; the paper's Wan2.1 and HY1.5 recipes).
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
@@ -144,25 +161,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "stage3": dict(steps=600, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99,
                                                     ema_start=100),
     },
-    # minwm-default v2 (issue 18): the default recipe on the default-v2 network (warped
-    # reference and its validity as inputs, blank where unseen), then stage 3: DMD against the
-    # stage-0 bidirectional model on the student's own rollouts, because a regression target
-    # (stages 1-2c) can only draw the mean of what comes into view.
-    "default-v2": {
-        "all": dict(model="default-v2", batch_size=8, lr=3e-4, prediction_type="x0", camera="none",
-                    actions="camera", num_latent_frames=5, chunk_frames=4, checkpoint_every=100,
-                    keep_checkpoints=1, log_every=10, ema_decay=0.998, ema_start=200, ode_teacher_steps=16,
-                    ode_guidance=1.0, ode_num_clips=256, cd_guidance=1.0, dmd_real_guidance=1.0,
-                    dmd_rollout_chunks=1),
-        # shorter than the default recipe's stages (its one-chunk losses were flat after about
-        # half of each) so that a whole first pass fits one 3-hour session on 2 cores
-        "stage0": dict(steps=1200), "stage1": dict(steps=800), "stage2a": dict(steps=600),
-        "stage2b": dict(steps=600),
-        "stage2c": dict(steps=400, lr=1e-4, num_latent_frames=9, rollout_context_chunks=1, ema_decay=0.99,
-                        ema_start=100),
-        # one chunk after the start frame: the clips the stage-0 real score was trained on
-        "stage3": dict(steps=400, lr=1e-5, betas=(0.0, 0.999), ema_decay=0.99, ema_start=100),
-    },
+    "default-v2": {"all": _V2_ALL, **_V2_STAGES},
+    # the same recipe on default-v2b (never-seen pixels streaked from the border, validity beside)
+    "default-v2b": {"all": {**_V2_ALL, "model": "default-v2b"}, **_V2_STAGES},
     "wan21-1.3b": {
         "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
                     lr=2e-6, camera="prope", num_latent_frames=20, chunk_frames=4, ode_teacher_steps=48,

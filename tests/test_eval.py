@@ -313,6 +313,15 @@ def test_minwm_eval_quick_writes_the_report(tmp_path):
     assert (out / "drift.png").stat().st_size > 1000 and (out / "recovery.png").is_file()
     report = (out / "report.md").read_text()
     assert "![drift](drift.png)" in report and "Hardware sensitivity" in report
+    # novel_view ran: its Fréchet distances per horizon band are plotted beside their figures
+    frechet = out / "frechet.png"
+    assert frechet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(frechet))
+    assert image.shape[0] >= 300 and image.shape[1] >= 500
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50 and image.std() > 20  # markers, lines, text
+    assert report.index("![frechet](frechet.png)") > report.index("Fréchet distance references")
+    assert report.count("frechet.png") == 1
+    assert "the motion estimator's floor" in report  # beside R_dist
 
 
 def test_report_verdict_names_the_baselines_beaten_and_lost_to():

@@ -54,6 +54,9 @@ def test_the_truth_scores_perfectly(scores):
     for length in ("short", "long"):
         assert truth[f"revisit/{length}_psnr_db"] == 100.0 and truth[f"revisit/{length}_detail_ratio"] == 1.0
         assert truth[f"revisit/{length}_r_dist"] == truth[f"revisit/{length}_truth_r_dist"]
+        assert truth[f"revisit/{length}_motion_failures"] == truth[f"revisit/{length}_truth_motion_failures"]
+        for kind in ("look", "walk"):
+            assert truth[f"revisit/{length}_{kind}_r_dist"] == truth[f"revisit/{length}_{kind}_truth_r_dist"]
     assert truth["object_scale/area_ratio"] == pytest.approx(1.0, abs=0.05)
     assert 0.1 < truth["novel_view/new_fraction"] < 0.9  # the paths do reveal new content
     assert truth["novel_view/far_plausible_fraction"] >= 0.9

@@ -112,11 +112,15 @@ def test_blank_warp_leaves_what_the_source_never_saw_empty_and_says_where(room):
         inner = (slice(None), slice(8, -8), slice(16, -16))  # (the corners bend out of view too)
         assert float(validity[inner[1:]].min()) > 0.99
         torch.testing.assert_close(colours[inner], border[inner], atol=1e-5, rtol=0)
+        # the validity does not depend on the fill: the streaked warp carries the same one
+        streaked = warp_image(source[None], torch.eye(4)[None], turn, intrinsics, with_validity=True)[0, :, 0]
+        torch.testing.assert_close(streaked[:3], border, atol=0, rtol=0)
+        torch.testing.assert_close(streaked[3], validity, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="warp fill must be one of"):
         warp_image(source[None], torch.eye(4)[None], turn, intrinsics, fill="mirror")
 
 
-@pytest.mark.parametrize("preset", ["default", "default-v2"])
+@pytest.mark.parametrize("preset", ["default", "default-v2", "default-v2b"])
 def test_streaming_reference_equals_the_training_reference(preset):
     """The reference a warp model streams with is the one stage 1 trains it with: same clip, same
     poses (from the actions), restarted context or not, with its validity for a blank warp."""
@@ -142,7 +146,7 @@ def test_streaming_reference_equals_the_training_reference(preset):
     torch.testing.assert_close(trained[:, :, 5:9], references[1], atol=1e-4, rtol=0)
     # a turn moves the reference: it is not the plain last frame
     assert not torch.allclose(references[1][:, :192], clean[:, :, 4:5].expand_as(references[1][:, :192]), atol=1e-2)
-    if model.settings.warp_fill == "blank":  # 64 validity channels follow the 192 colour channels
+    if model.settings.warp_validity:  # 64 validity channels follow the 192 colour channels
         validity = references[1][:, 192:]
         assert validity.shape[1] == 64 and float(validity.min()) >= 0 and float(validity.max()) <= 1 + 1e-6
         assert 0.5 < float(validity.mean()) < 1.0  # these turns bring something new into view

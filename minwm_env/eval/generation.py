@@ -27,6 +27,7 @@ advantage made visible), and the model itself under the negated actions.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,6 +64,15 @@ DEFINITIONS = {
                       "the frames and the commanded ones (HY-WorldPlay's R_dist, on relative motions)",
     "revisit/t_dist": "mean distance (0..2, lower is better) between the per-step unit translation directions "
                       "estimated from the frames and the commanded ones, on steps that move (T_dist)",
+    "revisit/truth_r_dist": "the same from the truth's own frames: the motion estimator's floor, what a perfect "
+                            "model scores (a model's frames can land below it by chance: the estimator's errors "
+                            "depend on the picture; python -m minwm_env.eval.motion_floor measures them per motion)",
+    "revisit/look_r_dist": "R_dist on the look-away-and-back paths alone (walk_r_dist: the walks); the truth's "
+                           "floor on room/100 (means over 16 path seeds): 0.01 rad on looks, 0.11 (65 frames) and "
+                           "0.04 (257 frames) on walks, up to 0.4 on a single walk (forward motion is the estimator's "
+                           "limit at 64x64, minwm_env.eval.motion)",
+    "revisit/motion_failures": "fraction of steps whose motion could not be estimated from the frames (blank views, "
+                               "too few tracks): left out of R_dist and T_dist",
     "object_scale/area_ratio": "area the model draws an approached object with over the truth's (1 = true size; "
                                "< 1 too small), median over steps and paths",
     "*/warp_*": "the same for the start frame reprojected along the command (no model)",
@@ -400,19 +410,28 @@ def plausibility_by_band(evaluator, frames: dict[str, np.ndarray], poses: np.nda
 _NOVEL_LABELS = {"turn_120": "turn 120° in place", "walk": "walk straight ahead", "orbit": "strafe around an object"}
 
 
-def _motion_distances(evaluator, run: Rollout) -> tuple[float | None, float | None]:
-    """(R_dist, T_dist) of a run: the per-step motions estimated from its frames against the
-    commanded ones, as the mean rotation error in radians and the mean distance between unit
-    translation directions (2·sin(angle / 2), on steps that move)."""
-    rotations, directions = [], []
+@dataclass
+class MotionDistances:
+    """HY-WorldPlay's R_dist and T_dist of one run, from the per-step motions estimated from its frames."""
+
+    r_dist: float | None  # mean rotation error against the command, radians
+    t_dist: float | None  # mean distance between unit translation directions (2·sin(angle / 2)), steps that move
+    failure_fraction: float  # steps whose motion could not be estimated: left out of both means
+
+
+def _motion_distances(evaluator, run: Rollout) -> MotionDistances:
+    """The per-step motions estimated from a run's frames against the commanded ones."""
+    rotations, directions, failures = [], [], 0
     for k in range(run.num_chunks):
         rotation, direction = _evaluator.motion_errors(evaluator._motion(run.step_frames(k)),
                                                        _evaluator.commanded_motion(run.actions[k]))
+        failures += rotation is None
         if rotation is not None:
             rotations.append(math.radians(rotation))
         if direction is not None:
             directions.append(2 * math.sin(math.radians(direction) / 2))
-    return (float(np.mean(rotations)) if rotations else None, float(np.mean(directions)) if directions else None)
+    return MotionDistances(float(np.mean(rotations)) if rotations else None,
+                           float(np.mean(directions)) if directions else None, failures / run.num_chunks)
 
 
 def revisit(evaluator) -> dict:
@@ -434,16 +453,23 @@ def revisit(evaluator) -> dict:
                             "final_psnr_db": _psnr_db(mse[-1:]),
                             "detail_ratio": quality.pooled_detail_ratio(candidate[back], truth[back])}
             pooled.setdefault((length, name), []).append(record[name])
-        record["model"]["r_dist"], record["model"]["t_dist"] = _motion_distances(evaluator, model_run)
-        record["truth_r_dist"], record["truth_t_dist"] = _motion_distances(evaluator, truth_run)
+        model_motion, truth_motion = _motion_distances(evaluator, model_run), _motion_distances(evaluator, truth_run)
+        record["model"].update(r_dist=model_motion.r_dist, t_dist=model_motion.t_dist,
+                               motion_failures=model_motion.failure_fraction)
+        record.update(truth_r_dist=truth_motion.r_dist, truth_t_dist=truth_motion.t_dist,
+                      truth_motion_failures=truth_motion.failure_fraction)
         paths.append(record)
     summary = {}
     for length in REVISIT_KINDS:
         records = [p for p in paths if p["length"] == length]
-        summary[f"revisit/{length}_truth_r_dist"] = _nanmean([p["truth_r_dist"] for p in records
-                                                             if p["truth_r_dist"] is not None])
-        summary[f"revisit/{length}_truth_t_dist"] = _nanmean([p["truth_t_dist"] for p in records
-                                                             if p["truth_t_dist"] is not None])
+        for key in ("truth_r_dist", "truth_t_dist", "truth_motion_failures"):
+            summary[f"revisit/{length}_{key}"] = _nanmean([p[key] for p in records if p[key] is not None])
+        for kind in ("look", "walk"):  # the estimator's floor differs by kind: walks are its limit
+            of_kind = [p for p in records if p["kind"] == kind]
+            summary[f"revisit/{length}_{kind}_r_dist"] = _nanmean([p["model"]["r_dist"] for p in of_kind
+                                                                   if p["model"]["r_dist"] is not None])
+            summary[f"revisit/{length}_{kind}_truth_r_dist"] = _nanmean([p["truth_r_dist"] for p in of_kind
+                                                                         if p["truth_r_dist"] is not None])
     for (length, name), records in pooled.items():
         prefix = f"revisit/{length}_" if name == "model" else f"revisit/{length}_{name}_"
         summary[prefix + "psnr_db"] = _psnr_db([r["mse"] for r in records])
@@ -452,6 +478,7 @@ def revisit(evaluator) -> dict:
         if name == "model":
             summary[prefix + "r_dist"] = _nanmean([r["r_dist"] for r in records if r.get("r_dist") is not None])
             summary[prefix + "t_dist"] = _nanmean([r["t_dist"] for r in records if r.get("t_dist") is not None])
+            summary[prefix + "motion_failures"] = _nanmean([r["motion_failures"] for r in records])
     return {"paths": paths, "summary": summary}
 
 

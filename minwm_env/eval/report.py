@@ -169,6 +169,53 @@ def plot_recovery(recovery: dict, path: Path) -> Path:
     return _save(figure, path)
 
 
+FRECHET_PLOT = "frechet.png"
+# novel_view's Fréchet candidates: (band key, label, marker); the model is drawn apart, bold and on top
+_FRECHET_BASELINES = [("baseline_fd", "repeat start frame", "v"), ("warp_fd", "start frame warped (no model)", "s"),
+                      ("blurred_warp_fd", "warp blurred to its best PSNR", "^")]
+_FRECHET_REFERENCES = [("fd_floor", "floor: the truth on other paths (an independent perfect model)", "x"),
+                       ("fd_blurred_truth", "the truth blurred 1.5 px (what blur scores)", "+")]
+
+
+def plot_frechet(bands: list[dict], path: Path) -> Path:
+    """Fréchet distance to the truth per horizon band (novel_view's ``fd_bands``): the model,
+    the free baselines, and as dashed references the truth on other paths and a blurred truth."""
+    from matplotlib.ticker import FuncFormatter
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 6))
+    x = np.arange(len(bands))
+    for key, label, marker in _FRECHET_REFERENCES:
+        axis.plot(x, _values([b.get(key) for b in bands]), marker=marker, linestyle="--", color="grey",
+                  markersize=10, linewidth=1.2, label=label, zorder=2)
+    for key, label, marker in _FRECHET_BASELINES:
+        axis.plot(x, _values([b.get(key) for b in bands]), marker=marker, linewidth=1.2, markersize=7, alpha=0.8,
+                  label=label, zorder=3)
+    axis.plot(x, _values([b.get("fd") for b in bands]), "o-", color="black", linewidth=3, markersize=9,
+              label="model", zorder=4)
+    axis.set_xticks(x, [f"steps {b['steps'][0]}–{b['steps'][1]}\n({b['num_frames']} frames)" for b in bands])
+    axis.set_xlim(-0.5, len(bands) - 0.5)
+    plotted = _values([b.get(key) for b in bands for key in ("fd", "fd_floor", "fd_blurred_truth", "warp_fd",
+                                                             "blurred_warp_fd", "baseline_fd")])
+    scale = ""
+    if (plotted[np.isfinite(plotted)] > 0).all():  # the truth scored as a model has a distance of 0: linear then
+        axis.set_yscale("log")  # the floor (~2) and a repeated start frame (~100) differ by orders of magnitude
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        finite = plotted[np.isfinite(plotted)]
+        narrow = finite.max() < 10 * finite.min()  # within a decade: every minor tick needs its number
+        axis.yaxis.set_minor_formatter(FuncFormatter(
+            lambda value, _: f"{value:g}" if narrow or f"{value:e}"[0] in "235" else ""))
+        axis.tick_params(axis="y", which="minor", labelsize="small")
+        scale = "log scale; "
+    else:
+        axis.set_ylim(bottom=0)
+    axis.set_xlabel("horizon band (steps after the start frame)")
+    axis.set_ylabel(f"Fréchet distance to the truth ({scale}lower is better)")
+    axis.set_title("New views: Fréchet distance to the truth per horizon band (eval-encoder-v1 features)")
+    axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    return _save(figure, path)
+
+
 def write_plots(results: dict, out: Path) -> list[Path]:
     written = []
     if "drift" in results:
@@ -180,6 +227,8 @@ def write_plots(results: dict, out: Path) -> list[Path]:
         written.append(plot_controllability(results["controllability"], out / "controllability.png"))
     if "recovery" in results and "cache" in results["recovery"]:
         written.append(plot_recovery(results["recovery"], out / "recovery.png"))
+    if results.get("novel_view", {}).get("fd_bands"):
+        written.append(plot_frechet(results["novel_view"]["fd_bands"], out / FRECHET_PLOT))
     return written
 
 
@@ -251,9 +300,9 @@ _GENERATION_COLUMNS = [("model", ""), ("repeat start", "baseline_"), ("warp", "w
                        ("blurred warp", "blurred_warp_"), ("negated actions", "mirrored_"), ("truth", "truth_")]
 
 
-def generation_table(summary: dict) -> list[str]:
+def generation_table(summary: dict, frechet_plot: Path | None = None) -> list[str]:
     """Markdown lines: the generation suites' figures beside every baseline ("n/a" where a
-    baseline is not measured for that row)."""
+    baseline is not measured for that row), with the Fréchet plot under its references."""
     rows = [row for row in _GENERATION_ROWS if row[2].format("") in summary]
     if not rows:
         return []
@@ -274,14 +323,38 @@ def generation_table(summary: dict) -> list[str]:
                      f"{_fmt(summary.get('novel_view/far_fd_floor'))} (what an independent perfect model scores), the "
                      f"truth blurred by 1.5 px {_fmt(summary.get('novel_view/far_fd_blurred_truth'))} (what blur "
                      f"scores); encoder eval-encoder-v1.")
-    for length in ("short", "long"):
-        if f"revisit/{length}_r_dist" in summary:
-            lines.append(f"\nR_dist / T_dist ({length} revisits): model {_fmt(summary[f'revisit/{length}_r_dist'])} / "
-                         f"{_fmt(summary.get(f'revisit/{length}_t_dist'))}, the truth's own frames (the estimator's "
-                         f"floor) {_fmt(summary.get(f'revisit/{length}_truth_r_dist'))} / "
-                         f"{_fmt(summary.get(f'revisit/{length}_truth_t_dist'))} (radians / unit-vector distance, lower "
-                         f"is better).")
+        if frechet_plot is not None:
+            lines += ["", "Fréchet distance per horizon band (lower is better; dashed: the floor and the blurred truth):",
+                      "", f"![{frechet_plot.stem}]({frechet_plot.name})"]
+    lines += revisit_motion_table(summary)
     return lines + [""]
+
+
+def revisit_motion_table(summary: dict) -> list[str]:
+    """Markdown lines: R_dist / T_dist of the revisits, the model beside the truth's own frames,
+    which are the motion estimator's floor (a perfect model scores them), split by kind of path:
+    walks have the higher floor, forward motion being the estimator's limit at 64×64."""
+    lengths = [length for length in ("short", "long") if f"revisit/{length}_r_dist" in summary]
+    if not lengths:
+        return []
+    lines = ["", "Camera motion estimated from the frames on the revisits: R_dist (radians) and T_dist (unit-vector "
+             "distance), lower is better. The truth's own frames give the motion estimator's floor, what a perfect "
+             "model scores (a model can land below it by chance); on walks the floor is higher, forward motion being "
+             "the estimator's limit at 64×64 (minwm_env/eval/motion.py, `python -m minwm_env.eval.motion_floor`). "
+             "Steps whose motion could not be estimated are left out of both.", "",
+             "| revisit | R_dist: model | R_dist: truth (floor) | looks: model / truth | walks: model / truth | "
+             "T_dist: model | T_dist: truth (floor) | steps without an estimate: model / truth |",
+             "|---|---|---|---|---|---|---|---|"]
+    for length in lengths:
+        def value(key: str, digits: int = 3) -> str:
+            return _fmt(summary.get(f"revisit/{length}_{key}"), digits)
+
+        lines.append(f"| {dict(short=65, long=257)[length]} frames | {value('r_dist')} | {value('truth_r_dist')} | "
+                     f"{value('look_r_dist')} / {value('look_truth_r_dist')} | "
+                     f"{value('walk_r_dist')} / {value('walk_truth_r_dist')} | {value('t_dist', 2)} | "
+                     f"{value('truth_t_dist', 2)} | {value('motion_failures', 2)} / "
+                     f"{value('truth_motion_failures', 2)} |")
+    return lines
 
 
 # (what, model key, better: "higher" or "lower" or "one", baselines as (label, key))
@@ -354,9 +427,11 @@ def markdown(results: dict, images: list[Path], title: str) -> str:
         lines.append(f"| {label} | {_fmt(summary.get(key))} | {ref} |")
     lines += ["", "The truth's own adherence errors are the motion estimator's noise floor; a model cannot be "
               "expected to score below them.", ""]
-    lines += generation_table(summary)
+    frechet_plot = next((image for image in images if image.name == FRECHET_PLOT), None)
+    lines += generation_table(summary, frechet_plot)
     for image in images:
-        lines += [f"![{image.stem}]({image.name})", ""]
+        if image is not frechet_plot:  # shown beside the Fréchet figures
+            lines += [f"![{image.stem}]({image.name})", ""]
     recovery = results.get("recovery", {})
     if "skipped" in recovery:
         lines += [f"Recovery: skipped ({recovery['skipped']}).", ""]
@@ -393,4 +468,4 @@ def write_report(results: dict, out, title: str = "minwm evaluation") -> dict[st
     return {"metrics": metrics_path, "report": report_path, **{p.stem: p for p in images}}
 
 
-__all__ = ["markdown", "to_json", "write_plots", "write_report"]
+__all__ = ["FRECHET_PLOT", "markdown", "plot_frechet", "to_json", "write_plots", "write_report"]
