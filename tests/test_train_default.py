@@ -75,7 +75,7 @@ def test_default_stage1_learns_on_the_warped_reference(stage1_model):
 @pytest.mark.parametrize("stage_name", ["stage2c", "stage3"])
 def test_default_rollout_stages_train_and_stream(tmp_path, default_data, stage1_model, stage_name):
     folder = str(stage1_model[0])
-    preset = "default-v2" if load_model(folder).settings.warp_fill == "blank" else "default"
+    preset = "default-v2" if load_model(folder).settings.warp_validity else "default"
     config = _config(stage_name, default_data, tmp_path, preset=preset, model=folder, teacher=folder, steps=2,
                      student_timesteps=(1000.0, 500.0))
     if stage_name == "stage3":
