@@ -197,17 +197,16 @@ def plot_frechet(bands: list[dict], path: Path) -> Path:
     axis.set_xlim(-0.5, len(bands) - 0.5)
     plotted = _values([b.get(key) for b in bands for key in ("fd", "fd_floor", "fd_blurred_truth", "warp_fd",
                                                              "blurred_warp_fd", "baseline_fd")])
+    finite = plotted[np.isfinite(plotted)]
     scale = ""
-    if (plotted[np.isfinite(plotted)] > 0).all():  # the truth scored as a model has a distance of 0: linear then
-        axis.set_yscale("log")  # the floor (~2) and a repeated start frame (~100) differ by orders of magnitude
+    if len(finite) and finite.min() > 0 and finite.max() > 10 * finite.min():
+        # the floor (~2) and a repeated start frame (~100) can differ by orders of magnitude
+        axis.set_yscale("log")
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        finite = plotted[np.isfinite(plotted)]
-        narrow = finite.max() < 10 * finite.min()  # within a decade: every minor tick needs its number
-        axis.yaxis.set_minor_formatter(FuncFormatter(
-            lambda value, _: f"{value:g}" if narrow or f"{value:e}"[0] in "235" else ""))
+        axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "235" else ""))
         axis.tick_params(axis="y", which="minor", labelsize="small")
         scale = "log scale; "
-    else:
+    else:  # within a decade, or the truth scored as a model (a distance of 0)
         axis.set_ylim(bottom=0)
     axis.set_xlabel("horizon band (steps after the start frame)")
     axis.set_ylabel(f"Fréchet distance to the truth ({scale}lower is better)")
