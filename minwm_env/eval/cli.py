@@ -5,7 +5,8 @@
     minwm-eval --model ground-truth --against ground-truth --out outputs/sanity  # the truth scores perfectly
 
 Writes ``metrics.json`` (every curve and a ``summary`` of namespaced scalars), PNG plots
-(drift, adherence, consistency, controllability, recovery) and ``report.md``.
+(drift, adherence, consistency, controllability, recovery, and ``frechet.png``: the Fréchet
+distance per horizon band when the novel-view suite ran) and ``report.md``.
 """
 
 from __future__ import annotations
