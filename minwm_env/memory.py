@@ -1,0 +1,486 @@
+"""Spatial memory: past clean frames, kept by where they were seen, fill what the last frame never saw.
+
+    memory = ViewMemory(batch_size=2, capacity=32, height=64, width=64)
+    memory.add(frames, c2w)                                   # after each chunk: its last clean RGB frame
+    colours, validity = memory.composite(colours, validity, target_c2w, intrinsics, depth=2.0, k=4,
+                                         fill="border")       # the last frame's warp, gaps filled
+
+Issue 19: a place the camera has seen should look the same when the camera comes back. The
+warped reference (docs/design.md §6, :mod:`minwm_env.warp`) only carries the *last* clean
+frame, so after looking away and back everything the last frame does not show is invalid and
+the model draws it anew. This module keeps past clean RGB frames with their camera poses, a
+bounded store per episode (row), and fills those gaps with the stored frames' pixels,
+reprojected into the new cameras by the same plane warp (:func:`~minwm_env.warp.warp_image`).
+A pure rotation back to a stored view then reproduces it exactly (up to bilinear resampling);
+a translation brings the plane warp's parallax error, which grows with the distance to the
+stored camera, hence the preference for near cameras in :meth:`ViewMemory.retrieve`.
+
+Three decisions, each documented where it is taken:
+
+- what is kept (:meth:`ViewMemory.add`): a near-duplicate of a stored place supersedes it; a full
+  row keeps its newest frames and thins the older ones where they are most crowded in pose
+  space, so the store stays spread over the places visited and its size never grows;
+- what is retrieved (:meth:`ViewMemory.retrieve`): greedily, the stored frames that see most of
+  the target rays still needing a pixel, measured on a coarse grid of rays, nearer cameras
+  winning near-ties;
+- how it is composited (:meth:`ViewMemory.composite`): front to back "over" by validity, the
+  last frame's warp in front, then the retrieved frames in retrieval order; pixels the last
+  frame's warp sees are never changed.
+
+Poses are OpenCV camera-to-world (docs/design.md §5), float64; intrinsics are normalised
+``[fx/W, fy/H, cx/W, cy/H]`` and shared by the stored and the target cameras (one model's).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .warp import WARP_FILLS, warp_image
+
+
+class Retrieval(NamedTuple):
+    """What :meth:`ViewMemory.retrieve` found for each row, best first."""
+
+    indices: torch.Tensor  # (B, k) int64 slots of the store; -1 where nothing (more) was found
+    scores: torch.Tensor  # (B, k) float64 fraction of the target rays each pick adds; 0 where -1
+
+
+class CompositeReference(NamedTuple):
+    """The reference after filling: what :meth:`ViewMemory.composite` returns."""
+
+    colours: torch.Tensor  # (B, 3, N, H, W)
+    validity: torch.Tensor  # (B, 1, N, H, W) in [0, 1]
+
+
+def _invert(c2w: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid (..., 4, 4) poses, on their own device: [Rᵀ, −Rᵀt]."""
+    rotation_t = c2w[..., :3, :3].transpose(-1, -2)
+    inverse = torch.zeros_like(c2w)
+    inverse[..., :3, :3] = rotation_t
+    inverse[..., :3, 3] = -(rotation_t @ c2w[..., :3, 3:]).squeeze(-1)
+    inverse[..., 3, 3] = 1
+    return inverse
+
+
+def pose_distance(a: torch.Tensor, b: torch.Tensor, translation_weight: float) -> torch.Tensor:
+    """How different two camera poses are: the angle of the rotation between them (radians)
+    plus ``translation_weight`` (radians per world unit) times the distance between their
+    centres. a, b (..., 4, 4) c2w, broadcast → (...)."""
+    relative = a[..., :3, :3].transpose(-1, -2) @ b[..., :3, :3]
+    trace = relative.diagonal(dim1=-2, dim2=-1).sum(-1)
+    angle = torch.acos(((trace - 1) / 2).clamp(-1.0, 1.0))
+    return angle + translation_weight * (a[..., :3, 3] - b[..., :3, 3]).norm(dim=-1)
+
+
+class ViewMemory:
+    """A bounded store of clean RGB frames and their camera poses, one per row (episode).
+
+    Storage is allocated once (``capacity`` slots per row), so memory and the cost of every
+    call are flat however long an episode runs:
+
+    - ``frames`` (B, capacity, 3, H, W) in ``dtype``: the frames, in [-1, 1] as the codec
+      decodes them (not clamped here);
+    - ``c2w`` (B, capacity, 4, 4) float64: each frame's camera-to-world pose;
+    - ``places`` (B, capacity, 4, 4) float64: the place each slot stands for, the pose of the
+      first frame stored there (a near-duplicate that supersedes the frame keeps the place);
+    - ``occupied`` (B, capacity) bool: which slots hold a frame;
+    - ``added_at`` (B, capacity) int64: the row's add count when the slot was written (1 for
+      the row's first frame), i.e. each frame's age; ``num_added`` (B,) the row's add count.
+
+    Rows never see each other's frames: every call works row by row (batched).
+
+    Arguments:
+        batch_size: number of rows (independent episodes).
+        capacity: frames kept per row (at least 1).
+        height, width: frame size in pixels.
+        device, dtype: where and how the frames are stored (poses are always float64).
+        duplicate_distance: a new frame whose :func:`pose_distance` to a stored frame's place is
+            below this supersedes that frame (radians; 0.05 ≈ 3° or 0.05 units at the default
+            weight; one action step is at most 6° and 0.16 units).
+        translation_weight: radians per world unit in :func:`pose_distance` (1.0: a step of
+            0.25 units counts like a 14° turn).
+        num_recent: the newest stored frames a full row never evicts (default ``capacity // 2``):
+            looking away and back within the last ``num_recent`` adds always finds its frames.
+        grid_size: target rays per side that :meth:`retrieve` tests (8: 64 rays a target; at
+            most the image's smaller side).
+        parallax_penalty: coverage fraction a stored camera must add per world unit of distance
+            to the targets to beat a nearer one (the plane warp is wrong off the plane by an
+            amount that grows with that distance).
+        valid_threshold: a pixel of the last frame's warp with validity below this is a gap that
+            :meth:`composite` fills (bilinear validity inside the image is 1 up to rounding).
+    """
+
+    def __init__(self, batch_size: int, capacity: int, height: int, width: int, *, device="cpu",
+                 dtype: torch.dtype = torch.float32, duplicate_distance: float = 0.05,
+                 translation_weight: float = 1.0, num_recent: int | None = None, grid_size: int = 8,
+                 parallax_penalty: float = 0.1, valid_threshold: float = 0.999):
+        for name, value in (("batch_size", batch_size), ("capacity", capacity), ("height", height),
+                            ("width", width), ("grid_size", grid_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        num_recent = capacity // 2 if num_recent is None else num_recent
+        if isinstance(num_recent, bool) or not isinstance(num_recent, int) or not 0 <= num_recent < capacity:
+            raise ValueError(f"num_recent must be an integer in [0, capacity - 1] = [0, {capacity - 1}], "
+                             f"got {num_recent!r}")
+        for name, value in (("duplicate_distance", duplicate_distance), ("translation_weight", translation_weight),
+                            ("parallax_penalty", parallax_penalty)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if grid_size > min(height, width):
+            raise ValueError(f"grid_size must be at most the image's smaller side {min(height, width)}, "
+                             f"got {grid_size}")
+        if not 0 < valid_threshold <= 1:
+            raise ValueError(f"valid_threshold must be in (0, 1], got {valid_threshold!r}")
+        self.batch_size, self.capacity, self.height, self.width = batch_size, capacity, height, width
+        self.device, self.dtype = torch.device(device), dtype
+        self.duplicate_distance, self.translation_weight = duplicate_distance, translation_weight
+        self.num_recent, self.grid_size = num_recent, grid_size
+        self.parallax_penalty, self.valid_threshold = parallax_penalty, valid_threshold
+        self.frames = torch.zeros(batch_size, capacity, 3, height, width, device=self.device, dtype=dtype)
+        # empty slots hold the identity, so distances to them stay finite before being masked
+        self.c2w = torch.eye(4, dtype=torch.float64, device=self.device).repeat(batch_size, capacity, 1, 1)
+        self.places = self.c2w.clone()
+        self.occupied = torch.zeros(batch_size, capacity, dtype=torch.bool, device=self.device)
+        self.added_at = torch.zeros(batch_size, capacity, dtype=torch.int64, device=self.device)
+        self.num_added = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
+
+    @property
+    def num_frames(self) -> torch.Tensor:
+        """(B,) frames held by each row."""
+        return self.occupied.sum(1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the store's tensors (fixed at construction)."""
+        return sum(t.nbytes for t in (self.frames, self.c2w, self.places, self.occupied, self.added_at, self.num_added))
+
+    # ---------------------------------------------------------------- checks
+
+    def _rows(self, rows: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+        if rows is None:
+            return torch.arange(self.batch_size, device=self.device)
+        index = torch.as_tensor(rows)
+        if index.numel() == 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        if index.ndim != 1 or index.dtype in (torch.bool,) or index.is_floating_point() or index.is_complex():
+            raise ValueError(f"rows must be a 1-D list of row indices, got {rows!r}")
+        if len(index) and (index.min() < 0 or index.max() >= self.batch_size):
+            raise ValueError(f"rows must lie in [0, {self.batch_size - 1}], got {index.tolist()}")
+        if len(set(index.tolist())) != len(index):
+            raise ValueError(f"rows must not repeat, got {index.tolist()}")
+        return index.to(self.device, torch.int64)
+
+    def _poses(self, c2w: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
+        """``c2w`` checked to be finite rigid camera-to-world poses of ``shape`` → float64 on our device."""
+        c2w = torch.as_tensor(c2w)
+        if tuple(c2w.shape) != shape:
+            raise ValueError(f"{what} must have shape {shape}, got {tuple(c2w.shape)}")
+        c2w = c2w.to(self.device, torch.float64)
+        if not torch.isfinite(c2w).all():
+            raise ValueError(f"{what} contains NaN or inf")
+        if c2w.numel() == 0:
+            return c2w
+        rotation = c2w[..., :3, :3]
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=self.device)
+        eye = torch.eye(3, dtype=torch.float64, device=self.device)
+        not_orthonormal = (rotation.transpose(-1, -2) @ rotation - eye).abs().amax() > 1e-4
+        if (c2w[..., 3, :] - bottom).abs().amax() > 1e-6 or not_orthonormal or (torch.linalg.det(rotation) <= 0).any():
+            raise ValueError(f"{what} must be rigid camera-to-world poses ([[R, t], [0, 0, 0, 1]], R a rotation)")
+        return c2w
+
+    def _targets(self, target_c2w: torch.Tensor) -> torch.Tensor:
+        target_c2w = torch.as_tensor(target_c2w)
+        if target_c2w.ndim != 4 or target_c2w.shape[0] != self.batch_size or target_c2w.shape[1] < 1:
+            raise ValueError(f"target_c2w must have shape (B, N, 4, 4) with B = {self.batch_size}, N >= 1, "
+                             f"got {tuple(target_c2w.shape)}")
+        return self._poses(target_c2w, (self.batch_size, target_c2w.shape[1], 4, 4), "target_c2w")
+
+    def _intrinsics(self, intrinsics: torch.Tensor) -> torch.Tensor:
+        intrinsics = torch.as_tensor(intrinsics)
+        if tuple(intrinsics.shape) != (self.batch_size, 4):
+            raise ValueError(f"intrinsics must have shape (B, 4) = ({self.batch_size}, 4), "
+                             f"got {tuple(intrinsics.shape)}")
+        intrinsics = intrinsics.to(self.device, torch.float64)
+        if not torch.isfinite(intrinsics).all() or (intrinsics[:, :2] <= 0).any():
+            raise ValueError(f"intrinsics must be finite with fx, fy > 0, got {intrinsics.tolist()}")
+        return intrinsics
+
+    @staticmethod
+    def _check_k_depth(k: int, depth: float | None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k (frames to retrieve) must be an integer >= 0, got {k!r}")
+        if depth is not None and not (isinstance(depth, (int, float)) and math.isfinite(depth) and depth > 0):
+            raise ValueError(f"depth must be a positive number or None (infinitely far), got {depth!r}")
+
+    # ---------------------------------------------------------------- storing
+
+    def clear(self, rows: Sequence[int] | torch.Tensor | None = None) -> None:
+        """Empty ``rows`` (all by default), e.g. when their episodes reset."""
+        index = self._rows(rows)
+        self.occupied[index] = False
+        self.added_at[index] = 0
+        self.num_added[index] = 0
+        self.c2w[index] = torch.eye(4, dtype=torch.float64, device=self.device)
+        self.places[index] = torch.eye(4, dtype=torch.float64, device=self.device)
+        self.frames[index] = 0
+
+    @torch.no_grad()
+    def add(self, frames: torch.Tensor, c2w: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None) -> None:
+        """Store one frame per row: ``frames`` (b, 3, H, W) seen from ``c2w`` (b, 4, 4), for all
+        rows (b = B) or for the listed ``rows`` (b = len(rows)).
+
+        The frame is always stored (never skipped); its slot is, in this order:
+
+        1. the slot whose place (the pose of the first frame stored there) is nearest in
+           :func:`pose_distance`, if nearer than ``duplicate_distance``: a near-duplicate is
+           superseded, the newest wins (it is the latest picture of that view), and the slot
+           keeps its place. Why the place and not the stored pose: a slow walk in steps below
+           the threshold would otherwise supersede its way along the whole path and leave one
+           frame; with fixed places a walk keeps one frame every ``duplicate_distance``;
+        2. a free slot;
+        3. in a full row, a frame of the *pool*, the frames older than the ``num_recent`` newest:
+           the one whose place is the most crowded, i.e. has the smallest sum of
+           :func:`pose_distance` to its two nearest pool neighbours' places; ties go to the
+           oldest. The recent frames keep "look away and back" exact for a while; thinning
+           the pool where it is densest keeps it spread over every region of pose space
+           visited, so a place seen long ago stays represented. Why within the pool, and two
+           neighbours: measured along a 1000-add walk, crowding counted against the recent
+           frames evicts every frame as it leaves the recent window (it is always near them)
+           and the nearest neighbour alone ties along an evenly spaced path and eats its start.
+        """
+        index = self._rows(rows)
+        num_rows = len(index)
+        frames = torch.as_tensor(frames)
+        if tuple(frames.shape) != (num_rows, 3, self.height, self.width):
+            raise ValueError(f"frames must have shape (b, 3, H, W) = ({num_rows}, 3, {self.height}, {self.width}), "
+                             f"got {tuple(frames.shape)}")
+        if not torch.isfinite(frames).all():
+            raise ValueError("frames contain NaN or inf")
+        c2w = self._poses(c2w, (num_rows, 4, 4), "c2w")
+        if num_rows == 0:
+            return
+        slots, superseded = self._slots_for(index, c2w)
+        self.num_added[index] += 1
+        self.frames[index, slots] = frames.to(self.device, self.dtype)
+        self.c2w[index, slots] = c2w
+        self.places[index, slots] = torch.where(superseded[:, None, None], self.places[index, slots], c2w)
+        self.occupied[index, slots] = True
+        self.added_at[index, slots] = self.num_added[index]
+
+    def _slots_for(self, index: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slot (b,) each listed row's new frame (pose ``c2w`` (b, 4, 4)) goes to, by the rule
+        of :meth:`add`, and (b,) whether it supersedes a near-duplicate (the slot keeps its place)."""
+        places, occupied, age = self.places[index], self.occupied[index], self.added_at[index]  # (b, S, ...)
+        inf = torch.tensor(math.inf, dtype=torch.float64, device=self.device)
+        to_new = torch.where(occupied, pose_distance(places, c2w[:, None], self.translation_weight), inf)  # (b, S)
+        nearest_distance, nearest = to_new.min(1)
+        duplicate = nearest_distance < self.duplicate_distance
+        free = ~occupied
+        # full rows: the older frames (all but the num_recent newest) are a pool kept spread out;
+        # evict the pool's most crowded place, the one nearest its two nearest pool neighbours
+        newer = (age[:, None, :] > age[:, :, None]).sum(2)  # (b, S) how many stored frames are newer
+        pool = occupied & (newer >= self.num_recent)
+        pairwise = pose_distance(places[:, :, None], places[:, None], self.translation_weight)  # (b, S, S)
+        pairwise = pairwise.masked_fill(~pool[:, None, :] | torch.eye(self.capacity, dtype=torch.bool,
+                                                                       device=self.device), math.inf)
+        crowding = pairwise.topk(min(2, self.capacity), dim=2, largest=False).values.sum(2)  # (b, S)
+        crowding = torch.where(pool, crowding, inf)
+        most_crowded = pool & (crowding <= crowding.amin(1, keepdim=True) + 1e-12)
+        evict = torch.where(most_crowded, age, torch.iinfo(torch.int64).max).argmin(1)  # the oldest of the ties
+        slots = torch.where(duplicate, nearest, torch.where(free.any(1), free.int().argmax(1), evict))
+        return slots, duplicate
+
+    # ---------------------------------------------------------------- retrieving
+
+    def coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None) -> torch.Tensor:
+        """Which target rays each stored frame sees → (B, capacity, N, grid_size²) bool.
+
+        target_c2w (B, N, 4, 4); intrinsics (B, 4). The rays go through a ``grid_size`` ×
+        ``grid_size`` grid of pixel centres of each target, evenly spaced from border to border
+        (:meth:`_ray_positions`), and each is cut by the plane ``depth`` in front of the target
+        camera (``None``: at infinity), as :func:`~minwm_env.warp.warp_image` does; a ray is seen
+        when that point lies in front of the stored camera and projects inside its image. Empty
+        slots see nothing.
+        """
+        target_c2w = self._targets(target_c2w)
+        intrinsics = self._intrinsics(intrinsics)
+        self._check_k_depth(0, depth)
+        return self._coverage(target_c2w, intrinsics, depth)
+
+    def _ray_positions(self, size: int) -> torch.Tensor:
+        """(G,) normalised positions of the grid's rays along an image side of ``size`` pixels:
+        evenly spaced pixel centres from the first to the last. Why the border pixels: a turn
+        or a step opens gaps at the image's edges first, and a grid of cell centres would miss
+        a gap a few pixels wide there (measured: the top and bottom rows after a turn back)."""
+        if self.grid_size == 1:
+            return torch.full((1,), 0.5, dtype=torch.float64, device=self.device)
+        pixels = torch.linspace(0, size - 1, self.grid_size, dtype=torch.float64, device=self.device)
+        return (pixels + 0.5) / size
+
+    def _coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None) -> torch.Tensor:
+        fx, fy, cx, cy = (intrinsics[:, i, None] for i in range(4))  # (B, 1)
+        v, u = (c.reshape(1, -1) for c in torch.meshgrid(self._ray_positions(self.height),
+                                                         self._ray_positions(self.width), indexing="ij"))  # (1, G²)
+        x, y = (u - cx) / fx, (v - cy) / fy  # (B, G²)
+        points = torch.stack([x, y, torch.ones_like(x), torch.full_like(x, 0.0 if depth is None else 1.0 / depth)],
+                             dim=-1)  # (B, G², 4) homogeneous points on the plane z = depth of a target
+        to_stored = _invert(self.c2w)[:, :, None] @ target_c2w[:, None]  # (B, S, N, 4, 4)
+        seen = torch.einsum("bsnij,bgj->bsngi", to_stored, points)  # (B, S, N, G², 4)
+        in_front = seen[..., 2] > 1e-6
+        z = torch.where(in_front, seen[..., 2], torch.ones_like(seen[..., 2]))
+        u_stored = fx[:, None, None] * seen[..., 0] / z + cx[:, None, None]
+        v_stored = fy[:, None, None] * seen[..., 1] / z + cy[:, None, None]
+        inside = (u_stored >= 0) & (u_stored <= 1) & (v_stored >= 0) & (v_stored <= 1)
+        return in_front & inside & self.occupied[:, :, None, None]
+
+    @torch.no_grad()
+    def retrieve(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, k: int, depth: float | None,
+                 *, need: torch.Tensor | None = None) -> Retrieval:
+        """Up to ``k`` stored frames per row that best cover the targets' view, best first.
+
+        target_c2w (B, N, 4, 4): the cameras of the new chunk's frames; intrinsics (B, 4);
+        depth: the warp plane's distance (use the model's ``warp_depth``). need (B, N, G, G)
+        with G = ``grid_size``, in [0, 1]: how much each target ray still needs a pixel
+        (default all 1; :meth:`composite` passes :meth:`gap_need`: where the last frame's warp
+        has gaps).
+
+        Greedy, like set cover: each pick is the stored frame that sees the most of what is
+        still needed (:meth:`coverage`, weighted by ``need`` and averaged over the N targets),
+        minus ``parallax_penalty`` times its mean distance to the target cameras (so among
+        near-ties the nearer camera, whose plane warp is less wrong, wins); what it sees is then
+        no longer needed. With ``need`` all 1 the first score is plain coverage: the fraction of
+        the targets' rays the frame sees. Picking stops when no frame adds anything.
+
+        Returns :class:`Retrieval`: indices (B, k) slots, -1 where the row has no (more) frame
+        that adds coverage; scores (B, k) each pick's added fraction of the rays, 0 at -1.
+        The cost is O(k · capacity · N · G²), bounded however long the episode.
+        """
+        self._check_k_depth(k, depth)
+        target_c2w = self._targets(target_c2w)
+        num_targets = target_c2w.shape[1]
+        intrinsics = self._intrinsics(intrinsics)
+        grid = self.grid_size
+        if need is None:
+            need = torch.ones(self.batch_size, num_targets, grid * grid, dtype=torch.float64, device=self.device)
+        else:
+            need = torch.as_tensor(need)
+            if tuple(need.shape) != (self.batch_size, num_targets, grid, grid):
+                raise ValueError(f"need must have shape (B, N, G, G) = ({self.batch_size}, {num_targets}, {grid}, "
+                                 f"{grid}), got {tuple(need.shape)}")
+            need = need.to(self.device, torch.float64).flatten(2)
+            if not torch.isfinite(need).all() or (need < 0).any() or (need > 1).any():
+                raise ValueError("need must be finite and in [0, 1]")
+
+        indices = torch.full((self.batch_size, k), -1, dtype=torch.int64, device=self.device)
+        scores = torch.zeros(self.batch_size, k, dtype=torch.float64, device=self.device)
+        if k == 0 or not self.occupied.any():
+            return Retrieval(indices, scores)
+        covered = self._coverage(target_c2w, intrinsics, depth).double()  # (B, S, N, G²)
+        distance = (self.c2w[:, :, None, :3, 3] - target_c2w[:, None, :, :3, 3]).norm(dim=-1).mean(2)  # (B, S)
+        penalty = self.parallax_penalty * distance
+        available = self.occupied.clone()
+        rows = torch.arange(self.batch_size, device=self.device)
+        for rank in range(min(k, self.capacity)):
+            gain = (covered * need[:, None]).mean(dim=(2, 3))  # (B, S) fraction of all target rays
+            key = torch.where(available & (gain > 0), gain - penalty, -math.inf)
+            best_key, best = key.max(1)
+            found = torch.isfinite(best_key)
+            if not found.any():
+                break
+            indices[:, rank] = torch.where(found, best, -1)
+            scores[:, rank] = torch.where(found, gain[rows, best], 0.0)
+            available[rows[found], best[found]] = False
+            need = need * (1 - covered[rows, best] * found[:, None, None])
+        return Retrieval(indices, scores)
+
+    # ---------------------------------------------------------------- compositing
+
+    def gap_need(self, validity: torch.Tensor) -> torch.Tensor:
+        """validity (B, 1, N, H, W) of the last frame's warp → the ``need`` (B, N, G, G) that
+        :meth:`composite` retrieves for: 1 for a grid ray when any pixel of its cell (the ray
+        lies in it: rays sit at evenly spaced pixel centres, cells are ``adaptive_max_pool2d``'s)
+        is a gap, below ``valid_threshold``; else 0."""
+        if validity.ndim != 5 or validity.shape[1] != 1 or validity.shape[3:] != (self.height, self.width):
+            raise ValueError(f"validity must have shape (B, 1, N, H, W) with H, W = {self.height}, {self.width}, "
+                             f"got {tuple(validity.shape)}")
+        batch, _, num_targets = validity.shape[:3]
+        gaps = (validity < self.valid_threshold).flatten(0, 2)[:, None].to(self.device, torch.float32)
+        return F.adaptive_max_pool2d(gaps, self.grid_size).reshape(batch, num_targets, self.grid_size, self.grid_size)
+
+    @torch.no_grad()
+    def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
+                  intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str) -> CompositeReference:
+        """Fill the gaps of the last frame's warp with stored frames warped into the same cameras.
+
+        reference (B, 3, N, H, W) and validity (B, 1, N, H, W): the last clean frame warped into
+        the N target cameras ``target_c2w`` (B, N, 4, 4), i.e. ``warp_image(..., depth, fill,
+        with_validity=True)`` split into colours and validity; intrinsics (B, 4); depth: the
+        same plane as that warp (the model's ``warp_depth``); k: stored frames to use at most;
+        fill: the ``fill`` that warp used ("border" or "blank"), which fixes how colours of
+        partly valid pixels read (below).
+
+        Pixels with validity ≥ ``valid_threshold`` are never changed. Every other pixel is
+        composited front to back, "over" by validity: the last frame's warp first, then the
+        frames of :meth:`retrieve` (asked for the gap rays) in retrieval order, each warped with
+        zero padding so its colour is premultiplied by its validity ``v``:
+
+            C ← C + (1 − A)·colour,  A ← A + (1 − A)·v,  starting from A = validity, C = A·reference
+
+        so the best frame supplies the gap where it sees it, the next one what is left, and a
+        seam blends by validity. The new validity is A. Colours: with ``fill="blank"`` the warp's
+        colours are premultiplied (never-seen pixels are zero) and the result stays so (C, and
+        C starts as the reference itself); with ``"border"`` they are not, and the result is
+        C / A where a stored frame added something, the border streak where none did.
+
+        With an empty store, k = 0, or no gap any stored frame sees, the inputs come back as they
+        are (the same tensors). Returns :class:`CompositeReference`.
+        """
+        if fill not in WARP_FILLS:
+            raise ValueError(f"fill must be one of {WARP_FILLS} (the last frame's warp fill), got {fill!r}")
+        reference, validity = torch.as_tensor(reference), torch.as_tensor(validity)
+        if reference.ndim != 5 or reference.shape[:2] != (self.batch_size, 3) or \
+                reference.shape[3:] != (self.height, self.width):
+            raise ValueError(f"reference must have shape (B, 3, N, H, W) = ({self.batch_size}, 3, N, {self.height}, "
+                             f"{self.width}), got {tuple(reference.shape)}")
+        batch, _, num_targets, height, width = reference.shape
+        if tuple(validity.shape) != (batch, 1, num_targets, height, width):
+            raise ValueError(f"validity must have shape (B, 1, N, H, W) = {(batch, 1, num_targets, height, width)}, "
+                             f"got {tuple(validity.shape)}")
+        if not torch.isfinite(validity).all() or (validity < 0).any() or (validity > 1 + 1e-3).any():
+            raise ValueError("validity must be finite and in [0, 1]")
+        if tuple(torch.as_tensor(target_c2w).shape) != (batch, num_targets, 4, 4):
+            raise ValueError(f"target_c2w must have shape (B, N, 4, 4) = ({batch}, {num_targets}, 4, 4), got "
+                             f"{tuple(torch.as_tensor(target_c2w).shape)}")
+        self._check_k_depth(k, depth)
+        gaps = validity < self.valid_threshold  # (B, 1, N, H, W)
+        found = self.retrieve(target_c2w, intrinsics, k, depth, need=self.gap_need(validity))
+        num_used = int((found.indices >= 0).sum(1).max()) if k else 0
+        if num_used == 0:
+            return CompositeReference(reference, validity)
+
+        used = found.indices[:, :num_used] >= 0  # (B, m)
+        slots = found.indices[:, :num_used].clamp_min(0)
+        rows = torch.arange(batch, device=self.device)[:, None]
+        target_c2w = torch.as_tensor(target_c2w).to(self.device, torch.float64)
+        intrinsics = torch.as_tensor(intrinsics).to(self.device, torch.float64)
+        warped = warp_image(self.frames[rows, slots].flatten(0, 1), self.c2w[rows, slots].flatten(0, 1),
+                            target_c2w.repeat_interleave(num_used, 0), intrinsics.repeat_interleave(num_used, 0),
+                            depth, fill="blank", with_validity=True)  # (B·m, 4, N, H, W), colours premultiplied
+        warped = warped.reshape(batch, num_used, 4, num_targets, height, width).to(reference.device, reference.dtype)
+        warped = warped * used.to(warped.device)[:, :, None, None, None, None]  # a row's missing picks add nothing
+
+        alpha = validity.to(reference.dtype)
+        colour = reference * alpha if fill == "border" else reference
+        for rank in range(num_used):
+            uncovered = 1 - alpha
+            colour = colour + uncovered * warped[:, rank, :3]
+            alpha = alpha + uncovered * warped[:, rank, 3:]
+        added = gaps.to(reference.device) & (alpha > validity)
+        if fill == "border":
+            colour = colour / alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
+        return CompositeReference(torch.where(added, colour, reference),
+                                  torch.where(added, alpha.clamp(max=1), validity))

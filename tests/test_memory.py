@@ -1,0 +1,313 @@
+"""Spatial memory (minwm_env/memory.py): looking away and back restores what was seen, the store
+stays bounded and spread over the places visited, rows are independent, bad input is refused."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minwm_env import camera
+from minwm_env.codec import from_uint8
+from minwm_env.memory import ViewMemory, pose_distance
+from minwm_env.warp import warp_image
+from minwm_env.world.renderer import WorldRenderer, look_pose
+from minwm_env.world.scenes import make_scene
+
+SIZE = 64
+DEPTH = 2.0  # the shipped models' warp_depth
+INTRINSICS = (0.8660254037844386, 0.8660254037844386, 0.5, 0.5)  # the renderer's 60° field of view
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The store's tensors are small: one thread is faster, and keeps a shared machine's other work going."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def room():
+    renderer = WorldRenderer(make_scene("room", 3), SIZE, SIZE)
+    yield renderer
+    renderer.close()
+
+
+def _turn(yaw: float) -> torch.Tensor:
+    return camera.delta_to_matrix(torch.tensor([0.0, 0, 0, yaw, 0, 0]))
+
+
+def _pose(x: float, y: float, yaw: float) -> torch.Tensor:
+    return torch.from_numpy(look_pose(x, y, 1.0, yaw))
+
+
+def _render(room, pose: torch.Tensor) -> torch.Tensor:
+    return from_uint8(torch.from_numpy(room.render(pose.numpy()))).float()  # (3, H, W)
+
+
+def _intrinsics(batch: int) -> torch.Tensor:
+    return torch.tensor(INTRINSICS, dtype=torch.float64).expand(batch, 4)
+
+
+def _walk(num_poses: int) -> torch.Tensor:
+    """(num_poses, 4, 4) a figure-of-eight walk through the room, turning ten times around (a step
+    of over 3.6°, above the duplicate distance)."""
+    turns = [2 * math.pi * i / num_poses for i in range(num_poses)]
+    return torch.stack([_pose(2 * math.sin(s), 1.5 * math.sin(2 * s), math.degrees(10 * s) % 360) for s in turns])
+
+
+def _state(memory: ViewMemory) -> list[torch.Tensor]:
+    return [t.clone() for t in (memory.frames, memory.c2w, memory.places, memory.occupied, memory.added_at,
+                                memory.num_added)]
+
+
+@pytest.mark.parametrize("fill", ["border", "blank"])
+def test_looking_away_and_back_restores_the_seen_view(room, fill):
+    """Store the view at P and a turn away from it (4 × 12°); turned back to near P, the last
+    frame's warp misses most of the image, and the memory fills it with what P saw."""
+    start = _pose(0.0, 0.0, 30.0)
+    poses = [start @ _turn(12.0 * i) for i in range(5)]
+    memory = ViewMemory(1, 8, SIZE, SIZE)
+    for pose in poses:
+        memory.add(_render(room, pose)[None], pose[None])
+    targets = torch.stack([start @ _turn(6.0), start @ _turn(2.0)])[None]  # (1, 2, 4, 4) back near P
+    warped = warp_image(_render(room, poses[-1])[None], poses[-1][None], targets, _intrinsics(1), DEPTH, fill,
+                        with_validity=True)
+    colours, validity = warped[:, :3], warped[:, 3:]
+    truth = torch.stack([_render(room, pose) for pose in targets[0]], dim=1)[None]  # (1, 3, 2, H, W)
+
+    filled = memory.composite(colours, validity, targets, _intrinsics(1), DEPTH, 4, fill=fill)
+
+    assert float((validity < 0.999).float().mean()) > 0.6  # the last frame saw under 40% of it
+    assert float((filled.validity > 0.99).float().mean()) > 0.99
+    error_last = float((colours - truth).abs().mean())
+    error_memory = float((filled.colours - truth).abs().mean())
+    # measured: 0.038 against 0.28 (border) and 0.38 (blank); rotation-only, so only resampling remains
+    assert error_memory < 0.06 and error_memory < 0.2 * error_last, (error_memory, error_last)
+    seen = validity >= memory.valid_threshold
+    assert torch.equal(filled.colours[seen.expand_as(colours)], colours[seen.expand_as(colours)])
+    assert torch.equal(filled.validity[seen], validity[seen])
+
+
+def test_a_long_walk_keeps_capacity_frames_spread_over_it():
+    """1000 adds: exactly ``capacity`` frames in storage that never grows, the newest
+    ``num_recent`` all there, and the older half spread over the whole walk: a frame from every
+    fifth of it, and every pose of the walk much nearer a stored one than to the last
+    ``capacity`` frames (what evicting the oldest would keep)."""
+    capacity = 32
+    poses = _walk(1000)
+    memory = ViewMemory(1, capacity, 8, 8)
+    storage, nbytes = memory.frames.data_ptr(), memory.nbytes
+    image = torch.zeros(1, 3, 8, 8)
+    for pose in poses:
+        memory.add(image, pose[None])
+    assert int(memory.num_frames[0]) == capacity
+    assert memory.frames.data_ptr() == storage and memory.nbytes == nbytes
+    ages = memory.added_at[0].sort(descending=True).values
+    assert ages[: memory.num_recent].tolist() == list(range(1000, 1000 - memory.num_recent, -1))
+    assert {(int(age) - 1) // 200 for age in ages} == set(range(5))  # every fifth of the walk is represented
+    stored = memory.c2w[0][memory.occupied[0]]
+    cover = pose_distance(poses[:, None], stored[None], memory.translation_weight).amin(1).max()
+    cover_last = pose_distance(poses[:, None], poses[None, -capacity:], memory.translation_weight).amin(1).max()
+    assert cover < 0.5 * cover_last, (float(cover), float(cover_last))  # measured 2.1 against 4.6
+
+
+def test_near_duplicate_poses_replace_each_other():
+    """A pose within ``duplicate_distance`` of a stored place supersedes it (the newest frame
+    wins, the place stays), so a slow turn keeps one frame every ~3° and does not collapse into one."""
+    memory = ViewMemory(1, 64, 8, 8, duplicate_distance=0.05)
+    start = _pose(0.0, 0.0, 0.0)
+    for i, yaw in enumerate((0.0, 1.0, 2.0)):  # 0.017 and 0.035 rad from the first pose
+        memory.add(torch.full((1, 3, 8, 8), float(i)), (start @ _turn(yaw))[None])
+    assert int(memory.num_frames[0]) == 1
+    slot = int(memory.occupied[0].nonzero()[0, 0])
+    assert torch.equal(memory.frames[0, slot], torch.full((3, 8, 8), 2.0))
+    torch.testing.assert_close(memory.c2w[0, slot], start @ _turn(2.0), atol=1e-12, rtol=0)
+    torch.testing.assert_close(memory.places[0, slot], start, atol=1e-12, rtol=0)
+    memory.add(torch.zeros(1, 3, 8, 8), (start @ _turn(4.0))[None])  # 0.07 rad from the place: a new one
+    assert int(memory.num_frames[0]) == 2
+    for yaw in range(5, 101):  # a slow turn in 1° steps
+        memory.add(torch.zeros(1, 3, 8, 8), (start @ _turn(float(yaw)))[None])
+    assert 30 <= int(memory.num_frames[0]) <= 36  # one place every 3° of the 100°
+
+
+def test_retrieve_ranks_by_coverage_then_the_nearer_camera():
+    """The camera at the target sees all of its rays; one stepped back sees them too (a near
+    tie) and loses on distance; one facing away sees none and is never returned."""
+    target = _pose(0.0, 0.0, 0.0)
+    behind = target @ camera.delta_to_matrix(torch.tensor([0.0, 0, -0.5, 0, 0, 0]))
+    away = target @ _turn(180.0)
+    memory = ViewMemory(1, 4, 16, 16)
+    for pose in (behind, away, target):  # the tie's loser first, so slot order cannot decide
+        memory.add(torch.zeros(1, 3, 16, 16), pose[None])
+    found = memory.retrieve(target[None, None], _intrinsics(1), 3, DEPTH)
+    assert found.indices.tolist() == [[2, -1, -1]]
+    assert found.scores.tolist() == [[1.0, 0.0, 0.0]]
+    covered = memory.coverage(target[None, None], _intrinsics(1), DEPTH)  # (1, 4, 1, 64)
+    assert covered[0, :, 0].sum(1).tolist() == [64, 0, 64, 0]
+    # what the first pick leaves needed goes to the next: here the stepped-back camera
+    need = torch.zeros(1, 1, 8, 8)
+    need[..., 0] = 1
+    found = memory.retrieve(target[None, None], _intrinsics(1), 2, DEPTH, need=need)
+    assert found.indices.tolist() == [[2, -1]] and found.scores[0, 0] == pytest.approx(8 / 64)
+
+
+def _composite_inputs(batch: int, num_targets: int, size: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    last = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    last_c2w = torch.stack([_pose(0.1 * b, 0.0, 40.0 + 10 * b) for b in range(batch)])
+    targets = torch.stack([torch.stack([_pose(0.1 * b, 0.05 * n, 5.0 * n + 3 * b) for n in range(num_targets)])
+                           for b in range(batch)])
+    warped = warp_image(last, last_c2w, targets, _intrinsics(batch), DEPTH, "border", with_validity=True)
+    return warped[:, :3], warped[:, 3:], targets
+
+
+@pytest.mark.parametrize("fill", ["border", "blank"])
+def test_composite_is_over_by_validity(fill):
+    """One stored frame: the gaps take ``(A·c + (1 − A)·s) / (A + (1 − A)·v)`` (border: colours
+    not premultiplied) or ``c + (1 − A)·s`` (blank: premultiplied), with s, v the stored frame's
+    blank warp and validity; the seams of both warps are fractional, so each term counts."""
+    size, generator = 16, torch.Generator().manual_seed(3)
+    target = _pose(0.0, 0.0, 0.0)[None, None]  # (1, 1, 4, 4)
+    last, last_c2w = torch.rand(1, 3, size, size, generator=generator) * 2 - 1, (target[0] @ _turn(25.0))
+    stored, stored_c2w = torch.rand(1, 3, size, size, generator=generator) * 2 - 1, (target[0] @ _turn(-13.0))
+    warped = warp_image(last, last_c2w, target, _intrinsics(1), DEPTH, fill, with_validity=True)
+    colours, validity = warped[:, :3], warped[:, 3:]
+    memory = ViewMemory(1, 2, size, size)
+    memory.add(stored, stored_c2w)
+    filled = memory.composite(colours, validity, target, _intrinsics(1), DEPTH, 1, fill=fill)
+
+    from_memory = warp_image(stored, stored_c2w, target, _intrinsics(1), DEPTH, "blank", with_validity=True)
+    s, v = from_memory[:, :3], from_memory[:, 3:]
+    gap = validity < memory.valid_threshold
+    alpha = validity + (1 - validity) * v
+    if fill == "border":
+        expected = (validity * colours + (1 - validity) * s) / alpha.clamp_min(1e-12)
+    else:
+        expected = colours + (1 - validity) * s
+    added = gap & (v > 0)
+    assert 0.1 < float(added.float().mean()) < 0.9 and bool(((v > 0.05) & (v < 0.95) & gap).any())
+    torch.testing.assert_close(filled.colours, torch.where(added, expected, colours), atol=1e-5, rtol=0)
+    torch.testing.assert_close(filled.validity, torch.where(added, alpha, validity), atol=1e-6, rtol=0)
+
+
+def test_rows_are_independent():
+    """A 2-row memory gives each row what a 1-row memory holding only that row's frames gives."""
+    size, generator = 16, torch.Generator().manual_seed(0)
+    both = ViewMemory(2, 6, size, size)
+    alone = [ViewMemory(1, 6, size, size) for _ in range(2)]
+    for step in range(12):
+        frames = torch.rand(2, 3, size, size, generator=generator) * 2 - 1
+        c2w = torch.stack([_pose(0.1 * step, 0.0, -20.0 + 9 * step), _pose(0.0, -0.1 * step, 50.0 - 7 * step)])
+        rows = [0, 1] if step % 3 else [1]  # row 0 misses every third add
+        both.add(frames[rows], c2w[rows], rows=rows)
+        for row in rows:
+            alone[row].add(frames[row:row + 1], c2w[row:row + 1])
+    colours, validity, targets = _composite_inputs(2, 3, size, seed=1)
+    found = both.retrieve(targets, _intrinsics(2), 4, DEPTH)
+    filled = both.composite(colours, validity, targets, _intrinsics(2), DEPTH, 4, fill="border")
+    assert not torch.equal(filled.colours, colours)  # the memory did something
+    for row in range(2):
+        ours = alone[row].retrieve(targets[row:row + 1], _intrinsics(1), 4, DEPTH)
+        assert torch.equal(found.indices[row], ours.indices[0])
+        torch.testing.assert_close(found.scores[row], ours.scores[0], atol=1e-12, rtol=0)
+        one = alone[row].composite(colours[row:row + 1], validity[row:row + 1], targets[row:row + 1],
+                                   _intrinsics(1), DEPTH, 4, fill="border")
+        torch.testing.assert_close(filled.colours[row], one.colours[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(filled.validity[row], one.validity[0], atol=1e-6, rtol=0)
+
+
+def test_an_empty_memory_returns_the_inputs_unchanged():
+    size = 16
+    colours, validity, targets = _composite_inputs(2, 2, size, seed=2)
+    memory = ViewMemory(2, 4, size, size)
+    for fill in ("border", "blank"):
+        filled = memory.composite(colours, validity, targets, _intrinsics(2), DEPTH, 4, fill=fill)
+        assert torch.equal(filled.colours, colours) and torch.equal(filled.validity, validity)
+    memory.add(torch.rand(2, 3, size, size) * 2 - 1, targets[:, 0])
+    filled = memory.composite(colours, validity, targets, _intrinsics(2), DEPTH, 0, fill="border")  # k = 0
+    assert torch.equal(filled.colours, colours) and torch.equal(filled.validity, validity)
+    memory.clear(rows=[0])  # an episode reset empties its row only
+    assert memory.num_frames.tolist() == [0, 1]
+    filled = memory.composite(colours, validity, targets, _intrinsics(2), DEPTH, 4, fill="border")
+    assert torch.equal(filled.colours[0], colours[0]) and torch.equal(filled.validity[0], validity[0])
+    assert not torch.equal(filled.colours[1], colours[1])
+
+
+def _bad_calls():
+    eye = torch.eye(4, dtype=torch.float64)
+    frame = torch.zeros(2, 3, 8, 8)
+    colours, validity = torch.zeros(2, 3, 2, 8, 8), torch.zeros(2, 1, 2, 8, 8)
+    targets, k4 = eye.expand(2, 2, 4, 4), _intrinsics(2)
+    nan_pose, scaled = eye.clone().expand(2, 4, 4).clone(), eye.clone().expand(2, 4, 4).clone()
+    nan_pose[1, 0, 3] = math.nan
+    scaled[0, :3, :3] *= 2
+    return {
+        "frames": (lambda m: m.add(torch.zeros(2, 3, 8, 9), eye.expand(2, 4, 4)), "frames must have shape"),
+        "frames-rows": (lambda m: m.add(frame, eye.expand(2, 4, 4), rows=[1]), "frames must have shape"),
+        "frames-nan": (lambda m: m.add(frame.clone().fill_(math.nan), eye.expand(2, 4, 4)), "frames contain NaN"),
+        "pose-nan": (lambda m: m.add(frame, nan_pose), "c2w contains NaN"),
+        "pose-rigid": (lambda m: m.add(frame, scaled), "must be rigid"),
+        "pose-shape": (lambda m: m.add(frame, eye[:3].expand(2, 3, 4)), r"c2w must have shape \(2, 4, 4\)"),
+        "rows-range": (lambda m: m.add(frame[:1], eye.expand(1, 4, 4), rows=[2]), r"rows must lie in \[0, 1\]"),
+        "rows-repeat": (lambda m: m.add(frame, eye.expand(2, 4, 4), rows=[1, 1]), "rows must not repeat"),
+        "clear-range": (lambda m: m.clear(rows=[-1]), "rows must lie in"),
+        "k": (lambda m: m.retrieve(targets, k4, -1, DEPTH), "k .* must be an integer >= 0"),
+        "depth": (lambda m: m.retrieve(targets, k4, 2, -1.0), "depth must be a positive number"),
+        "targets": (lambda m: m.retrieve(eye.expand(3, 2, 4, 4), k4, 2, DEPTH), "target_c2w must have shape"),
+        "targets-nan": (lambda m: m.retrieve(nan_pose[:, None], k4, 2, DEPTH), "target_c2w contains NaN"),
+        "intrinsics": (lambda m: m.retrieve(targets, k4[:, :3], 2, DEPTH), r"intrinsics must have shape \(B, 4\)"),
+        "need": (lambda m: m.retrieve(targets, k4, 2, DEPTH, need=torch.ones(2, 2, 4, 4)), "need must have shape"),
+        "reference": (lambda m: m.composite(colours[..., :7], validity, targets, k4, DEPTH, 2, fill="border"),
+                      "reference must have shape"),
+        "validity": (lambda m: m.composite(colours, validity[:, :, :1], targets, k4, DEPTH, 2, fill="border"),
+                     "validity must have shape"),
+        "composite-targets": (lambda m: m.composite(colours, validity, targets[:, :1], k4, DEPTH, 2, fill="border"),
+                              "target_c2w must have shape"),
+        "fill": (lambda m: m.composite(colours, validity, targets, k4, DEPTH, 2, fill="zeros"), "fill must be one of"),
+        "composite-k": (lambda m: m.composite(colours, validity, targets, k4, DEPTH, -2, fill="blank"), "k .* >= 0"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls()))
+def test_bad_inputs_raise_and_leave_the_store_unchanged(case):
+    memory = ViewMemory(2, 3, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(4):  # full rows, so a wrong add would have to evict
+        memory.add(torch.rand(2, 3, 8, 8, generator=generator), torch.stack([_pose(0, 0, 40.0 * step)] * 2))
+    before = _state(memory)
+    call, message = _bad_calls()[case]
+    with pytest.raises(ValueError, match=message):
+        call(memory)
+    for old, new in zip(before, _state(memory)):
+        assert torch.equal(old, new)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(capacity=0), "capacity must be a positive integer"),
+    (dict(num_recent=4), r"num_recent must be an integer in \[0, capacity - 1\]"),
+    (dict(grid_size=9), "grid_size must be at most"),
+    (dict(valid_threshold=1.5), "valid_threshold must be in"),
+])
+def test_bad_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ViewMemory(**{"batch_size": 1, "capacity": 4, "height": 8, "width": 8, **kwargs})
+
+
+def test_the_cost_benchmark_runs_and_its_store_stays_the_same_size(capsys, monkeypatch):
+    """benchmarks/memory_cost.py on a tiny budget (in process: the import is the slow part)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_cost.py"
+    spec = importlib.util.spec_from_file_location("memory_cost", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "memory_cost", benchmark)  # its dataclass looks itself up there
+    spec.loader.exec_module(benchmark)
+    benchmark.main(["--frames", "64", "--every", "32", "--chunk", "8", "--capacity", "4", "--size", "16",
+                    "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 ") or
+            line.startswith("| 64 ")]
+    assert len(rows) == 4  # two measurements in each of the two modes
+    assert len({row.rsplit("|", 2)[-2] for row in rows}) == 1  # the same store bytes throughout
