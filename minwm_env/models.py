@@ -169,6 +169,20 @@ PRESETS: dict[str, ModelPreset] = {
                                intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
         description="default's network seeing the warped reference (border-streaked where unseen) and its validity",
     ),
+    # v3 candidate (issue 18): default-v2b on tokens of one latent pixel (a 4×4-pixel cell of
+    # 4 frames) instead of 2×2 of them. With 2×2 patches every token's 768 output values are a
+    # linear map of its 128-wide state, so what it can draw is a fixed 128-dimensional family
+    # of 8×8-pixel patches: measured, a new strip comes out as 8×8 blocks of colour.
+    "default-v3": ModelPreset(
+        transformer=dict(patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=32,
+                         in_channels=192 + 192 + 64, out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512,
+                         num_layers=4),
+        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
+        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
+                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_validity=True,
+                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+        description="default-v2b with one token per latent pixel (4x4-pixel cells): finer tokens",
+    ),
     "wan21-1.3b": ModelPreset(
         transformer=_WAN21_13B,
         vae={},  # diffusers' defaults are the Wan2.1 VAE

@@ -55,6 +55,8 @@ class TrainConfig:
     chunk_frames: int = arg(4, "latent frames per autoregressive chunk")
     shift: float = arg(5.0, "timestep shift for training sigmas and samplers")
     tensorboard: bool = arg(False, "also log to TensorBoard (needs tensorboard installed)")
+    unseen_weight: float = arg(1.0, "weight of the squared error on pixels the warped reference never saw (a "
+                                    "warp_validity model; 1: every pixel alike)")
     # -- stage 2: the few-step student ---------------------------------------------------------
     student_timesteps: tuple[float, ...] = arg((1000.0, 750.0, 500.0, 250.0), "few-step schedule before shifting")
     # -- stage 2a: causal ODE distillation -----------------------------------------------------
@@ -80,6 +82,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not self.unseen_weight > 0:
+            raise ValueError(f"unseen_weight must be positive, got {self.unseen_weight}")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "chunk_frames", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -164,6 +168,12 @@ PRESETS: dict[str, dict[str, dict]] = {
     "default-v2": {"all": _V2_ALL, **_V2_STAGES},
     # the same recipe on default-v2b (never-seen pixels streaked from the border, validity beside)
     "default-v2b": {"all": {**_V2_ALL, "model": "default-v2b"}, **_V2_STAGES},
+    # the long run (issue 18, several sessions): default-v3's finer tokens, the loss weighted
+    # towards never-seen pixels
+    "default-v3": {"all": {**_V2_ALL, "model": "default-v3", "unseen_weight": 4.0},
+                   "stage0": dict(steps=3000), "stage1": dict(steps=3000), "stage2a": dict(steps=1500),
+                   "stage2b": dict(steps=1500), "stage2c": {**_V2_STAGES["stage2c"], "steps": 1000},
+                   "stage3": _V2_STAGES["stage3"]},
     "wan21-1.3b": {
         "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
                     lr=2e-6, camera="prope", num_latent_frames=20, chunk_frames=4, ode_teacher_steps=48,

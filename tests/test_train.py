@@ -23,6 +23,10 @@ from minwm_train.config import TrainConfig, preset_config
 from minwm_train.data import LatentClips
 from minwm_train.engine import Trainer, step_generator
 from minwm_train.stages.stage2a_ode import generate_ode_pairs
+from minwm_env.backbones import causal_frame_mask
+from minwm_env.conditioning import FrameConditions
+
+from conftest import randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +93,37 @@ def test_stage1_noisy_chunk_sees_nothing_later(data_dir):
     assert grad[0] > 0  # the clean start frame is context
     assert torch.all(grad[1:split] == 0)  # no clean chunk of its own or later
     assert torch.all(grad[split:split + chunk] > 0) and torch.all(grad[split + chunk:] == 0)
+
+
+def test_stage1_input_leaves_out_only_clean_frames_nobody_reads(data_dir):
+    """The layout keeps clean frames 0..F-chunk-1; adding the clean last chunk back (as the
+    layout once did) changes no output of the noisy half."""
+    config = preset_config("tiny", "stage1", data=str(data_dir), out="unused")
+    stage = make_stage(config, torch.device("cpu"))
+    backbone, chunk = stage.model.backbone, config.chunk_frames
+    randomize_(backbone, seed=5, scale=0.3)
+    batch = LatentClips(config.data, config.num_latent_frames).sample(2, step_generator(0, 0))
+    (x, timestep, positions, mask, conds, split, _), _ = stage.layout(batch, step_generator(0, 1))
+    num_frames = batch["latents"].shape[2]
+    assert split == num_frames - chunk and x.shape[2] == split + num_frames - 1
+    prompt = backbone.encode_prompt(torch.zeros(2, 1, 32))
+    with torch.no_grad():
+        out = backbone(x, timestep, positions, prompt, frame_mask=mask, conditions=conds)
+        # the untrimmed input: every clean frame, then the same noisy half
+        clean = batch["latents"]
+        full_x = torch.cat([clean, x[:, :, split:]], dim=2)
+        full_t = torch.cat([torch.zeros(2, num_frames), timestep[:, split:]], dim=1)
+        full_positions = torch.cat([torch.arange(num_frames), positions[split:]])
+        blocks = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(num_frames - 1) // chunk + 1])
+        noisy = torch.cat([torch.zeros(num_frames, dtype=torch.bool), torch.ones(num_frames - 1, dtype=torch.bool)])
+        full_mask = causal_frame_mask(full_positions, torch.cat([blocks, blocks[1:]]), noisy=noisy)
+        full_conds = FrameConditions.cat([conds.frames(slice(0, split)),
+                                          FrameConditions(batch["w2c"][:, split:num_frames],
+                                                          batch["intrinsics"][:, split:num_frames],
+                                                          batch["actions"][:, split:num_frames]),
+                                          conds.frames(slice(split, None))])
+        full = backbone(full_x, full_t, full_positions, prompt, frame_mask=full_mask, conditions=full_conds)
+    torch.testing.assert_close(out[:, :, split:], full[:, :, num_frames:], atol=1e-5, rtol=0)
 
 
 def test_stage2c_continues_from_its_own_frame(data_dir, trained):

@@ -98,3 +98,27 @@ def test_default_rollout_stages_train_and_stream(tmp_path, default_data, stage1_
     for _ in range(3):
         obs, *_ = env.step(np.array([0.0, 0, 0.08, 6, 0, 0], np.float32))
     assert obs.shape == (64, 64, 3) and env.world_model.settings.restart_context
+
+
+def test_unseen_weight_weighs_each_pixel_by_its_own_validity():
+    """The weighted error in latent space equals the one computed on pixels: the validity's
+    packing lines up with the colours', and weight 1 is the plain mean."""
+    from minwm_train.stages.common import squared_error
+
+    model = load_model("default-v2b")
+    codec = model.codec
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 3, 8, 64, 64, generator=generator) * 2 - 1  # two latent frames of RGB
+    validity = (torch.rand(2, 1, 8, 64, 64, generator=generator) > 0.7).float()
+    prediction, target = codec.pack(pixels), torch.zeros(2, 192, 2, 16, 16)
+    reference = torch.cat([torch.zeros_like(prediction), codec.pack(validity) / codec.scale], dim=1)
+    for weight in (1.0, 5.0):
+        pixel_weight = 1 + (weight - 1) * (1 - validity)
+        expected = (pixel_weight * (2 * pixels).square()).sum() / (3 * pixel_weight.sum())
+        torch.testing.assert_close(squared_error(model, prediction, target, reference, weight), expected)
+    # a wrong pairing of validity and colours (the colours' cells shuffled) gives another value
+    shuffled = torch.cat([torch.zeros_like(prediction), codec.pack(validity.flip(-1)) / codec.scale], dim=1)
+    assert not torch.isclose(squared_error(model, prediction, target, shuffled, 5.0),
+                             squared_error(model, prediction, target, reference, 5.0))
+    with pytest.raises(ValueError, match="warp_validity"):
+        squared_error(load_model("default"), prediction, target, None, 5.0)

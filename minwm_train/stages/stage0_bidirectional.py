@@ -14,7 +14,7 @@ import torch
 
 from minwm_env import flow
 
-from .common import SingleModelStage, conditions, prompt_state, randn, sample_sigmas, start_reference
+from .common import SingleModelStage, conditions, prompt_state, randn, sample_sigmas, squared_error, start_reference
 
 
 class BidirectionalStage(SingleModelStage):
@@ -28,10 +28,12 @@ class BidirectionalStage(SingleModelStage):
         sigma = sample_sigmas((batch_size, 1), generator, self.config.shift).expand(-1, num_frames).clone()
         sigma[:, 0] = 0  # the start frame is given
         x_t = flow.add_noise(x0, noise, sigma.to(x0.device))
+        reference = start_reference(self.model, x0, batch)
         prediction = backbone(x_t, sigma.to(x0.device) * 1000, torch.arange(num_frames),
                               prompt_state(self.model, batch, batch_size), conditions=conditions(self.model, batch),
-                              reference=start_reference(self.model, x0, batch))
+                              reference=reference)
         target = flow.training_target(x0, noise, backbone.prediction_type)
-        loss = (prediction[:, :, 1:].float() - target[:, :, 1:].float()).square().mean()
+        loss = squared_error(self.model, prediction[:, :, 1:], target[:, :, 1:],
+                             None if reference.shape[2] == 1 else reference[:, :, 1:], self.config.unseen_weight)
         return loss, {"loss/flow": loss.detach()}
 

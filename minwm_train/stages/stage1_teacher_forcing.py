@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from minwm_env import flow
 
-from .common import SingleModelStage, chunk_sigmas, prompt_state, randn, teacher_forcing_layout
+from .common import SingleModelStage, chunk_sigmas, prompt_state, randn, squared_error, teacher_forcing_layout
 
 
 class TeacherForcingStage(SingleModelStage):
@@ -34,6 +34,7 @@ class TeacherForcingStage(SingleModelStage):
         (x, timestep, positions, mask, conds, split, reference), target = self.layout(batch, generator)
         prediction = self.model.backbone(x, timestep, positions, prompt_state(self.model, batch, x.shape[0]),
                                          frame_mask=mask, conditions=conds, reference=reference)
-        loss = (prediction[:, :, split:].float() - target.float()).square().mean()
+        loss = squared_error(self.model, prediction[:, :, split:], target, reference[:, :, split:],
+                             self.config.unseen_weight)
         return loss, {"loss/flow": loss.detach()}
 

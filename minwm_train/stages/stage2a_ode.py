@@ -25,7 +25,7 @@ from minwm_env import flow
 from minwm_env.generator import StreamingGenerator
 from minwm_env.samplers import EulerSampler
 
-from .common import SingleModelStage, build_model, prompt_state, student_sigmas, teacher_forcing_layout
+from .common import SingleModelStage, build_model, prompt_state, squared_error, student_sigmas, teacher_forcing_layout
 
 PAIRS_FILE = "ode_pairs.safetensors"
 
@@ -135,6 +135,6 @@ class CausalODEStage(SingleModelStage):
         prediction = self.model.backbone(x, timestep, positions, prompt_state(self.model, {}, batch_size),
                                          frame_mask=mask, conditions=all_conds, reference=reference)
         estimate = flow.to_x0(prediction[:, :, split:], noisy, sigma, self.model.backbone.prediction_type)
-        loss = (estimate.float() - x0[:, :, 1:].float()).square().mean()
+        loss = squared_error(self.model, estimate, x0[:, :, 1:], reference[:, :, split:], self.config.unseen_weight)
         return loss, {"loss/ode": loss.detach()}
 
