@@ -99,7 +99,8 @@ def run(args: Args, add_every: int) -> list[dict]:
         warped = last_warp()
         colours, validity = warped[:, :3], warped[:, 3:]
         filled = memory.composite(colours, validity, targets, intrinsics, args.depth, args.k, fill="border")
-        used = memory.retrieve(targets, intrinsics, args.k, args.depth, need=memory.gap_need(validity)).indices >= 0
+        gaps = validity[:, 0] < memory.valid_threshold
+        used = memory.retrieve(targets, intrinsics, args.k, args.depth, gaps=gaps).indices >= 0
         rows.append({
             "frames": frame, "adds": num_adds, "stored": int(memory.num_frames[0]),
             "add_ms": 1000 * add_seconds / max(num_adds, 1),

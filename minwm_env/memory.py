@@ -21,8 +21,7 @@ Three decisions, each documented where it is taken:
   row keeps its newest frames and thins the older ones where they are most crowded in pose
   space, so the store stays spread over the places visited and its size never grows;
 - what is retrieved (:meth:`ViewMemory.retrieve`): greedily, the stored frames that see most of
-  the target rays still needing a pixel, measured on a coarse grid of rays, nearer cameras
-  winning near-ties;
+  the gaps, measured on one ray per cell of a coarse grid, nearer cameras winning near-ties;
 - how it is composited (:meth:`ViewMemory.composite`): front to back "over" by validity, the
   last frame's warp in front, then the retrieved frames in retrieval order; pixels the last
   frame's warp sees are never changed.
@@ -105,11 +104,12 @@ class ViewMemory:
             0.25 units counts like a 14° turn).
         num_recent: the newest stored frames a full row never evicts (default ``capacity // 2``):
             looking away and back within the last ``num_recent`` adds always finds its frames.
-        grid_size: target rays per side that :meth:`retrieve` tests (8: 64 rays a target; at
-            most the image's smaller side).
-        parallax_penalty: coverage fraction a stored camera must add per world unit of distance
-            to the targets to beat a nearer one (the plane warp is wrong off the plane by an
-            amount that grows with that distance).
+        grid_size: cells per side of each target image, one ray each, that :meth:`retrieve`
+            tests (8: 64 rays a target; at most the image's smaller side).
+        parallax_scale: world units; a stored camera this far from the targets must fill twice
+            as much as one at the targets to be picked first (its rank key is its fill divided by
+            ``1 + distance / parallax_scale``): the plane warp is wrong off the plane by an amount
+            that grows with that distance.
         valid_threshold: a pixel of the last frame's warp with validity below this is a gap that
             :meth:`composite` fills (bilinear validity inside the image is 1 up to rounding).
     """
@@ -117,7 +117,7 @@ class ViewMemory:
     def __init__(self, batch_size: int, capacity: int, height: int, width: int, *, device="cpu",
                  dtype: torch.dtype = torch.float32, duplicate_distance: float = 0.05,
                  translation_weight: float = 1.0, num_recent: int | None = None, grid_size: int = 8,
-                 parallax_penalty: float = 0.1, valid_threshold: float = 0.999):
+                 parallax_scale: float = 1.0, valid_threshold: float = 0.999):
         for name, value in (("batch_size", batch_size), ("capacity", capacity), ("height", height),
                             ("width", width), ("grid_size", grid_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -126,10 +126,11 @@ class ViewMemory:
         if isinstance(num_recent, bool) or not isinstance(num_recent, int) or not 0 <= num_recent < capacity:
             raise ValueError(f"num_recent must be an integer in [0, capacity - 1] = [0, {capacity - 1}], "
                              f"got {num_recent!r}")
-        for name, value in (("duplicate_distance", duplicate_distance), ("translation_weight", translation_weight),
-                            ("parallax_penalty", parallax_penalty)):
+        for name, value in (("duplicate_distance", duplicate_distance), ("translation_weight", translation_weight)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not parallax_scale > 0:
+            raise ValueError(f"parallax_scale must be a positive number (world units), got {parallax_scale!r}")
         if grid_size > min(height, width):
             raise ValueError(f"grid_size must be at most the image's smaller side {min(height, width)}, "
                              f"got {grid_size}")
@@ -139,7 +140,7 @@ class ViewMemory:
         self.device, self.dtype = torch.device(device), dtype
         self.duplicate_distance, self.translation_weight = duplicate_distance, translation_weight
         self.num_recent, self.grid_size = num_recent, grid_size
-        self.parallax_penalty, self.valid_threshold = parallax_penalty, valid_threshold
+        self.parallax_scale, self.valid_threshold = parallax_scale, valid_threshold
         self.frames = torch.zeros(batch_size, capacity, 3, height, width, device=self.device, dtype=dtype)
         # empty slots hold the identity, so distances to them stay finite before being masked
         self.c2w = torch.eye(4, dtype=torch.float64, device=self.device).repeat(batch_size, capacity, 1, 1)
@@ -296,97 +297,127 @@ class ViewMemory:
 
     # ---------------------------------------------------------------- retrieving
 
-    def coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None) -> torch.Tensor:
+    def coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None,
+                 gaps: torch.Tensor | None = None) -> torch.Tensor:
         """Which target rays each stored frame sees → (B, capacity, N, grid_size²) bool.
 
-        target_c2w (B, N, 4, 4); intrinsics (B, 4). The rays go through a ``grid_size`` ×
-        ``grid_size`` grid of pixel centres of each target, evenly spaced from border to border
-        (:meth:`_ray_positions`), and each is cut by the plane ``depth`` in front of the target
-        camera (``None``: at infinity), as :func:`~minwm_env.warp.warp_image` does; a ray is seen
-        when that point lies in front of the stored camera and projects inside its image. Empty
-        slots see nothing.
+        target_c2w (B, N, 4, 4); intrinsics (B, 4); gaps (B, N, H, W) bool or None: see
+        :meth:`retrieve`. Each target's image is cut into ``grid_size`` × ``grid_size`` cells
+        (``adaptive_avg_pool2d``'s) with one ray each, through the centroid of the cell's gap
+        pixels (the cell's centre without ``gaps``, or where the cell has none). The ray is cut
+        by the plane ``depth`` in front of the target camera (``None``: at infinity), as
+        :func:`~minwm_env.warp.warp_image` does, and is seen when that point lies in front of
+        the stored camera and at least half a pixel inside its image (where a bilinear warp is
+        fully valid). Empty slots see nothing.
         """
         target_c2w = self._targets(target_c2w)
         intrinsics = self._intrinsics(intrinsics)
         self._check_k_depth(0, depth)
-        return self._coverage(target_c2w, intrinsics, depth)
+        _, u, v = self._rays(self._gaps(gaps, target_c2w.shape[1]))
+        return self._coverage(target_c2w, intrinsics, depth, u, v)
 
-    def _ray_positions(self, size: int) -> torch.Tensor:
-        """(G,) normalised positions of the grid's rays along an image side of ``size`` pixels:
-        evenly spaced pixel centres from the first to the last. Why the border pixels: a turn
-        or a step opens gaps at the image's edges first, and a grid of cell centres would miss
-        a gap a few pixels wide there (measured: the top and bottom rows after a turn back)."""
-        if self.grid_size == 1:
-            return torch.full((1,), 0.5, dtype=torch.float64, device=self.device)
-        pixels = torch.linspace(0, size - 1, self.grid_size, dtype=torch.float64, device=self.device)
-        return (pixels + 0.5) / size
+    def _gaps(self, gaps: torch.Tensor | None, num_targets: int) -> torch.Tensor | None:
+        if gaps is None:
+            return None
+        gaps = torch.as_tensor(gaps)
+        if tuple(gaps.shape) != (self.batch_size, num_targets, self.height, self.width) or gaps.dtype != torch.bool:
+            raise ValueError(f"gaps must be a bool tensor of shape (B, N, H, W) = ({self.batch_size}, {num_targets}, "
+                             f"{self.height}, {self.width}), got {gaps.dtype} {tuple(gaps.shape)}")
+        return gaps.to(self.device)
 
-    def _coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None) -> torch.Tensor:
-        fx, fy, cx, cy = (intrinsics[:, i, None] for i in range(4))  # (B, 1)
-        v, u = (c.reshape(1, -1) for c in torch.meshgrid(self._ray_positions(self.height),
-                                                         self._ray_positions(self.width), indexing="ij"))  # (1, G²)
-        x, y = (u - cx) / fx, (v - cy) / fy  # (B, G²)
+    def _rays(self, gaps: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """One ray per grid cell: (need, u, v). need (B, N, G²) float64, the share of the cell's
+        pixels that are gaps (None without ``gaps``: all needed); u, v (B or 1, N or 1, G²)
+        normalised positions: the centroid of the cell's gap pixels, else the cell's centre.
+
+        Why the gaps' centroid and not a fixed grid: a fixed ray can fall where the last frame
+        does see while the rest of its cell is a gap; the last frame itself (stored too) then
+        "covers" the cell, is retrieved first and uses up its need (measured along the
+        benchmark's walk: at 3 of 8 checks), and a fixed grid of cell centres misses the
+        few-pixel gaps of the image's top and bottom rows after a turn back. A ray inside the gap
+        is seen by a stored frame only if that frame can fill it."""
+        grid, height, width = self.grid_size, self.height, self.width
+        rows = (torch.arange(height, dtype=torch.float64, device=self.device) + 0.5) / height
+        columns = (torch.arange(width, dtype=torch.float64, device=self.device) + 0.5) / width
+        v, u = torch.meshgrid(rows, columns, indexing="ij")
+        centre_u = F.adaptive_avg_pool2d(u[None], grid).reshape(1, 1, -1)  # (1, 1, G²)
+        centre_v = F.adaptive_avg_pool2d(v[None], grid).reshape(1, 1, -1)
+        if gaps is None:
+            return None, centre_u, centre_v
+        batch, num_targets = gaps.shape[:2]
+        mask = gaps.to(torch.float64).flatten(0, 1)  # (B·N, H, W)
+        share = F.adaptive_avg_pool2d(mask, grid).reshape(batch, num_targets, -1)  # (B, N, G²)
+        safe = share.clamp_min(1e-12)
+        gap_u = F.adaptive_avg_pool2d(mask * u, grid).reshape(batch, num_targets, -1) / safe
+        gap_v = F.adaptive_avg_pool2d(mask * v, grid).reshape(batch, num_targets, -1) / safe
+        return share, torch.where(share > 0, gap_u, centre_u), torch.where(share > 0, gap_v, centre_v)
+
+    def _coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None,
+                  u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        fx, fy, cx, cy = (intrinsics[:, i, None, None] for i in range(4))  # (B, 1, 1)
+        x, y = (u - cx) / fx, (v - cy) / fy  # (B, N or 1, G²)
+        num_targets = target_c2w.shape[1]
+        x, y = x.expand(-1, num_targets, -1), y.expand(-1, num_targets, -1)
         points = torch.stack([x, y, torch.ones_like(x), torch.full_like(x, 0.0 if depth is None else 1.0 / depth)],
-                             dim=-1)  # (B, G², 4) homogeneous points on the plane z = depth of a target
+                             dim=-1)  # (B, N, G², 4) homogeneous points on the plane z = depth of each target
         to_stored = _invert(self.c2w)[:, :, None] @ target_c2w[:, None]  # (B, S, N, 4, 4)
-        seen = torch.einsum("bsnij,bgj->bsngi", to_stored, points)  # (B, S, N, G², 4)
+        seen = torch.einsum("bsnij,bngj->bsngi", to_stored, points)  # (B, S, N, G², 4)
         in_front = seen[..., 2] > 1e-6
         z = torch.where(in_front, seen[..., 2], torch.ones_like(seen[..., 2]))
-        u_stored = fx[:, None, None] * seen[..., 0] / z + cx[:, None, None]
-        v_stored = fy[:, None, None] * seen[..., 1] / z + cy[:, None, None]
-        inside = (u_stored >= 0) & (u_stored <= 1) & (v_stored >= 0) & (v_stored <= 1)
+        u_stored = fx[:, None] * seen[..., 0] / z + cx[:, None]
+        v_stored = fy[:, None] * seen[..., 1] / z + cy[:, None]
+        # half a pixel in from the border (a hair less, so a camera sees its own border pixels)
+        margin_u, margin_v = 0.5 / self.width - 1e-9, 0.5 / self.height - 1e-9
+        inside = ((u_stored >= margin_u) & (u_stored <= 1 - margin_u) & (v_stored >= margin_v)
+                  & (v_stored <= 1 - margin_v))
         return in_front & inside & self.occupied[:, :, None, None]
 
     @torch.no_grad()
     def retrieve(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, k: int, depth: float | None,
-                 *, need: torch.Tensor | None = None) -> Retrieval:
+                 *, gaps: torch.Tensor | None = None) -> Retrieval:
         """Up to ``k`` stored frames per row that best cover the targets' view, best first.
 
         target_c2w (B, N, 4, 4): the cameras of the new chunk's frames; intrinsics (B, 4);
-        depth: the warp plane's distance (use the model's ``warp_depth``). need (B, N, G, G)
-        with G = ``grid_size``, in [0, 1]: how much each target ray still needs a pixel
-        (default all 1; :meth:`composite` passes :meth:`gap_need`: where the last frame's warp
-        has gaps).
+        depth: the warp plane's distance (use the model's ``warp_depth``); gaps (B, N, H, W)
+        bool: the target pixels that still need one (default: all; :meth:`composite` passes
+        the last frame's warp's pixels with validity below ``valid_threshold``).
 
-        Greedy, like set cover: each pick is the stored frame that sees the most of what is
-        still needed (:meth:`coverage`, weighted by ``need`` and averaged over the N targets),
-        minus ``parallax_penalty`` times its mean distance to the target cameras (so among
-        near-ties the nearer camera, whose plane warp is less wrong, wins); what it sees is then
-        no longer needed. With ``need`` all 1 the first score is plain coverage: the fraction of
-        the targets' rays the frame sees. Picking stops when no frame adds anything.
+        Greedy, like set cover, on one ray per cell of a ``grid_size`` grid per target
+        (:meth:`coverage`), each weighted by the share of its cell's pixels that are gaps: each
+        pick is the stored frame whose seen rays weigh most, averaged over the N targets, divided
+        by ``1 + distance / parallax_scale`` with its mean distance to the target cameras (so
+        among near-ties the nearer camera, whose plane warp is less wrong, wins; a ratio, not a
+        difference, because gaps are often a few percent of the image: measured, a subtracted
+        0.1 per unit let the last frame itself, filling 0.3%, beat frames a unit away filling
+        6%); the rays it sees are then no longer needed. The score is thus an estimate of the
+        share of the targets' pixels the pick fills (without ``gaps``, of the targets' view it
+        sees). Picking stops when no frame adds anything.
 
         Returns :class:`Retrieval`: indices (B, k) slots, -1 where the row has no (more) frame
-        that adds coverage; scores (B, k) each pick's added fraction of the rays, 0 at -1.
-        The cost is O(k · capacity · N · G²), bounded however long the episode.
+        that adds coverage; scores (B, k) as above, 0 at -1. The cost is O(k · capacity · N ·
+        grid_size²) plus pooling the gaps, bounded however long the episode.
         """
         self._check_k_depth(k, depth)
         target_c2w = self._targets(target_c2w)
         num_targets = target_c2w.shape[1]
         intrinsics = self._intrinsics(intrinsics)
-        grid = self.grid_size
+        need, u, v = self._rays(self._gaps(gaps, num_targets))
         if need is None:
-            need = torch.ones(self.batch_size, num_targets, grid * grid, dtype=torch.float64, device=self.device)
-        else:
-            need = torch.as_tensor(need)
-            if tuple(need.shape) != (self.batch_size, num_targets, grid, grid):
-                raise ValueError(f"need must have shape (B, N, G, G) = ({self.batch_size}, {num_targets}, {grid}, "
-                                 f"{grid}), got {tuple(need.shape)}")
-            need = need.to(self.device, torch.float64).flatten(2)
-            if not torch.isfinite(need).all() or (need < 0).any() or (need > 1).any():
-                raise ValueError("need must be finite and in [0, 1]")
+            need = torch.ones(self.batch_size, num_targets, self.grid_size ** 2, dtype=torch.float64,
+                              device=self.device)
 
         indices = torch.full((self.batch_size, k), -1, dtype=torch.int64, device=self.device)
         scores = torch.zeros(self.batch_size, k, dtype=torch.float64, device=self.device)
         if k == 0 or not self.occupied.any():
             return Retrieval(indices, scores)
-        covered = self._coverage(target_c2w, intrinsics, depth).double()  # (B, S, N, G²)
+        covered = self._coverage(target_c2w, intrinsics, depth, u, v).double()  # (B, S, N, G²)
         distance = (self.c2w[:, :, None, :3, 3] - target_c2w[:, None, :, :3, 3]).norm(dim=-1).mean(2)  # (B, S)
-        penalty = self.parallax_penalty * distance
+        discount = 1 + distance / self.parallax_scale
         available = self.occupied.clone()
         rows = torch.arange(self.batch_size, device=self.device)
         for rank in range(min(k, self.capacity)):
-            gain = (covered * need[:, None]).mean(dim=(2, 3))  # (B, S) fraction of all target rays
-            key = torch.where(available & (gain > 0), gain - penalty, -math.inf)
+            gain = (covered * need[:, None]).mean(dim=(2, 3))  # (B, S) share of all target pixels
+            key = torch.where(available & (gain > 0), gain / discount, -math.inf)
             best_key, best = key.max(1)
             found = torch.isfinite(best_key)
             if not found.any():
@@ -398,18 +429,6 @@ class ViewMemory:
         return Retrieval(indices, scores)
 
     # ---------------------------------------------------------------- compositing
-
-    def gap_need(self, validity: torch.Tensor) -> torch.Tensor:
-        """validity (B, 1, N, H, W) of the last frame's warp → the ``need`` (B, N, G, G) that
-        :meth:`composite` retrieves for: 1 for a grid ray when any pixel of its cell (the ray
-        lies in it: rays sit at evenly spaced pixel centres, cells are ``adaptive_max_pool2d``'s)
-        is a gap, below ``valid_threshold``; else 0."""
-        if validity.ndim != 5 or validity.shape[1] != 1 or validity.shape[3:] != (self.height, self.width):
-            raise ValueError(f"validity must have shape (B, 1, N, H, W) with H, W = {self.height}, {self.width}, "
-                             f"got {tuple(validity.shape)}")
-        batch, _, num_targets = validity.shape[:3]
-        gaps = (validity < self.valid_threshold).flatten(0, 2)[:, None].to(self.device, torch.float32)
-        return F.adaptive_max_pool2d(gaps, self.grid_size).reshape(batch, num_targets, self.grid_size, self.grid_size)
 
     @torch.no_grad()
     def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
@@ -457,7 +476,7 @@ class ViewMemory:
                              f"{tuple(torch.as_tensor(target_c2w).shape)}")
         self._check_k_depth(k, depth)
         gaps = validity < self.valid_threshold  # (B, 1, N, H, W)
-        found = self.retrieve(target_c2w, intrinsics, k, depth, need=self.gap_need(validity))
+        found = self.retrieve(target_c2w, intrinsics, k, depth, gaps=gaps[:, 0])
         num_used = int((found.indices >= 0).sum(1).max()) if k else 0
         if num_used == 0:
             return CompositeReference(reference, validity)

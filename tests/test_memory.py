@@ -81,6 +81,8 @@ def test_looking_away_and_back_restores_the_seen_view(room, fill):
     truth = torch.stack([_render(room, pose) for pose in targets[0]], dim=1)[None]  # (1, 3, 2, H, W)
 
     filled = memory.composite(colours, validity, targets, _intrinsics(1), DEPTH, 4, fill=fill)
+    found = memory.retrieve(targets, _intrinsics(1), 4, DEPTH, gaps=validity[:, 0] < memory.valid_threshold)
+    assert found.indices[0, 0] == 0 and 4 not in found.indices  # P first; the last frame cannot fill its own gaps
 
     assert float((validity < 0.999).float().mean()) > 0.6  # the last frame saw under 40% of it
     assert float((filled.validity > 0.99).float().mean()) > 0.99
@@ -149,11 +151,30 @@ def test_retrieve_ranks_by_coverage_then_the_nearer_camera():
     assert found.scores.tolist() == [[1.0, 0.0, 0.0]]
     covered = memory.coverage(target[None, None], _intrinsics(1), DEPTH)  # (1, 4, 1, 64)
     assert covered[0, :, 0].sum(1).tolist() == [64, 0, 64, 0]
-    # what the first pick leaves needed goes to the next: here the stepped-back camera
-    need = torch.zeros(1, 1, 8, 8)
-    need[..., 0] = 1
-    found = memory.retrieve(target[None, None], _intrinsics(1), 2, DEPTH, need=need)
-    assert found.indices.tolist() == [[2, -1]] and found.scores[0, 0] == pytest.approx(8 / 64)
+    assert memory.coverage(target[None, None], _intrinsics(1), None)[0, :, 0].sum(1).tolist() == [64, 0, 64, 0]
+    # with gaps, the score is the share of the pixels a pick fills, and what it fills is no longer needed
+    gaps = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    gaps[..., :3] = True  # the left 3 columns of 16
+    found = memory.retrieve(target[None, None], _intrinsics(1), 2, DEPTH, gaps=gaps)
+    assert found.indices.tolist() == [[2, -1]] and found.scores[0, 0] == pytest.approx(3 / 16)
+
+
+@pytest.mark.parametrize("yaw", [3.3, 7.3, -11.7])
+def test_the_last_frame_cannot_fill_its_own_gaps(yaw):
+    """Stored, the frame a reference was warped from covers none of that reference's gaps, not
+    even on the seam where its bilinear validity is fractional (a ray must land half a pixel
+    inside a stored image, where its warp is fully valid)."""
+    size = 16
+    last_c2w = _pose(0.0, 0.0, 10.0)[None]
+    targets = torch.stack([last_c2w[0] @ _turn(yaw), last_c2w[0] @ _turn(yaw / 2)])[None]
+    validity = warp_image(torch.zeros(1, 3, size, size), last_c2w, targets, _intrinsics(1), DEPTH,
+                          with_validity=True)[:, 3]
+    gaps = validity < 0.999
+    assert bool(((validity > 0.05) & gaps).any())  # a seam with fractional validity
+    memory = ViewMemory(1, 2, size, size)
+    memory.add(torch.zeros(1, 3, size, size), last_c2w)
+    found = memory.retrieve(targets, _intrinsics(1), 2, DEPTH, gaps=gaps)
+    assert found.indices.tolist() == [[-1, -1]]
 
 
 def _composite_inputs(batch: int, num_targets: int, size: int, seed: int):
@@ -261,7 +282,7 @@ def _bad_calls():
         "targets": (lambda m: m.retrieve(eye.expand(3, 2, 4, 4), k4, 2, DEPTH), "target_c2w must have shape"),
         "targets-nan": (lambda m: m.retrieve(nan_pose[:, None], k4, 2, DEPTH), "target_c2w contains NaN"),
         "intrinsics": (lambda m: m.retrieve(targets, k4[:, :3], 2, DEPTH), r"intrinsics must have shape \(B, 4\)"),
-        "need": (lambda m: m.retrieve(targets, k4, 2, DEPTH, need=torch.ones(2, 2, 4, 4)), "need must have shape"),
+        "gaps": (lambda m: m.retrieve(targets, k4, 2, DEPTH, gaps=torch.ones(2, 2, 8, 8)), "gaps must be a bool"),
         "reference": (lambda m: m.composite(colours[..., :7], validity, targets, k4, DEPTH, 2, fill="border"),
                       "reference must have shape"),
         "validity": (lambda m: m.composite(colours, validity[:, :, :1], targets, k4, DEPTH, 2, fill="border"),
