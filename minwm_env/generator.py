@@ -71,14 +71,16 @@ class StreamingGenerator:
     """
 
     def __init__(self, model: WorldModel, sampler: Sampler | None = None, *, batch_size: int = 1,
-                 chunk_frames: int | None = None, window_frames: int | None = None, sink_frames: int | None = None):
+                 chunk_frames: int | None = None, window_frames: int | None = None, sink_frames: int | None = None,
+                 memory_frames: int | None = None):
         settings = model.settings
         self.model = model
         self.sampler = sampler or FewStepSampler(timesteps=settings.sampler_timesteps, shift=settings.shift)
         self.batch_size = batch_size
         self.num_branches = 1 if self.sampler.guidance_scale == 1.0 else 2
         self.stream = model.stream(batch_size=batch_size, num_branches=self.num_branches,
-                                  chunk_frames=chunk_frames, window_frames=window_frames, sink_frames=sink_frames)
+                                  chunk_frames=chunk_frames, window_frames=window_frames, sink_frames=sink_frames,
+                                  memory_frames=memory_frames)
         self.chunk_frames = self.stream.chunk_frames
         self.action_spec: ActionSpec = self.stream.action_spec
         self.tracks_camera = self.stream.tracks_camera

@@ -79,6 +79,11 @@ class ModelSettings:
     warp_validity: bool = False
     """the validity of every warped pixel (1 seen, 0 never seen) travels with the reference, as
     input channels beside the noisy latent (the backbone's in_channels say so)"""
+    memory_frames: int = 0
+    """past frames a stream keeps by place to fill what the last frame never saw (the env's
+    ``memory`` default; 0: no memory; needs warp_reference)"""
+    memory_k: int = 2
+    """stored frames at most that fill one chunk's reference"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":
@@ -98,6 +103,11 @@ class ModelSettings:
         if (settings.warp_fill != "border" or settings.warp_validity) and not settings.warp_reference:
             raise ValueError(f"{source}: warp_fill={settings.warp_fill!r} and warp_validity="
                              f"{settings.warp_validity} need warp_reference")
+        if settings.memory_frames < 0 or settings.memory_k < 0:
+            raise ValueError(f"{source}: memory_frames and memory_k must be >= 0, got {settings.memory_frames}, "
+                             f"{settings.memory_k}")
+        if settings.memory_frames and not settings.warp_reference:
+            raise ValueError(f"{source}: memory_frames needs warp_reference (memory fills the warped reference)")
         if settings.warp_depth is not None and not settings.warp_depth > 0:
             raise ValueError(f"{source}: warp_depth must be positive or null (infinitely far), got {settings.warp_depth}")
         return settings
@@ -217,7 +227,7 @@ class WorldModel:
         return self.backbone.transformer.patch_embedding.weight.device
 
     def residual_reference(self, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
-                           c2w: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+                           c2w: torch.Tensor, intrinsics: torch.Tensor, memory=None, memory_k: int = 0) -> torch.Tensor:
         """What a residual backbone adds its output to, for F new latent frames.
 
         reference (B, C, 1 or F, h, w): the last clean latent frame before each new frame, its
@@ -226,6 +236,8 @@ class WorldModel:
         intrinsics (B, F, 4). Plain residual models take ``reference`` as it is; with
         ``warp_reference`` it is reprojected into every new frame's cameras (B, C, F, h, w), and
         with ``warp_validity`` each pixel's validity follows the colours (B, C + C / 3, F, h, w).
+        A ``memory`` (:class:`~minwm_env.memory.ViewMemory`) fills what the last frame never saw
+        from up to ``memory_k`` stored frames.
         """
         if not self.settings.warp_reference:
             return reference
@@ -235,19 +247,20 @@ class WorldModel:
         device = reference.device
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
-                                self.settings.warp_fill, self.settings.warp_validity)
+                                self.settings.warp_fill, self.settings.warp_validity, memory, memory_k)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.backbone.transformer.patch_embedding.weight.dtype
 
     def stream(self, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
-               window_frames: int | None = None, sink_frames: int | None = None) -> ChunkStream:
+               window_frames: int | None = None, sink_frames: int | None = None,
+               memory_frames: int | None = None) -> ChunkStream:
         """A :class:`~minwm_env.streaming.ChunkStream` of this model: the one place that decides
         what a streamed chunk is conditioned on and what it leaves in the cache (sizes default
         to the settings)."""
         return ChunkStream(self, batch_size=batch_size, num_branches=num_branches, chunk_frames=chunk_frames,
-                           window_frames=window_frames, sink_frames=sink_frames)
+                           window_frames=window_frames, sink_frames=sink_frames, memory_frames=memory_frames)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
         for module in (self.backbone, self.codec.module):

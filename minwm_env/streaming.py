@@ -37,6 +37,7 @@ import torch
 from . import camera
 from .backbones import KVCache, PromptState
 from .conditioning import ActionSpec, FrameConditions, camera_action_spec
+from .memory import ViewMemory
 from .samplers import Sampler
 
 
@@ -83,7 +84,7 @@ class ChunkStream:
     """
 
     def __init__(self, model, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
-                 window_frames: int | None = None, sink_frames: int | None = None):
+                 window_frames: int | None = None, sink_frames: int | None = None, memory_frames: int | None = None):
         settings = model.settings
         self.model = model
         self.batch_size = batch_size
@@ -107,6 +108,15 @@ class ChunkStream:
         self.cache: KVCache = model.backbone.new_cache(
             batch_size=batch_size * num_branches, latent_height=self.latent_height, latent_width=self.latent_width,
             window_frames=window_frames, sink_frames=sink_frames, max_new_frames=self.chunk_frames)
+        memory_frames = settings.memory_frames if memory_frames is None else memory_frames
+        if memory_frames < 0:
+            raise ValueError(f"memory_frames must be >= 0, got {memory_frames}")
+        if memory_frames and not (settings.warp_reference and self.tracks_camera):
+            raise ValueError("a view memory fills the warped reference: it needs a warp_reference model with camera-"
+                             "delta actions")
+        # past clean frames by place (docs/design.md §6, memory); None: the last frame alone
+        self.memory = None if not memory_frames else ViewMemory(
+            batch_size, memory_frames, settings.height, settings.width, device=model.device, dtype=torch.float32)
         self.prompt: PromptState | None = None
         self.num_forwards = 0  # denoising forwards since begin(), and how many of them kept gradients
         self.num_grad_forwards = 0
@@ -139,12 +149,15 @@ class ChunkStream:
         self._pending = None
         self.num_forwards = self.num_grad_forwards = 0
         self._clear_episode()
+        if self.memory is not None:
+            self.memory.clear()
         if start_latents is None:
             return
         start = start_latents.to(self.model.device, self.model.dtype)
         self._write(start, torch.tensor([0]), self._start_conditions(self.batch_size), self.cache, self.prompt)
         self.reference = start
         self.next_position = 1
+        self._remember(start, self.c2w)
 
     @torch.no_grad()
     def begin_rows(self, rows: list[int], start_latents: torch.Tensor) -> None:
@@ -161,6 +174,9 @@ class ChunkStream:
                     self.prompt.select(branch_rows))
         self.next_position = max(self.next_position, 1)
         self.reference[rows] = start
+        if self.memory is not None:
+            self.memory.clear(rows)
+            self._remember(start, self.c2w[rows], rows)
 
     def _start_conditions(self, num_rows: int) -> FrameConditions | None:
         eye = torch.eye(4, dtype=torch.float64).expand(num_rows, 1, 4, 4)
@@ -210,7 +226,8 @@ class ChunkStream:
         positions = torch.arange(self.next_position, self.next_position + self.chunk_frames)
         previous = torch.cat([self.c2w[:, None], c2w[:, :-1]], dim=1)
         intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float64).expand(*c2w.shape[:2], 4)
-        reference = self.model.residual_reference(self.reference, self.c2w[:, None], previous, c2w, intrinsics)
+        reference = self.model.residual_reference(self.reference, self.c2w[:, None], previous, c2w, intrinsics,
+                                                  self.memory, self.model.settings.memory_k)
         return ChunkPlan(positions, c2w, actions, self.conditions(c2w, actions), reference)
 
     def predictor(self, plan: ChunkPlan, *, grad_step: int | None = None) -> Callable:
@@ -269,6 +286,13 @@ class ChunkStream:
             self.reference = context_frame(self.model, latents)
         self.next_position = int(plan.positions[-1]) + 1
         self.c2w = plan.c2w[:, -1]
+        self._remember(latents, self.c2w)
+
+    def _remember(self, latents: torch.Tensor, c2w: torch.Tensor, rows: list[int] | None = None) -> None:
+        """Store the last RGB frame of ``latents`` (b, C, n, h, w), seen from ``c2w`` (b, 4, 4), in the memory."""
+        if self.memory is not None:
+            last = self.model.codec.unpack(latents[:, :, -1:])[:, :, -1]  # (b, 3, H, W)
+            self.memory.add(last.float(), c2w, rows)
 
     @torch.no_grad()
     def flush(self) -> None:

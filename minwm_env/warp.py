@@ -100,7 +100,7 @@ def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.
 
 def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
-                     fill: str = "border", validity: bool = False) -> torch.Tensor:
+                     fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0) -> torch.Tensor:
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
@@ -109,7 +109,9 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     latent frame before each frame and of the frame; intrinsics (B, F, 4) → (B, C, F, h, w).
     ``fill`` decides what the reference never saw becomes (its border pixels or zero, mid-grey);
     with ``validity`` every pixel's validity, packed like the colours, follows them:
-    (B, C + C / 3, F, h, w).
+    (B, C + C / 3, F, h, w). A :class:`~minwm_env.memory.ViewMemory` (one reference per row,
+    as streaming has) fills what the reference never saw from up to ``memory_k`` stored frames
+    before packing (docs/design.md §6).
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -119,9 +121,17 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     factor = codec.temporal_factor
     images = codec.unpack(reference)[:, :, factor - 1::factor]  # (B, 3, refs, H, W): each one's last RGB frame
     targets = rgb_frame_poses(previous_c2w, c2w, factor)  # (B, F, T, 4, 4)
+    use_memory = memory is not None and memory_k > 0
+    if use_memory and num_refs != 1:
+        raise ValueError("a view memory fills the warp of one reference frame per row (streaming), got "
+                         f"{num_refs} reference frames")
     if num_refs == 1:
         warped = warp_image(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], depth,
-                            fill, validity)
+                            fill, validity or use_memory)
+        if use_memory:
+            filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
+                                      memory_k, fill=fill)
+            warped = torch.cat([filled.colours, filled.validity], dim=1) if validity else filled.colours
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
         warped = warp_image(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),

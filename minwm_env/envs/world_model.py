@@ -88,18 +88,33 @@ def check_prompt(prompt, text_dim: int) -> torch.Tensor | None:
     return prompt
 
 
+DEFAULT_MEMORY_FRAMES = 32
+
+
+def memory_frames(memory: bool | int | None, settings) -> int:
+    """The env's ``memory`` argument as a capacity: None, the model's own setting
+    (``memory_frames``); False or 0, none; True, the model's setting or 32; N, N frames."""
+    if memory is None:
+        return settings.memory_frames
+    if isinstance(memory, bool):
+        return (settings.memory_frames or DEFAULT_MEMORY_FRAMES) if memory else 0
+    if not isinstance(memory, int) or memory < 0:
+        raise ValueError(f"memory must be None, a bool or a number of frames >= 0, got {memory!r}")
+    return memory
+
+
 class _World:
     """What the single and the vector env share: a batched generator and per-row bookkeeping."""
 
     def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                 num_threads):
+                 num_threads, memory=None):
         self.num_threads = chosen_threads(num_threads)  # None: torch's as they are (minwm_env.threads)
         with torch_threads(self.num_threads):
             self.model = resolve_model(model, device, dtype)
         settings = self.model.settings
         self.height, self.width = settings.height, settings.width
         self.generator = StreamingGenerator(self.model, sampler, batch_size=num_envs, window_frames=window_frames,
-                                            sink_frames=sink_frames)
+                                            sink_frames=sink_frames, memory_frames=memory_frames(memory, settings))
         self.spec = self.generator.action_spec
         self.chunk_frames = self.generator.chunk_frames
         self.frames_per_chunk = self.chunk_frames * self.model.codec.temporal_factor
@@ -212,7 +227,9 @@ class WorldModelEnv(gym.Env):
     ``reward_fn``, ``sampler`` (default: the model's few-step sampler), ``start_scene``,
     ``window_frames``, ``sink_frames``, ``render_mode`` ("rgb_array"), ``num_threads`` (torch
     threads for resets and steps, restored after each; default: the package's choice, see
-    :mod:`minwm_env.threads`).
+    :mod:`minwm_env.threads`), ``memory`` (past frames kept by place to fill what the last
+    frame never saw, so a place looked at again comes back: None, the model's own setting;
+    True or False; or a number of frames; reset clears it, vector rows keep their own).
 
     ## Vectorized environment
     ``gym.make_vec("minwm/World-v0", num_envs=N, vectorization_mode="vector_entry_point")``
@@ -235,11 +252,11 @@ class WorldModelEnv(gym.Env):
                  dtype: str | torch.dtype = "float32",
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
                  sampler=None, start_scene: str = "room", window_frames: int | None = None,
-                 sink_frames: int | None = None, num_threads: int | None = None):
+                 sink_frames: int | None = None, num_threads: int | None = None, memory: bool | int | None = None):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads)
+                             num_threads, memory)
         self.action_space = self._world.action_space
         self.observation_space = self._world.observation_space
         self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
@@ -325,11 +342,11 @@ class WorldModelVectorEnv(VectorEnv):
                  dtype: str | torch.dtype = "float32", obs_mode: str = "frame", reward_fn: Callable | None = None,
                  render_mode: str | None = "rgb_array", sampler=None, start_scene: str = "room",
                  window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, memory: bool | int | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads)
+                             num_threads, memory)
         self.num_envs = num_envs
         self.single_action_space = self._world.action_space
         self.single_observation_space = self._world.observation_space

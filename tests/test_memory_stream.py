@@ -1,0 +1,87 @@
+"""The view memory inside the streaming step and the env (issue 19): off changes nothing, on it
+brings back what was seen, reset clears it, vector rows keep their own."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from minwm_env.envs.ground_truth import GroundTruthEnv
+from minwm_env.envs.world_model import WorldModelEnv, WorldModelVectorEnv, memory_frames
+from minwm_env.eval import metrics
+from minwm_env.eval.rollout import paired_rollout
+from minwm_env.models import ModelSettings, load_model
+from minwm_env.world.paths import random_start
+
+TURN = np.array([0.0, 0, 0, 6.0, 0, 0], np.float32)  # 24° a step
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model("minwm-default")
+
+
+def _rollout(env, actions, seed=0, image=None):
+    options = None if image is None else {"image": image}
+    frames = [env.reset(seed=seed, options=options)[0]]
+    for action in actions:
+        frames.append(env.step(action)[0])
+    return np.stack(frames)
+
+
+def test_memory_off_streams_exactly_as_before(shipped):
+    actions = [np.repeat(a[None], 4, 0) for a in (TURN, TURN, -TURN, -TURN)]
+    plain = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk"), actions)
+    off = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk", memory=False), actions)
+    assert np.array_equal(plain, off)
+
+
+def test_memory_brings_back_a_view_after_looking_away(shipped):
+    """Turn 96° away and back on a held-out layout: with memory the last frame is closer to the
+    truth (which returns exactly to its first frame) than without, and the way out is the same."""
+    truth = GroundTruthEnv(scene="room", scene_seed=100, obs_mode="chunk")
+    deltas = np.repeat(np.array([TURN] * 4 + [-TURN] * 4), 4, axis=0)  # per latent frame
+    start = random_start(truth.unwrapped.scene, random.Random(3))
+    results = {}
+    for memory in (False, True):
+        env = WorldModelEnv(model=shipped, obs_mode="chunk", memory=memory)
+        model_run, truth_run = paired_rollout(env, truth, deltas, start_pose=start, seed=3)
+        results[memory] = (model_run.all_frames(), truth_run.all_frames())
+    (without, truth_frames), (with_memory, _) = results[False], results[True]
+    out = len(truth_frames) // 2
+    assert np.array_equal(without[:out], with_memory[:out])  # nothing to fill on the way out is changed
+    assert float(metrics.psnr(with_memory[-1:], truth_frames[-1:])[0]) > float(
+        metrics.psnr(without[-1:], truth_frames[-1:])[0]) + 1.0
+
+
+def test_reset_clears_the_memory_and_rows_keep_their_own(shipped):
+    actions = [np.repeat(a[None], 4, 0) for a in (TURN, TURN, -TURN, -TURN)]
+    single = WorldModelEnv(model=shipped, obs_mode="chunk", memory=True)
+    first = _rollout(single, actions, seed=0)
+    again = _rollout(single, actions, seed=0)  # a reset forgets the previous episode
+    assert np.array_equal(first, again)
+    starts = [single.reset(seed=s)[0][-1] for s in (5, 6)]  # two rendered start images
+    singles = [_rollout(single, actions, seed=s, image=img) for s, img in zip((5, 6), starts)]
+    vector = WorldModelVectorEnv(2, model=shipped, obs_mode="chunk", memory=True)
+    obs, _ = vector.reset(seed=[5, 6], options={"image": np.stack(starts)})
+    frames = [obs]
+    for action in actions:
+        frames.append(vector.step(np.stack([action, action]))[0])
+    frames = np.stack(frames, 1)  # (rows, steps + 1, ...)
+    for row in range(2):
+        assert np.abs(frames[row].astype(int) - singles[row].astype(int)).max() <= 1
+
+
+def test_memory_argument_is_checked():
+    settings = ModelSettings()
+    assert memory_frames(None, settings) == 0 and memory_frames(True, settings) == 32
+    assert memory_frames(False, ModelSettings(memory_frames=8, warp_reference=True, residual_reference=True)) == 0
+    assert memory_frames(5, settings) == 5
+    for bad in (-1, 2.5, "yes"):
+        with pytest.raises(ValueError, match="memory must be"):
+            memory_frames(bad, settings)
+    with pytest.raises(ValueError, match="needs a warp_reference model"):
+        load_model("tiny").stream(memory_frames=4)
+    with pytest.raises(ValueError, match="memory_frames needs warp_reference"):
+        ModelSettings.from_dict({"memory_frames": 4}, "minwm.json")
