@@ -66,6 +66,7 @@ class Args:
     motion_method: str = arg("klt", "camera-motion estimator", choices=list(METHODS))
     device: str = arg("cpu", "torch device of the evaluated model")
     dtype: str = arg("float32", "dtype of the evaluated model", choices=["float32", "bfloat16", "float16"])
+    memory: int = arg(-1, "view memory of the world model: -1 the model's own setting, 0 off, N frames (docs/design.md §6)")
     sampler_steps: int = arg(0, "0: the model's own few-step sampler; N: deterministic N-step Euler without guidance "
                                 "(the multi-step autoregressive baseline, e.g. for a stage-1 model)")
     num_threads: int | None = arg(None, "torch threads (default: the package's choice, see minwm_env/threads.py; MINWM_THREADS=N also sets it)")
@@ -96,7 +97,8 @@ def build_envs(args: Args):
             loaded = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
             sampler = EulerSampler(num_steps=args.sampler_steps, shift=loaded.settings.shift, guidance_scale=1.0)
         model = WorldModelEnv(model=loaded if sampler else args.model, device=args.device, dtype=args.dtype,
-                              obs_mode="chunk", start_scene=args.scene, sampler=sampler, num_threads=args.num_threads)
+                              obs_mode="chunk", start_scene=args.scene, sampler=sampler, num_threads=args.num_threads,
+                              memory=None if args.memory < 0 else args.memory)
     return model, ground_truth_like(model, args.scene, args.scene_seed)
 
 
