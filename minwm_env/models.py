@@ -129,6 +129,21 @@ _WAN21_13B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_d
                   qk_norm="rms_norm_across_heads", eps=1e-6)
 _TINY_Z = 4
 
+def _default_family(description: str, *, validity: bool = False, fill: str = "border", patch: int = 2) -> ModelPreset:
+    """The shipped default's architecture and streaming settings (below), optionally taking the
+    warped reference and its validity as input channels, with another fill or finer patches."""
+    channels = 192  # space-to-depth 4×4 pixels × 4 frames × RGB
+    return ModelPreset(
+        transformer=dict(patch_size=(1, patch, patch), num_attention_heads=4, attention_head_dim=32,
+                         in_channels=channels + (channels + channels // 3 if validity else 0), out_channels=channels,
+                         text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4),
+        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
+        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
+                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_fill=fill,
+                               warp_validity=validity, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+        description=description)
+
+
 PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(
         transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=_TINY_Z,
@@ -143,56 +158,25 @@ PRESETS: dict[str, ModelPreset] = {
     # clean frame reprojected into each new camera through a plane 2 units ahead (the best of
     # 1-4 and infinity, measured on the training clips); streaming restarts each chunk's context
     # from its last RGB frame (measured: docs/default_model.md).
-    "default": ModelPreset(
-        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=192,
-                         out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4),
-        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
-        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
-                               restart_context=True, warp_reference=True, warp_depth=2.0,
-                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
-        description="4-layer Wan (width 128) on a space-to-depth latent at 64x64: the default world model's architecture",
-    ),
+    "default": _default_family(
+        "4-layer Wan (width 128) on a space-to-depth latent at 64x64: the default world model's architecture"),
     # minwm-default v2 (issue 18): the same network, told what the warp knows. The warped
     # reference enters beside the noisy latent (not only as what the output is added to), and
     # what the last frame never saw is left blank, with each pixel's validity beside it, so
     # new content is drawn by the network instead of arriving as stretched border pixels.
-    "default-v2": ModelPreset(
-        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
-                         in_channels=192 + 192 + 64, out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512,
-                         num_layers=4),
-        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
-        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
-                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_fill="blank",
-                               warp_validity=True, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
-        description="default's network seeing the warped reference and its validity (blank where unseen)",
-    ),
+    "default-v2": _default_family("default's network seeing the warped reference and its validity (blank where "
+                                  "unseen)", validity=True, fill="blank"),
     # The same, with the never-seen pixels streaked from the border as the shipped model has
     # them: the network knows which pixels those are, but starts from the streak (measured one
     # chunk after a clean start, the streak is a better guess of a new strip than any mean).
-    "default-v2b": ModelPreset(
-        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
-                         in_channels=192 + 192 + 64, out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512,
-                         num_layers=4),
-        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
-        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
-                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_validity=True,
-                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
-        description="default's network seeing the warped reference (border-streaked where unseen) and its validity",
-    ),
+    "default-v2b": _default_family("default's network seeing the warped reference (border-streaked where unseen) "
+                                   "and its validity", validity=True),
     # v3 candidate (issue 18): default-v2b on tokens of one latent pixel (a 4×4-pixel cell of
     # 4 frames) instead of 2×2 of them. With 2×2 patches every token's 768 output values are a
     # linear map of its 128-wide state, so what it can draw is a fixed 128-dimensional family
     # of 8×8-pixel patches: measured, a new strip comes out as 8×8 blocks of colour.
-    "default-v3": ModelPreset(
-        transformer=dict(patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=32,
-                         in_channels=192 + 192 + 64, out_channels=192, text_dim=32, freq_dim=64, ffn_dim=512,
-                         num_layers=4),
-        vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
-        settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
-                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_validity=True,
-                               intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
-        description="default-v2b with one token per latent pixel (4x4-pixel cells): finer tokens",
-    ),
+    "default-v3": _default_family("default-v2b with one token per latent pixel (4x4-pixel cells): finer tokens",
+                                  validity=True, patch=1),
     "wan21-1.3b": ModelPreset(
         transformer=_WAN21_13B,
         vae={},  # diffusers' defaults are the Wan2.1 VAE
