@@ -71,6 +71,8 @@ class TrainConfig:
     rollout_context_chunks: int = arg(1, "stage2c: at most this many chunks (drawn per step "
                                                                 "from 1..N) the model streams itself before the chunk it learns")
     rollout_clean_fraction: float = arg(0.25, "stage2c: fraction of clips that keep the ground-truth context")
+    rollout_memory_frames: int = arg(0, "stage2c: the rollout keeps a view memory of this many frames and the learned "
+                                        "chunk's reference is filled from it, as the env streams with memory (0: off)")
     # -- stage 3: asymmetric DMD ---------------------------------------------------------------
     dmd_critic_updates: int = arg(5, "fake-score (critic) updates per generator update")
     dmd_real_guidance: float = arg(4.0, "CFG of the frozen real score")
@@ -82,6 +84,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.rollout_memory_frames < 0:
+            raise ValueError(f"rollout_memory_frames must be >= 0, got {self.rollout_memory_frames}")
         if not self.unseen_weight > 0:
             raise ValueError(f"unseen_weight must be positive, got {self.unseen_weight}")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "chunk_frames", "keep_checkpoints"):

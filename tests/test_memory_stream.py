@@ -12,6 +12,7 @@ from minwm_env.envs.world_model import WorldModelEnv, WorldModelVectorEnv, memor
 from minwm_env.eval import metrics
 from minwm_env.eval.rollout import paired_rollout
 from minwm_env.models import ModelSettings, load_model
+from minwm_env.streaming import context_frame
 from minwm_env.world.paths import random_start
 
 TURN = np.array([0.0, 0, 0, 6.0, 0, 0], np.float32)  # 24° a step
@@ -85,3 +86,37 @@ def test_memory_argument_is_checked():
         load_model("tiny").stream(memory_frames=4)
     with pytest.raises(ValueError, match="memory_frames needs warp_reference"):
         ModelSettings.from_dict({"memory_frames": 4}, "minwm.json")
+
+
+def test_stage2c_learns_with_the_reference_the_stream_fills_from_memory():
+    """With rollout_memory_frames, stage 2c's learned chunk gets the reference the env would
+    stream with: the context warped and filled from the rollout's memory (turning back towards
+    the start frame, which the memory holds)."""
+    from minwm_env import camera
+    from minwm_train.cli import make_stage
+    from minwm_train.config import preset_config
+    from minwm_train.engine import step_generator
+
+    from conftest import randomize_
+
+    config = preset_config("default-v2b", "stage2c", data="unused", out="unused", rollout_memory_frames=8,
+                           student_timesteps=(1000.0,))
+    stage = make_stage(config, torch.device("cpu"))
+    model = stage.model
+    randomize_(model.backbone, seed=2, scale=0.2)
+    generator = torch.Generator().manual_seed(0)
+    steps = torch.tensor([[0.0, 0, 0, 6.0, 0, 0]] * 4 + [[0.0, 0, 0, -6.0, 0, 0]] * 4)
+    num_frames = 1 + len(steps)
+    actions = torch.cat([torch.zeros(1, 6), steps])[None].repeat(2, 1, 1)
+    c2w = camera.compose_deltas(steps.double())[None].repeat(2, 1, 1, 1)
+    batch = {"latents": torch.rand(2, 192, num_frames, 16, 16, generator=generator) * 2 - 1, "actions": actions,
+             "w2c": camera.invert_pose(c2w).float(),
+             "intrinsics": torch.tensor(model.settings.intrinsics).expand(2, num_frames, 4).clone()}
+    context = stage.rollout_context(batch, step_generator(0, 1), 1)
+    filled = stage.memory_reference(batch, context_frame(model, context), 1)
+    planned = stage.last_stream.stream.plan(actions[:, 5:9]).reference  # what the env would stream with
+    torch.testing.assert_close(filled, planned, atol=1e-4, rtol=0)
+    # without memory: the context frame (latent frame 4) warped into frames 5..8 alone
+    plain = model.residual_reference(context_frame(model, context), c2w[:, 4:5], c2w[:, 4:8], c2w[:, 5:9],
+                                     batch["intrinsics"][:, 5:9].double())
+    assert float(plain[:, 192:].mean()) < float(filled[:, 192:].mean()) - 0.05  # memory filled part of the gaps

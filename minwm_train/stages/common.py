@@ -131,7 +131,9 @@ def teacher_forcing_layout(model: WorldModel, clean: torch.Tensor, noisy: torch.
     chunk's past). Later clean frames would be computed and never read, so leaving them out
     changes no output (tested) and saves their cost (clips of one chunk: 5 input frames, not 9).
 
-    ``batch`` holds the clip's poses and actions. Returns x, timestep, positions, frame mask,
+    ``batch`` holds the clip's poses and actions, and optionally ``reference``: the noisy
+    frames' residual references (B, C', F - 1, h, w) when the caller built them (a memory's).
+    Returns x, timestep, positions, frame mask,
     conditions, the index where the noisy half starts, and the residual reference of every
     input frame (for a noisy chunk: the clean frame just before it; the clean frames' outputs
     are never used).
@@ -149,8 +151,11 @@ def teacher_forcing_layout(model: WorldModel, clean: torch.Tensor, noisy: torch.
     mask = causal_frame_mask(all_positions, torch.cat([blocks[:context], blocks[1:]]), noisy=is_noisy)
     all_conds = None if conds is None else FrameConditions.cat([conds.frames(slice(0, context)),
                                                                 conds.frames(slice(1, None))])
-    previous = torch.cat([torch.zeros(1, dtype=torch.long), (torch.arange(num_frames - 1) // chunk) * chunk])
-    reference = residual_references(model, clean, previous, batch)[:, :, 1:]  # the clean frame before each chunk
+    if "reference" in batch:  # given (stage 2c with a view memory: the reference the stream planned)
+        reference = batch["reference"]
+    else:
+        previous = torch.cat([torch.zeros(1, dtype=torch.long), (torch.arange(num_frames - 1) // chunk) * chunk])
+        reference = residual_references(model, clean, previous, batch)[:, :, 1:]  # the clean frame before each chunk
     # the clean half is written as streaming writes context: with no reference (zeros)
     reference = torch.cat([reference.new_zeros(*reference.shape[:2], context, *reference.shape[3:]), reference],
                           dim=2)

@@ -47,18 +47,34 @@ class SelfRolloutStage(TeacherForcingStage):
     @torch.no_grad()
     def rollout_context(self, batch: dict, generator: torch.Generator, num_chunks: int) -> torch.Tensor:
         """The model's own last latent frame after ``num_chunks`` chunks streamed by the env's
-        generator under the clip's actions: (B, C, 1, h, w)."""
+        generator under the clip's actions: (B, C, 1, h, w). The stream stays in
+        :attr:`last_stream` (its view memory fills the next chunk's reference)."""
         config, latents = self.config, batch["latents"]
         chunk = config.chunk_frames
         sampler = FewStepSampler(timesteps=tuple(config.student_timesteps), shift=config.shift)
-        stream = StreamingGenerator(self.model, sampler, batch_size=latents.shape[0], chunk_frames=chunk)
+        stream = StreamingGenerator(self.model, sampler, batch_size=latents.shape[0], chunk_frames=chunk,
+                                    memory_frames=config.rollout_memory_frames)
         stream.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=generator)), start_latents=latents[:, :, :1],
                      decode=False)
         actions = rollout_actions(self.model, batch, 1 + num_chunks * chunk)
         for c in range(num_chunks):
             step_actions = None if actions is None else actions[:, 1 + c * chunk:1 + (c + 1) * chunk]
             out = stream.next_chunk(step_actions, decode=False)
+        self.last_stream = stream
         return out.latents[:, :, -1:].to(latents.dtype)
+
+    @torch.no_grad()
+    def memory_reference(self, batch: dict, context: torch.Tensor, num_chunks: int) -> torch.Tensor:
+        """The learned chunk's reference as the env streams it with a view memory: ``context``
+        (B, C, 1, h, w) warped into the chunk's cameras (the clip's poses) and filled from the
+        rollout's memory → (B, C', chunk, h, w)."""
+        chunk, model = self.config.chunk_frames, self.model
+        first = num_chunks * chunk
+        c2w = camera.invert_pose(batch["w2c"][:, first:first + 1 + chunk].double())  # the episode's frame
+        intrinsics = batch["intrinsics"][:, first + 1:first + 1 + chunk].double()
+        memory = self.last_stream.stream.memory
+        return model.residual_reference(context, c2w[:, :1], c2w[:, :-1], c2w[:, 1:], intrinsics, memory,
+                                        model.settings.memory_k)
 
     def window(self, batch: dict, context: torch.Tensor, num_chunks: int) -> dict:
         """The one-chunk clip the model learns after ``num_chunks`` streamed ones: ``context``
@@ -90,6 +106,9 @@ class SelfRolloutStage(TeacherForcingStage):
         context = torch.where(keep_truth.view(-1, 1, 1, 1, 1).to(latents.device), latents[:, :, first:first + 1],
                               generated)
         context = context_frame(self.model, context)  # the context the model streams with (restarted or not)
-        loss, logs = super().loss(optimizer, self.window(batch, context, num_chunks), step, generator)
+        window = self.window(batch, context, num_chunks)
+        if self.config.rollout_memory_frames:
+            window["reference"] = self.memory_reference(batch, context, num_chunks)
+        loss, logs = super().loss(optimizer, window, step, generator)
         drift = (generated - latents[:, :, first:first + 1]).float().square().mean()
         return loss, {**logs, "rollout/context_mse": drift}
