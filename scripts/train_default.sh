@@ -3,8 +3,10 @@
 #
 #   bash scripts/train_default.sh            # render + encode the data once, run the pipeline, then ship
 #
-# Stages 0 -> 1 -> 2a -> 2c (the `default` training preset), then runs/default/ship: stage 2c's
-# model set to sample in one step (x0 at t = 1000), what minwm_env/assets/minwm-default holds.
+# Stages 0 -> 1 -> 2a -> 2c (the `default-v2b` training preset: the warped reference and its
+# validity as input channels), then runs/default-v2b/ship: stage 2c's model set to sample in one
+# step (x0 at t = 1000) with a 32-frame view memory, what minwm_env/assets/minwm-default holds.
+# (MINWM_PRESET=default trains the previous shipped model's recipe into runs/default.)
 #
 # Long-running and resumable: each stage checkpoints every few minutes into runs/default/, and
 # rerunning continues from the latest checkpoints. On a GPU add --device cuda (it is the
@@ -13,18 +15,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DATA=runs/default_data
-OUT=runs/default
+PRESET=${MINWM_PRESET:-default-v2b}
+OUT=runs/$PRESET
 if [ ! -f "$DATA/latents/index.json" ]; then
   "$MINWM_PYTHON" -m minwm_env.data.cli render --out "$DATA" --num-clips 2000 --num-frames 33 --height 64 --width 64 --seed 0 --no-progress
   "$MINWM_PYTHON" -m minwm_env.data.cli encode --data "$DATA" --model default
 fi
-"$MINWM_PYTHON" -m minwm_train.cli pipeline --preset default --data "$DATA" --out "$OUT" --until stage2c "$@"
-"$MINWM_PYTHON" - "$OUT" <<'EOF'
+"$MINWM_PYTHON" -m minwm_train.cli pipeline --preset "$PRESET" --data "$DATA" --out "$OUT" --until stage2c "$@"
+"$MINWM_PYTHON" - "$OUT" "$PRESET" <<'EOF'
 import sys
 from minwm_env.models import load_model
 
-out = sys.argv[1]
-# one step measured better than the four it was distilled for: docs/default_model.md
-load_model(f"{out}/stage2c/model", sampler_timesteps=(1000.0,)).save_pretrained(f"{out}/ship")
+out, preset = sys.argv[1:]
+# one step (measured better than four on the previous model), and a view memory (measured better
+# than none on revisits; docs/default_model.md)
+memory = {"memory_frames": 32} if preset != "default" else {}
+load_model(f"{out}/stage2c/model", sampler_timesteps=(1000.0,), **memory).save_pretrained(f"{out}/ship")
 print(f"shipped model: {out}/ship (copy it to minwm_env/assets/minwm-default to ship it)")
 EOF
