@@ -2,6 +2,7 @@
 brings back what was seen, reset clears it, vector rows keep their own."""
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from minwm_env.envs.ground_truth import GroundTruthEnv
 from minwm_env.envs.world_model import WorldModelEnv, WorldModelVectorEnv, memory_frames
 from minwm_env.eval import metrics
 from minwm_env.eval.rollout import paired_rollout
-from minwm_env.models import ModelSettings, load_model
+from minwm_env.models import ModelSettings, WorldModel, load_model
 from minwm_env.streaming import context_frame
 from minwm_env.world.paths import random_start
 
@@ -32,10 +33,17 @@ def _rollout(env, actions, seed=0, image=None):
 
 
 def test_memory_off_streams_exactly_as_before(shipped):
+    """memory=False on the shipped model (memory on by default) streams exactly as the same
+    weights with no memory setting at all, and differs from memory on (turning back here lets
+    the memory fill something)."""
     actions = [np.repeat(a[None], 4, 0) for a in (TURN, TURN, -TURN, -TURN)]
-    plain = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk"), actions)
+    assert shipped.settings.memory_frames > 0
+    without = WorldModel(shipped.backbone, shipped.codec, replace(shipped.settings, memory_frames=0))
+    plain = _rollout(WorldModelEnv(model=without, obs_mode="chunk"), actions)
     off = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk", memory=False), actions)
+    on = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk"), actions)
     assert np.array_equal(plain, off)
+    assert not np.array_equal(on, off)
 
 
 def test_memory_brings_back_a_view_after_looking_away(shipped):
