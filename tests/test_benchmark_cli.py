@@ -1,4 +1,4 @@
-"""Smoke test of the latency benchmark's command line, on a tiny budget."""
+"""Smoke tests of benchmark command lines (latency, issue 18's bars), on a tiny budget."""
 
 import json
 import subprocess
@@ -29,3 +29,17 @@ def test_latency_benchmark_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--dtype", "float8"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "float8" in proc.stderr
+
+
+def test_default_bars_writes_its_table(tmp_path):
+    """benchmarks/default_bars.py at a tiny size: every bar row is in bars.md and bars.json, the
+    curves span the horizon asked for, and the shipped model beats repeating its start frame."""
+    out = tmp_path / "bars"
+    subprocess.run([sys.executable, "benchmarks/default_bars.py", "--models", "minwm-default", "--layouts", "room:100",
+                    "--steps", "2", "--paths", "1", "--idle-steps", "2", "--fd-paths", "4", "--out", str(out)],
+                   check=True, capture_output=True, cwd=ROOT)
+    report = json.loads((out / "bars.json").read_text())["models"]["minwm-default"]
+    assert len(report["pooled"]["psnr_db_curve"]["model"]) == 2
+    rows = {row[0]: row for row in report["bars"]}
+    assert len(rows) == 9 and all(name in (out / "bars.md").read_text() for name in rows)
+    assert rows["PSNR − repeat-start's, worst horizon, dB"][3] is True
