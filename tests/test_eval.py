@@ -296,6 +296,7 @@ def test_minwm_eval_quick_writes_the_report(tmp_path):
     # by default a layout the training data never renders (minwm-data render: 0..num_scene_seeds-1)
     from minwm_env.data.render import RenderConfig
     assert results["meta"]["scene_seed"] >= RenderConfig().num_scene_seeds
+    assert results["meta"]["memory_frames"] == 0  # the tiny preset has no view memory (no warp to fill)
     summary = results["summary"]
     for key in ("adherence/rotation_error_deg", "adherence/mirrored_psnr_db", "adherence/truth_rotation_error_deg", "adherence/failure_fraction",
                 "adherence/psnr_db", "adherence/ssim", "drift/psnr_db", "drift/baseline_psnr_db",

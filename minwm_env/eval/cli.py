@@ -148,8 +148,11 @@ def main(argv=None) -> None:
                                        "hardware/frames_per_s": first["frames_per_s"],
                                        "hardware/peak_memory_gb": first["peak_memory_gb"]})
     results["summary"]["time/total_s"] = time.perf_counter() - began
+    world = getattr(model.unwrapped, "_world", None)  # None for the ground truth scored against itself
+    memory = None if world is None else world.generator.stream.memory
     results["meta"] = {"model": args.model, "against": args.against, "scene": args.scene,
                        "scene_seed": args.scene_seed, "date": now_utc(),
+                       "memory_frames": 0 if memory is None else memory.capacity,
                        "machine": machine_description(torch.device(args.device)), "argv": sys.argv[1:] if argv is None
                        else list(argv), "args": dataclasses.asdict(args)}
     written = write_report(results, Path(args.out), title=f"minwm-eval: {args.model} against the {args.against}")
