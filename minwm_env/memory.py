@@ -81,8 +81,9 @@ class ViewMemory:
     Storage is allocated once (``capacity`` slots per row), so memory and the cost of every
     call are flat however long an episode runs:
 
-    - ``frames`` (B, capacity, 3, H, W) in ``dtype``: the frames, in [-1, 1] as the codec
-      decodes them (not clamped here);
+    - ``frames`` (B, capacity, channels, H, W) in ``dtype``: the frames, RGB in [-1, 1] as the
+      codec decodes them (not clamped here), or latent frames for a memory read from the KV
+      cache (``channels`` = the latent's, H, W the latent size; :meth:`composite` needs RGB);
     - ``c2w`` (B, capacity, 4, 4) float64: each frame's camera-to-world pose;
     - ``places`` (B, capacity, 4, 4) float64: the place each slot stands for, the pose of the
       first frame stored there (a near-duplicate that supersedes the frame keeps the place);
@@ -95,7 +96,7 @@ class ViewMemory:
     Arguments:
         batch_size: number of rows (independent episodes).
         capacity: frames kept per row (at least 1).
-        height, width: frame size in pixels.
+        height, width: frame size in pixels (latent cells for latent frames).
         device, dtype: where and how the frames are stored (poses are always float64).
         duplicate_distance: a new frame whose :func:`pose_distance` to a stored frame's place is
             below this supersedes that frame (radians; 0.05 ≈ 3° or 0.05 units at the default
@@ -117,9 +118,9 @@ class ViewMemory:
     def __init__(self, batch_size: int, capacity: int, height: int, width: int, *, device="cpu",
                  dtype: torch.dtype = torch.float32, duplicate_distance: float = 0.05,
                  translation_weight: float = 1.0, num_recent: int | None = None, grid_size: int = 8,
-                 parallax_scale: float = 1.0, valid_threshold: float = 0.999):
+                 parallax_scale: float = 1.0, valid_threshold: float = 0.999, channels: int = 3):
         for name, value in (("batch_size", batch_size), ("capacity", capacity), ("height", height),
-                            ("width", width), ("grid_size", grid_size)):
+                            ("width", width), ("grid_size", grid_size), ("channels", channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         num_recent = capacity // 2 if num_recent is None else num_recent
@@ -141,7 +142,8 @@ class ViewMemory:
         self.duplicate_distance, self.translation_weight = duplicate_distance, translation_weight
         self.num_recent, self.grid_size = num_recent, grid_size
         self.parallax_scale, self.valid_threshold = parallax_scale, valid_threshold
-        self.frames = torch.zeros(batch_size, capacity, 3, height, width, device=self.device, dtype=dtype)
+        self.channels = channels
+        self.frames = torch.zeros(batch_size, capacity, channels, height, width, device=self.device, dtype=dtype)
         # empty slots hold the identity, so distances to them stay finite before being masked
         self.c2w = torch.eye(4, dtype=torch.float64, device=self.device).repeat(batch_size, capacity, 1, 1)
         self.places = self.c2w.clone()
@@ -231,7 +233,7 @@ class ViewMemory:
 
     @torch.no_grad()
     def add(self, frames: torch.Tensor, c2w: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None) -> None:
-        """Store one frame per row: ``frames`` (b, 3, H, W) seen from ``c2w`` (b, 4, 4), for all
+        """Store one frame per row: ``frames`` (b, channels, H, W) seen from ``c2w`` (b, 4, 4), for all
         rows (b = B) or for the listed ``rows`` (b = len(rows)).
 
         The frame is always stored (never skipped); its slot is, in this order:
@@ -256,8 +258,9 @@ class ViewMemory:
         index = self._rows(rows)
         num_rows = len(index)
         frames = torch.as_tensor(frames)
-        if tuple(frames.shape) != (num_rows, 3, self.height, self.width):
-            raise ValueError(f"frames must have shape (b, 3, H, W) = ({num_rows}, 3, {self.height}, {self.width}), "
+        if tuple(frames.shape) != (num_rows, self.channels, self.height, self.width):
+            raise ValueError(f"frames must have shape (b, channels, H, W) = ({num_rows}, {self.channels}, "
+                             f"{self.height}, {self.width}), "
                              f"got {tuple(frames.shape)}")
         if not torch.isfinite(frames).all():
             raise ValueError("frames contain NaN or inf")
@@ -460,6 +463,8 @@ class ViewMemory:
         """
         if fill not in WARP_FILLS:
             raise ValueError(f"fill must be one of {WARP_FILLS} (the last frame's warp fill), got {fill!r}")
+        if self.channels != 3:
+            raise ValueError(f"composite warps RGB frames; this store holds {self.channels}-channel frames")
         reference, validity = torch.as_tensor(reference), torch.as_tensor(validity)
         if reference.ndim != 5 or reference.shape[:2] != (self.batch_size, 3) or \
                 reference.shape[3:] != (self.height, self.width):

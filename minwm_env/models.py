@@ -26,7 +26,7 @@ from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
 from .integrity import check_files, check_finite, describe_non_finite, non_finite, weight_files, write_manifest
 from .jsonfile import read_json
-from .streaming import ChunkStream
+from .streaming import MEMORY_MODES, ChunkStream
 from .warp import WARP_FILLS, warped_reference
 
 SETTINGS_FILE = "minwm.json"
@@ -80,10 +80,13 @@ class ModelSettings:
     """the validity of every warped pixel (1 seen, 0 never seen) travels with the reference, as
     input channels beside the noisy latent (the backbone's in_channels say so)"""
     memory_frames: int = 0
-    """past frames a stream keeps by place to fill what the last frame never saw (the env's
-    ``memory`` default; 0: no memory; needs warp_reference)"""
+    """past frames a stream keeps by place (the env's ``memory`` default; 0: no memory)"""
     memory_k: int = 2
-    """stored frames at most that fill one chunk's reference"""
+    """stored frames at most that one chunk retrieves"""
+    memory_mode: str = "reference"
+    """how retrieved frames reach the model: "reference" (their RGB fills what the last frame's
+    warp never saw; needs warp_reference) or "context" (their latents are written into the KV
+    cache at their camera poses and the chunk attends to them; needs camera conditioning)"""
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "ModelSettings":
@@ -106,8 +109,11 @@ class ModelSettings:
         if settings.memory_frames < 0 or settings.memory_k < 0:
             raise ValueError(f"{source}: memory_frames and memory_k must be >= 0, got {settings.memory_frames}, "
                              f"{settings.memory_k}")
-        if settings.memory_frames and not settings.warp_reference:
-            raise ValueError(f"{source}: memory_frames needs warp_reference (memory fills the warped reference)")
+        if settings.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"{source}: memory_mode must be one of {MEMORY_MODES}, got {settings.memory_mode!r}")
+        if settings.memory_frames and settings.memory_mode == "reference" and not settings.warp_reference:
+            raise ValueError(f"{source}: memory_frames with memory_mode='reference' needs warp_reference (memory "
+                             f"fills the warped reference); memory_mode='context' reads memory from the KV cache")
         if settings.warp_depth is not None and not settings.warp_depth > 0:
             raise ValueError(f"{source}: warp_depth must be positive or null (infinitely far), got {settings.warp_depth}")
         return settings

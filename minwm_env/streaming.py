@@ -23,6 +23,12 @@ docs/design.md §6 are taken here and nowhere else:
   chunk's own conditions, or, with ``restart_context``, only its last RGB frame re-encoded as
   a start image, at the chunk's last position, with the neutral action.
 
+- the view memory (``memory_frames``): past clean frames kept by place (:class:`ViewMemory`);
+  each chunk retrieves up to ``memory_k`` of them that see what the last frame does not, and
+  either fills the warped reference with their pixels (``memory_mode="reference"``) or writes
+  their latents into the KV cache at their camera poses for the chunk to attend to
+  (``"context"``, :meth:`ChunkStream.plan` and docs/design.md §6).
+
 The clean write is deferred: ``commit`` records it and the next ``denoise`` (or ``flush``)
 runs it, so a chunk's frames can be decoded and shown before the write costs anything.
 """
@@ -39,6 +45,14 @@ from .backbones import KVCache, PromptState
 from .conditioning import ActionSpec, FrameConditions, camera_action_spec
 from .memory import ViewMemory
 from .samplers import Sampler
+from .warp import warp_image
+
+MEMORY_MODES = ("reference", "context")
+MEMORY_POSITION = 0
+"""The frame position (RoPE) of every memory frame in the cache: the episode's first position,
+where the start frame (a sink) sits. A memory frame is told apart by its camera alone (its w2c
+in the camera branch), not by when it was seen; one shared position also keeps a loaded frame's
+K/V valid while the stream moves on, so it is rewritten only when the retrieval changes."""
 
 
 def pad_prompts(embeds: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -66,6 +80,16 @@ def context_frame(model, latents: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class MemoryPlan:
+    """The memory frames one chunk attends to in ``memory_mode="context"`` (:meth:`ChunkStream.plan`)."""
+
+    latents: torch.Tensor  # (B, C, k, h, w) retrieved latent frames; a row's padding (zeros) first
+    c2w: torch.Tensor  # (B, k, 4, 4) float64 their cameras (the identity on padding)
+    counts: list[int]  # frames each row retrieved (its last counts[r] frames are real)
+    key: torch.Tensor  # (B, k, 2) int64 (slot, add count) of each frame, (-1, -1) on padding: what was loaded
+
+
+@dataclass
 class ChunkPlan:
     """What one chunk is conditioned on (:meth:`ChunkStream.plan`)."""
 
@@ -74,6 +98,7 @@ class ChunkPlan:
     actions: torch.Tensor  # (B, chunk, d) the validated actions
     conditions: FrameConditions | None  # the branches' inputs, one row per batch row; None without branches
     reference: torch.Tensor  # (B, C, 1 or chunk, h, w) what a residual backbone adds its output to
+    memory: MemoryPlan | None = None  # memory frames to attend to ("context" memory); None: none
 
 
 class ChunkStream:
@@ -105,21 +130,40 @@ class ChunkStream:
         if settings.warp_reference and not self.tracks_camera:
             raise ValueError(f"warp_reference needs camera poses from camera-delta actions, the model's action "
                              f"space is {list(self.action_spec.names)}")
-        self.cache: KVCache = model.backbone.new_cache(
-            batch_size=batch_size * num_branches, latent_height=self.latent_height, latent_width=self.latent_width,
-            window_frames=window_frames, sink_frames=sink_frames, max_new_frames=self.chunk_frames)
         memory_frames = settings.memory_frames if memory_frames is None else memory_frames
         if memory_frames < 0:
             raise ValueError(f"memory_frames must be >= 0, got {memory_frames}")
-        if memory_frames and not (settings.warp_reference and self.tracks_camera):
-            raise ValueError("a view memory fills the warped reference: it needs a warp_reference model with camera-"
-                             "delta actions")
-        # past clean frames by place (docs/design.md §6, memory); None: the last frame alone
-        self.memory = None if not memory_frames else ViewMemory(
-            batch_size, memory_frames, settings.height, settings.width, device=model.device, dtype=torch.float32)
+        self.memory_mode = settings.memory_mode
+        if self.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {self.memory_mode!r}")
+        in_cache = bool(memory_frames) and self.memory_mode == "context"
+        if memory_frames and not in_cache and not (settings.warp_reference and self.tracks_camera):
+            raise ValueError("a view memory in memory_mode='reference' fills the warped reference: it needs a "
+                             "warp_reference model with camera-delta actions")
+        if in_cache and not config.uses_camera:
+            raise ValueError("a view memory in memory_mode='context' tells the model where each memory frame was "
+                             "seen through camera conditioning; this model has none")
+        self.cache: KVCache = model.backbone.new_cache(
+            batch_size=batch_size * num_branches, latent_height=self.latent_height, latent_width=self.latent_width,
+            window_frames=window_frames, sink_frames=sink_frames, max_new_frames=self.chunk_frames,
+            memory_frames=settings.memory_k if in_cache else 0)
+        # past clean frames by place (docs/design.md §6, memory); None: the last frame alone.
+        # "reference" keeps RGB frames to warp, "context" latent frames to write into the cache.
+        if not memory_frames:
+            self.memory = None
+        elif in_cache:
+            self.memory = ViewMemory(batch_size, memory_frames, self.latent_height, self.latent_width,
+                                     channels=model.backbone.latent_channels, device=model.device, dtype=model.dtype,
+                                     grid_size=min(8, self.latent_height, self.latent_width))
+        else:
+            self.memory = ViewMemory(batch_size, memory_frames, settings.height, settings.width, device=model.device,
+                                     dtype=torch.float32)
+        self.memory_in_cache = in_cache
+        self._loaded_memory: torch.Tensor | None = None  # MemoryPlan.key of what the cache's memory holds
         self.prompt: PromptState | None = None
         self.num_forwards = 0  # denoising forwards since begin(), and how many of them kept gradients
         self.num_grad_forwards = 0
+        self.num_memory_writes = 0  # forwards that (re)wrote the cache's memory frames
         self._pending: tuple[torch.Tensor, torch.Tensor, FrameConditions | None] | None = None
         self._clear_episode()
 
@@ -146,8 +190,9 @@ class ChunkStream:
                              f"{self.batch_size * self.num_branches} ({self.num_branches} branches)")
         self.prompt = prompt
         self.cache.reset()
+        self._loaded_memory = None
         self._pending = None
-        self.num_forwards = self.num_grad_forwards = 0
+        self.num_forwards = self.num_grad_forwards = self.num_memory_writes = 0
         self._clear_episode()
         if self.memory is not None:
             self.memory.clear()
@@ -167,6 +212,7 @@ class ChunkStream:
         self.flush()  # the other rows' last chunk goes into the cache before rows change
         branch_rows = [r + b * self.batch_size for b in range(self.num_branches) for r in rows]
         self.cache.reset_rows(branch_rows)
+        self._loaded_memory = None  # the restarted rows' memory frames are gone: reload at the next chunk
         self.c2w[rows] = torch.eye(4, dtype=torch.float64)
         start = start_latents.to(self.model.device, self.model.dtype)
         position = torch.tensor([max(self.next_position - 1, 0)])
@@ -226,9 +272,59 @@ class ChunkStream:
         positions = torch.arange(self.next_position, self.next_position + self.chunk_frames)
         previous = torch.cat([self.c2w[:, None], c2w[:, :-1]], dim=1)
         intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float64).expand(*c2w.shape[:2], 4)
+        fills = None if self.memory_in_cache else self.memory
         reference = self.model.residual_reference(self.reference, self.c2w[:, None], previous, c2w, intrinsics,
-                                                  self.memory, self.model.settings.memory_k)
-        return ChunkPlan(positions, c2w, actions, self.conditions(c2w, actions), reference)
+                                                  fills, self.model.settings.memory_k)
+        memory = self._recall(c2w, intrinsics[:, 0]) if self.memory_in_cache else None
+        return ChunkPlan(positions, c2w, actions, self.conditions(c2w, actions), reference, memory)
+
+    def _recall(self, c2w: torch.Tensor, intrinsics: torch.Tensor) -> MemoryPlan:
+        """The memory frames of a chunk posed ``c2w`` (B, chunk, 4, 4) in ``memory_mode="context"``:
+        up to ``memory_k`` stored latent frames that best see what the last frame does not (its
+        warp's gaps, through the plane at ``warp_depth``, on the latent grid), so the frames the
+        cache's window already holds are not fetched again."""
+        memory, k = self.memory, self.model.settings.memory_k
+        device = memory.device
+        depth = self.model.settings.warp_depth
+        seen = warp_image(torch.ones(self.batch_size, 1, memory.height, memory.width, device=device,
+                                     dtype=torch.float64), self.c2w.to(device), c2w.to(device),
+                          intrinsics.to(device), depth, fill="blank")  # (B, 1, chunk, h, w)
+        found = memory.retrieve(c2w, intrinsics, k, depth, gaps=seen[:, 0] < memory.valid_threshold).indices
+        # real frames last in each row (the cache keeps a row's last counts[r] frames)
+        order = torch.sort((found >= 0).int(), dim=1, stable=True).indices
+        found = found.gather(1, order)
+        real = found >= 0
+        slots = found.clamp(min=0)
+        rows = torch.arange(self.batch_size, device=device)[:, None]
+        latents = torch.where(real[:, :, None, None, None], memory.frames[rows, slots], 0)
+        poses = torch.where(real[:, :, None, None], memory.c2w[rows, slots], torch.eye(4, dtype=torch.float64,
+                                                                                         device=device))
+        key = torch.stack([found, torch.where(real, memory.added_at[rows, slots], -1)], dim=-1)
+        return MemoryPlan(latents.transpose(1, 2).to(self.model.dtype), poses.cpu(), real.sum(1).tolist(), key.cpu())
+
+    @torch.no_grad()
+    def _load_memory(self, plan: MemoryPlan) -> None:
+        """Write ``plan``'s frames into the cache's memory slots (one clean forward, each frame on
+        its own at :data:`MEMORY_POSITION` with its camera and the neutral action), unless the
+        cache holds them already."""
+        if self._loaded_memory is not None and torch.equal(self._loaded_memory, plan.key):
+            return
+        counts = plan.counts * self.num_branches
+        if not any(counts):
+            self.cache.clear_memory()
+        else:
+            k = plan.latents.shape[2]
+            neutral = self.action_spec.neutral().expand(self.batch_size, k, -1)
+            conditions = self.conditions(plan.c2w, neutral)
+            if self.num_branches > 1:
+                conditions = conditions.repeat(self.num_branches)
+            latents = plan.latents.repeat(self.num_branches, 1, 1, 1, 1)
+            timestep = torch.zeros(latents.shape[0], k, device=latents.device)
+            positions = torch.full((k,), MEMORY_POSITION)
+            self.model.backbone(latents, timestep, positions, self.prompt, kv_cache=self.cache.memory_writer(counts),
+                                cache_write=True, conditions=conditions)
+            self.num_memory_writes += 1
+        self._loaded_memory = plan.key
 
     def predictor(self, plan: ChunkPlan, *, grad_step: int | None = None) -> Callable:
         """The sampler's ``predict(x, sigma, with_uncond)`` for ``plan``'s chunk against the cache.
@@ -249,7 +345,8 @@ class ChunkStream:
             timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
             # a differentiable forward reads a frozen copy of the context: its backward (and
             # gradient checkpointing's recomputation) comes after later chunks changed the cache
-            cache = self.cache.frozen() if keep else self.cache
+            cache = self.cache.reading_memory() if plan.memory is not None else self.cache
+            cache = cache.frozen() if keep else cache
             with torch.set_grad_enabled(keep):
                 out = backbone(x_in, timestep, plan.positions, self.prompt, kv_cache=cache,
                                conditions=conditions, reference=reference)
@@ -267,6 +364,8 @@ class ChunkStream:
         gradient and every earlier one runs without (a few-step sampler cut at an exit step is
         a sampler with the schedule's first steps: DMD's self-rollout)."""
         self.flush()
+        if plan.memory is not None:
+            self._load_memory(plan.memory)
         grad_step = sampler.num_steps - 1 if grad else None
         return sampler.sample(self.predictor(plan, grad_step=grad_step), noise, self.model.backbone.prediction_type,
                               generators, on_step)
@@ -290,7 +389,11 @@ class ChunkStream:
 
     def _remember(self, latents: torch.Tensor, c2w: torch.Tensor, rows: list[int] | None = None) -> None:
         """Store the last RGB frame of ``latents`` (b, C, n, h, w), seen from ``c2w`` (b, 4, 4), in the memory."""
-        if self.memory is not None:
+        if self.memory is None:
+            return
+        if self.memory_in_cache:
+            self.memory.add(context_frame(self.model, latents)[:, :, 0], c2w, rows)
+        else:
             last = self.model.codec.unpack(latents[:, :, -1:])[:, :, -1]  # (b, 3, H, W)
             self.memory.add(last.float(), c2w, rows)
 

@@ -77,22 +77,36 @@ class KVCache:
     :meth:`rows` gives a view on a subset (to write one row's start frame). Rows holding
     different numbers of frames attend through a key mask; in lockstep (the usual case) no
     mask is needed and every operation is one batched slice.
+
+    With ``memory_frames`` > 0 the buffers also hold, in front of the context, up to that many
+    *memory* frames per row: past frames retrieved by place for the chunk being denoised
+    (docs/design.md §6, view memory in the cache). They are written by a forward through
+    :meth:`memory_writer` (each frame attends to itself alone), replaced whenever the retrieval
+    changes, read only by forwards through :meth:`reading_memory` (denoising passes; clean
+    writes see the causal context alone) and never evicted by the rolling window. A row's
+    ``m`` memory frames sit right before its context, so in lockstep a reading forward still
+    attends to one contiguous slice.
     """
 
     def __init__(self, *, num_layers: int, batch_size: int, num_heads: int, head_dim: int,
                  tokens_per_frame: int, window_frames: int, sink_frames: int, max_new_frames: int,
-                 device: torch.device | str, dtype: torch.dtype, streams: tuple[str, ...] = ("main",)):
+                 device: torch.device | str, dtype: torch.dtype, streams: tuple[str, ...] = ("main",),
+                 memory_frames: int = 0):
         if window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {window_frames}")
         if sink_frames < 0:
             raise ValueError(f"sink_frames must be >= 0, got {sink_frames}")
+        if memory_frames < 0:
+            raise ValueError(f"memory_frames must be >= 0, got {memory_frames}")
         self.num_layers = num_layers
         self.batch_size = batch_size
         self.tokens_per_frame = tokens_per_frame
         self.window_frames = window_frames
         self.sink_frames = sink_frames
         self.max_new_frames = max_new_frames
-        capacity = (sink_frames + window_frames + max_new_frames) * tokens_per_frame
+        self.memory_frames = memory_frames
+        self.base = memory_frames * tokens_per_frame  # the context starts here, the memory ends here
+        capacity = (memory_frames + sink_frames + window_frames + max_new_frames) * tokens_per_frame
         shape = (batch_size, num_heads, capacity, head_dim)
         # One stream per attention that caches: "main" (self-attention), "prope" (camera branch).
         self.streams = {name: ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)],
@@ -100,6 +114,7 @@ class KVCache:
                         for name in streams}
         self.row_positions: list[list[int]] = [[] for _ in range(batch_size)]  # cached frames per row, in order
         self.num_frames_written = [0] * batch_size
+        self.memory_counts = [0] * batch_size  # memory frames each row holds now
 
     # -- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -118,6 +133,7 @@ class KVCache:
         for r in rows:
             self.row_positions[r] = []
             self.num_frames_written[r] = 0
+            self.memory_counts[r] = 0
 
     def rows(self, rows) -> "KVCacheRows":
         return KVCacheRows(self, list(rows))
@@ -131,11 +147,12 @@ class KVCache:
 
     # -- attention -----------------------------------------------------------------------------
     def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor, stream: str = "main",
-               rows: list[int] | None = None):
+               rows: list[int] | None = None, memory: bool = False):
         """Place a forward's K/V (b, heads, L_new, D) after each row's context.
 
-        Returns (keys, values, key_mask): context + new for the forward's rows, and None or a
-        (b, 1, 1, L_keys) bool mask of the valid slots when rows hold different numbers of frames.
+        Returns (keys, values, key_mask): context + new for the forward's rows (preceded by the
+        rows' memory frames when ``memory``), and None or a (b, 1, 1, L_keys) bool mask of the
+        valid slots when rows hold different numbers of frames.
         """
         all_rows = rows is None
         rows = list(range(self.batch_size)) if all_rows else rows
@@ -143,32 +160,35 @@ class KVCache:
         if stream not in self.streams:
             raise ValueError(f"this cache has streams {list(self.streams)}, not {stream!r}")
         keys, values = self.streams[stream][0][layer], self.streams[stream][1][layer]
-        tpf, new = self.tokens_per_frame, key.shape[2]
+        tpf, new, base = self.tokens_per_frame, key.shape[2], self.base
         lengths = [len(self.row_positions[r]) * tpf for r in rows]
+        recalled = [self.memory_counts[r] * tpf if memory else 0 for r in rows]
         training = torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)
-        if len(set(lengths)) == 1:  # lockstep: one slice for all rows
-            start = lengths[0]
+        if len(set(lengths)) == 1 and len(set(recalled)) == 1:  # lockstep: one slice for all rows
+            start, first = base + lengths[0], base - recalled[0]
             index = slice(None) if all_rows else rows
             keys[index, :, start:start + new] = key.detach()
             values[index, :, start:start + new] = value.detach()
             if training:
                 # Training through a cached rollout (stage 3): the buffer is overwritten later, so
                 # hand autograd a fresh tensor instead of a view of it.
-                return (torch.cat([keys[index, :, :start], key], dim=2),
-                        torch.cat([values[index, :, :start], value], dim=2), None)
-            return keys[index, :, :start + new], values[index, :, :start + new], None
-        for i, (r, start) in enumerate(zip(rows, lengths)):
-            keys[r, :, start:start + new] = key[i].detach()
-            values[r, :, start:start + new] = value[i].detach()
-        total = max(lengths) + new
-        out_keys, out_values = keys[rows, :, :total], values[rows, :, :total]
+                return (torch.cat([keys[index, :, first:start], key], dim=2),
+                        torch.cat([values[index, :, first:start], value], dim=2), None)
+            return keys[index, :, first:start + new], values[index, :, first:start + new], None
+        for i, (r, length) in enumerate(zip(rows, lengths)):
+            keys[r, :, base + length:base + length + new] = key[i].detach()
+            values[r, :, base + length:base + length + new] = value[i].detach()
+        first, end = base - max(recalled), base + max(lengths) + new
+        out_keys, out_values = keys[rows, :, first:end], values[rows, :, first:end]
         if training:
             out_keys, out_values = out_keys.clone(), out_values.clone()
-            for i, start in enumerate(lengths):
-                out_keys[i, :, start:start + new] = key[i]
-                out_values[i, :, start:start + new] = value[i]
-        slots = torch.arange(total, device=key.device)
-        mask = slots[None, :] < torch.tensor(lengths, device=key.device)[:, None] + new
+            for i, length in enumerate(lengths):
+                out_keys[i, :, base - first + length:base - first + length + new] = key[i]
+                out_values[i, :, base - first + length:base - first + length + new] = value[i]
+        slots = torch.arange(first, end, device=key.device)[None, :]
+        starts = base - torch.tensor(recalled, device=key.device)[:, None]
+        ends = base + torch.tensor(lengths, device=key.device)[:, None] + new
+        mask = (slots >= starts) & (slots < ends)
         return out_keys, out_values, mask[:, None, None, :]
 
     def commit(self, frame_positions: list[int], rows: list[int] | None = None) -> None:
@@ -187,25 +207,86 @@ class KVCache:
                 self.row_positions[r] = self.row_positions[r][:num_sink] + self.row_positions[r][num_sink + excess:]
         for (num_sink, excess, count), moved in moves.items():
             index = slice(None) if len(moved) == self.batch_size else moved
-            keep_from, keep_to = (num_sink + excess) * tpf, count * tpf
+            keep_from, keep_to = self.base + (num_sink + excess) * tpf, self.base + count * tpf
             for keys, values in self.streams.values():
                 for buf in keys + values:
                     # Source and destination overlap: copy through a temporary.
-                    buf[index, :, num_sink * tpf: keep_to - excess * tpf] = buf[index, :, keep_from:keep_to].clone()
+                    buf[index, :, self.base + num_sink * tpf: keep_to - excess * tpf] = \
+                        buf[index, :, keep_from:keep_to].clone()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for keys, values in self.streams.values() for t in keys + values)
 
-    def frozen(self) -> "FrozenContext":
+    def frozen(self, memory: bool = False) -> "FrozenContext":
         """A read-only copy of the context as it is now (rows in lockstep), for a forward whose
         gradient is taken later: gradient checkpointing recomputes the forward during backward,
-        by which time this cache holds later chunks (the pitfall of docs/design.md §2)."""
+        by which time this cache holds later chunks (the pitfall of docs/design.md §2). With
+        ``memory`` the rows' memory frames come first, as a reading forward sees them."""
         counts = {len(positions) for positions in self.row_positions}
-        if len(counts) != 1:
-            raise ValueError(f"a frozen context needs rows in lockstep, the rows hold {sorted(counts)} frames")
-        length = counts.pop() * self.tokens_per_frame
-        return FrozenContext({name: ([k[:, :, :length].clone() for k in keys], [v[:, :, :length].clone() for v in values])
+        recalled = {self.memory_counts[r] if memory else 0 for r in range(self.batch_size)}
+        if len(counts) != 1 or len(recalled) != 1:
+            raise ValueError(f"a frozen context needs rows in lockstep, the rows hold {sorted(counts)} frames and "
+                             f"{sorted(recalled)} memory frames")
+        first, end = self.base - recalled.pop() * self.tokens_per_frame, self.base + counts.pop() * self.tokens_per_frame
+        return FrozenContext({name: ([k[:, :, first:end].clone() for k in keys], [v[:, :, first:end].clone() for v in values])
                               for name, (keys, values) in self.streams.items()})
+
+    # -- memory frames -------------------------------------------------------------------------
+    def memory_writer(self, counts: list[int]) -> "MemoryWriter":
+        """The cache a forward over ``memory_frames`` frames per row (one clean pass) writes the
+        memory through: row r keeps the *last* ``counts[r]`` of them (put a row's padding first)."""
+        if len(counts) != self.batch_size or any(not 0 <= c <= self.memory_frames for c in counts):
+            raise ValueError(f"counts must give 0..{self.memory_frames} memory frames for each of the "
+                             f"{self.batch_size} rows, got {list(counts)}")
+        return MemoryWriter(self, list(counts))
+
+    def reading_memory(self) -> "MemoryReader":
+        """This cache as a denoising forward that also attends to the memory frames sees it."""
+        return MemoryReader(self)
+
+    def clear_memory(self, rows=None) -> None:
+        for r in range(self.batch_size) if rows is None else rows:
+            self.memory_counts[r] = 0
+
+
+class MemoryWriter:
+    """The cache seen by the forward that writes memory frames (:meth:`KVCache.memory_writer`):
+    the frames' K/V go into the memory slots, and each frame attends to itself alone, so a
+    frame's K/V depend on it, its position, its camera and the prompt, not on its neighbours."""
+
+    def __init__(self, cache: KVCache, counts: list[int]):
+        self.cache, self.counts = cache, counts
+
+    def extend(self, layer, key, value, stream="main"):
+        cache = self.cache
+        tpf = cache.tokens_per_frame
+        if key.shape[0] != cache.batch_size or key.shape[2] != cache.memory_frames * tpf:
+            raise ValueError(f"a memory write holds {cache.memory_frames} frames ({cache.memory_frames * tpf} "
+                             f"tokens) for each of the {cache.batch_size} rows, got {tuple(key.shape[:3])}")
+        keys, values = cache.streams[stream][0][layer], cache.streams[stream][1][layer]
+        keys[:, :, :cache.base] = key.detach()
+        values[:, :, :cache.base] = value.detach()
+        frame = torch.arange(key.shape[2], device=key.device) // tpf
+        return key, value, (frame[:, None] == frame[None, :])[None, None]
+
+    def commit(self, frame_positions):
+        self.cache.memory_counts = list(self.counts)
+
+
+class MemoryReader:
+    """A :class:`KVCache` as denoising forwards see it when they also read its memory frames."""
+
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+
+    def extend(self, layer, key, value, stream="main"):
+        return self.cache.extend(layer, key, value, stream, memory=True)
+
+    def commit(self, frame_positions):
+        raise RuntimeError("a memory-reading forward denoises, it does not write: write through the KVCache")
+
+    def frozen(self) -> "FrozenContext":
+        return self.cache.frozen(memory=True)
 
 
 class FrozenContext:
@@ -236,7 +317,8 @@ class KVCacheRows:
 
 
 def causal_frame_mask(positions: torch.Tensor, block_ids: torch.Tensor, *, noisy: torch.Tensor | None = None,
-                      window_frames: int | None = None, sink_frames: int = 0) -> torch.Tensor:
+                      window_frames: int | None = None, sink_frames: int = 0,
+                      memory: torch.Tensor | None = None, reads_memory: torch.Tensor | None = None) -> torch.Tensor:
     """Frame-level mask (F, F), True where query frame i may attend to key frame j.
 
     A frame sees the clean frames of earlier blocks (chunks) and the frames of its own block
@@ -244,6 +326,10 @@ def causal_frame_mask(positions: torch.Tensor, block_ids: torch.Tensor, *, noisy
     [clean GT ; noisy GT], the noisy chunk attends to clean chunks before it and to itself).
     With ``window_frames`` only earlier frames within that many positions of the block start,
     plus the first ``sink_frames`` positions, stay visible: exactly what :class:`KVCache` keeps.
+
+    ``memory`` (F,) bool marks retrieved memory frames (what :meth:`KVCache.memory_writer`
+    holds): each sees itself alone, and only the frames marked ``reads_memory`` (default: the
+    noisy ones) see them, whatever the window; other frames never see them.
     """
     positions = torch.as_tensor(positions)
     block_ids = torch.as_tensor(block_ids)
@@ -255,7 +341,13 @@ def causal_frame_mask(positions: torch.Tensor, block_ids: torch.Tensor, *, noisy
         block_start = torch.stack([positions[block_ids == b].min() for b in block_ids])
         in_window = (positions[None, :] >= block_start[:, None] - window_frames) | (positions[None, :] < sink_frames)
         earlier = earlier & in_window
-    return earlier | same
+    mask = earlier | same
+    if memory is None:
+        return mask
+    memory = torch.as_tensor(memory, dtype=torch.bool)
+    readers = noisy if reads_memory is None else torch.as_tensor(reads_memory, dtype=torch.bool)
+    mask = mask & ~memory[None, :] & ~memory[:, None]
+    return mask | (memory[None, :] & readers[:, None] & ~memory[:, None]) | torch.diag(memory)
 
 
 def expand_frame_mask(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
@@ -285,7 +377,7 @@ class CausalBackbone(nn.Module, ABC):
 
     @abstractmethod
     def new_cache(self, *, batch_size: int, latent_height: int, latent_width: int, window_frames: int,
-                  sink_frames: int, max_new_frames: int) -> KVCache: ...
+                  sink_frames: int, max_new_frames: int, memory_frames: int = 0) -> KVCache: ...
 
     @abstractmethod
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,

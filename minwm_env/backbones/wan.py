@@ -228,14 +228,14 @@ class CausalWan(CausalBackbone):
         return PromptState(list(keys), list(values))
 
     def new_cache(self, *, batch_size: int, latent_height: int, latent_width: int, window_frames: int,
-                  sink_frames: int, max_new_frames: int) -> KVCache:
+                  sink_frames: int, max_new_frames: int, memory_frames: int = 0) -> KVCache:
         weight = self.transformer.patch_embedding.weight
         return KVCache(num_layers=self.num_layers, batch_size=batch_size, num_heads=self.config.num_attention_heads,
                        head_dim=self.config.attention_head_dim,
                        tokens_per_frame=self.tokens_per_frame(latent_height, latent_width),
                        window_frames=window_frames, sink_frames=sink_frames, max_new_frames=max_new_frames,
                        device=weight.device, dtype=weight.dtype,
-                       streams=("main", "prope") if self.uses_prope else ("main",))
+                       streams=("main", "prope") if self.uses_prope else ("main",), memory_frames=memory_frames)
 
     @property
     def conditioning_config(self) -> ConditioningConfig:
