@@ -184,3 +184,22 @@ def test_bad_memory_settings_raise_clear_errors():
     cache = _model().stream().cache
     with pytest.raises(ValueError, match="memory frames for each"):
         cache.memory_writer([3])
+
+
+def test_a_differentiable_chunk_reads_the_same_memory_frames():
+    """DMD's self-rollout keeps the gradient of its exit step through a frozen copy of the
+    context: with memory frames, that copy holds them too (same output, gradients flow)."""
+    model = _model()
+    stream, _, _ = _run(model, [[6.0]] * 4 + [[-3.0]] * 2)
+    plan = stream.plan(_actions([-3.0]))
+    assert plan.memory.counts[0] > 0
+    sampler = FewStepSampler(timesteps=(1000.0,), shift=1.0)
+    noise = torch.randn(1, *stream.latent_shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        plain = stream.denoise(plan, sampler, noise)
+    with_grad = stream.denoise(plan, sampler, noise, grad=True)
+    assert with_grad.requires_grad and stream.num_grad_forwards == 1
+    torch.testing.assert_close(with_grad.detach(), plain, **TOL)
+    with_grad.square().mean().backward()
+    weight = model.backbone.transformer.blocks[0].attn1.to_q.weight
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
