@@ -233,6 +233,41 @@ def test_batched_rows_equal_single_runs_with_uneven_context_and_prompts():
     torch.testing.assert_close(batched, torch.cat(singles), **TOL)
 
 
+def test_memory_frames_in_the_cache_equal_the_full_forward_under_the_memory_rule():
+    """View memory in the cache (docs/design.md §6): frames written through ``memory_writer``
+    (each attends to itself and the text) and read by a denoising forward equal one full forward
+    under causal_frame_mask's memory rule; the rows hold 2 and 1 memory frames (masked path)."""
+    backbone = make_backbone(seed=7, image_start=True)
+    torch.manual_seed(8)
+    start, clean, noisy = torch.randn(2, 4, 1, 4, 4), torch.randn(2, 4, 2, 4, 4), torch.randn(2, 4, 2, 4, 4)
+    memory, counts = torch.randn(2, 4, 2, 4, 4), [2, 1]
+    t = torch.tensor([[400.0, 400.0], [900.0, 900.0]])
+    qwen, qwen_mask, byt5, byt5_mask = text_inputs(2)
+    with torch.no_grad():
+        prompt = backbone.encode_prompt(qwen, qwen_mask, byt5_embeds=byt5, byt5_mask=byt5_mask)
+        cache = backbone.new_cache(batch_size=2, latent_height=4, latent_width=4, window_frames=2, sink_frames=1,
+                                   max_new_frames=2, memory_frames=2)
+        backbone(start, torch.zeros(2, 1), torch.tensor([0]), prompt, kv_cache=cache, cache_write=True)
+        backbone(clean, torch.zeros(2, 2), torch.tensor([1, 2]), prompt, kv_cache=cache, cache_write=True)
+        backbone(memory, torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), prompt,
+                 kv_cache=cache.memory_writer(counts), cache_write=True)
+        streamed = backbone(noisy, t, torch.tensor([3, 4]), prompt, kv_cache=cache.reading_memory())
+        without = backbone(noisy, t, torch.tensor([3, 4]), prompt, kv_cache=cache)
+        for row, count in enumerate(counts):
+            x = torch.cat([memory[row:row + 1, :, 2 - count:], start[row:row + 1], clean[row:row + 1],
+                           noisy[row:row + 1]], dim=2)
+            positions = torch.tensor([0] * count + [0, 1, 2, 3, 4])
+            blocks = torch.tensor([-1] * count + [0, 1, 1, 2, 2])
+            is_memory = torch.tensor([True] * count + [False] * 5)
+            is_noisy = torch.tensor([False] * (count + 3) + [True, True])
+            mask = causal_frame_mask(positions, blocks, noisy=is_noisy, window_frames=2, sink_frames=1,
+                                     memory=is_memory)
+            timestep = torch.cat([torch.zeros(1, count + 3), t[row:row + 1]], dim=1)
+            full = backbone(x, timestep, positions, prompt.select([row]), frame_mask=mask)[:, :, -2:]
+            torch.testing.assert_close(streamed[row:row + 1], full, **TOL)
+    assert (streamed - without).abs().max() > 1e-3  # the memory frames are read
+
+
 def test_gradient_checkpointing_gives_identical_gradients():
     def grads(checkpointing):
         backbone = make_backbone(seed=4, image_start=False)

@@ -49,8 +49,9 @@ everywhere). minwm starts an episode by writing the start image as a clean frame
 (docs/design.md §4), so with ``image_start`` (default for an ``i2v`` config) the frame at
 position 0 is the start image: its conditioning channels hold its own latent and its mask is
 1; every generated frame, in any chunk, gets zeros and mask 0. A frame at position 0 must then
-be clean (timestep 0) — anything else raises. Without ``image_start`` all frames get zeros and
-mask 0. The rule is a function of (position, latent), so a full-sequence forward and a
+be clean (timestep 0) — anything else raises. View-memory frames, which the stream writes at
+position 0 (``streaming.MEMORY_POSITION``), are observed clean frames too and get the same
+treatment. Without ``image_start`` all frames get zeros and mask 0. The rule is a function of (position, latent), so a full-sequence forward and a
 streamed one fill the channels identically. (A config with ``in_channels = C`` has no such
 channels.)
 
