@@ -345,6 +345,7 @@ def test_fsdp_layout_covers_the_blocks_and_the_text_path():
 
 def test_bad_inputs_raise_clear_errors():
     backbone = make_backbone(image_start=True)
+    assert backbone.text_dim == 24 and backbone.null_prompt_embeds(3).shape == (3, 1, 24)
     prompt = backbone.encode_prompt(torch.zeros(1, 1, 24))
     x = torch.randn(1, 4, 2, 4, 4)
     with pytest.raises(ValueError, match="4 latent channels, got 9; the 5 conditioning channels are filled"):

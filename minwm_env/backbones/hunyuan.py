@@ -309,6 +309,11 @@ class CausalHunyuan15(CausalBackbone):
         return self.config.out_channels or self.config.in_channels
 
     @property
+    def text_dim(self) -> int:
+        """Width of the prompt embeddings :meth:`encode_prompt` takes (Qwen2.5-VL: 3584)."""
+        return self.config.text_embed_dim
+
+    @property
     def condition_channels(self) -> int:
         """Input channels the adapter fills itself: conditioning latent + mask (0 or C + 1)."""
         return self.config.in_channels - self.latent_channels
@@ -343,7 +348,7 @@ class CausalHunyuan15(CausalBackbone):
     # -- prompt ------------------------------------------------------------------------------
     def null_prompt_embeds(self, batch_size: int) -> torch.Tensor:
         weight = self.transformer.context_embedder.proj_in.weight
-        return torch.zeros(batch_size, 1, self.config.text_embed_dim, device=weight.device, dtype=weight.dtype)
+        return torch.zeros(batch_size, 1, self.text_dim, device=weight.device, dtype=weight.dtype)
 
     def encode_prompt(self, prompt_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                       byt5_embeds: torch.Tensor | None = None, byt5_mask: torch.Tensor | None = None,
