@@ -53,6 +53,7 @@ def test_the_truth_scores_perfectly(scores):
     assert truth["novel_view/blockiness"] == pytest.approx(truth["novel_view/truth_blockiness"])
     for length in ("short", "long"):
         assert truth[f"revisit/{length}_psnr_db"] == 100.0 and truth[f"revisit/{length}_detail_ratio"] == 1.0
+        assert truth[f"revisit/{length}_seen_psnr_db"] == 100.0 and truth[f"revisit/{length}_self_psnr_db"] == 100.0
         assert truth[f"revisit/{length}_r_dist"] == truth[f"revisit/{length}_truth_r_dist"]
         assert truth[f"revisit/{length}_motion_failures"] == truth[f"revisit/{length}_truth_motion_failures"]
         for kind in ("look", "walk"):
@@ -83,6 +84,10 @@ def test_a_model_that_repeats_its_start_frame_fails_new_views_and_revisits(score
     assert repeat["novel_view/seen_psnr_db"] < repeat["novel_view/warp_seen_psnr_db"]
     for length in ("short", "long"):
         assert repeat[f"revisit/{length}_psnr_db"] < repeat[f"revisit/{length}_warp_psnr_db"]
+        # on the places the start frame showed the warp is right (rotations exactly) and repeating is not
+        assert repeat[f"revisit/{length}_seen_psnr_db"] < repeat[f"revisit/{length}_warp_seen_psnr_db"] - 2
+        # perfectly self-consistent (it never changes), which is why self_psnr is read beside the truth
+        assert repeat[f"revisit/{length}_self_psnr_db"] == 100.0
     assert repeat["object_scale/area_ratio"] < 0.8  # the approached object never grows
 
 

@@ -58,6 +58,12 @@ DEFINITIONS = {
     "novel_view/new_fraction": "fraction of pixels after the start that show content the start frame did not",
     "revisit/psnr_db": "PSNR (dB, higher is better) of the frames on the way back, each at a pose visited on the way "
                        "out, against the truth",
+    "revisit/seen_psnr_db": "PSNR (dB, higher is better) on the way back over the pixels the start frame showed "
+                            "(truth depth), the places the model was given: the truth of the rest was never shown, "
+                            "so any plausible drawing of it differs from the truth",
+    "revisit/self_psnr_db": "PSNR (dB, higher is better) of each frame on the way back against the model's own frame "
+                            "at the same pose on the way out: does it keep what it drew (a deterministic function of "
+                            "the pose, e.g. the warp of the start, scores infinite here: read it beside psnr_db)",
     "revisit/ssim": "SSIM (higher is better) of the frames on the way back",
     "revisit/detail_ratio": "detail of the frames on the way back relative to the truth's (1 = as detailed)",
     "revisit/r_dist": "mean angle (radians, lower is better) between the per-step camera rotations estimated from "
@@ -446,13 +452,22 @@ def revisit(evaluator) -> dict:
         frames, sigma = _candidates(evaluator, model_run, truth_run, path, config.seed + 800 + i)
         record = {"length": length, "kind": kind, "label": path.pose_string, "num_frames": 1 + len(truth),
                   "blurred_warp_sigma": sigma}
+        seen, earlier = _revisited(evaluator, path, truth)
         for name, candidate in frames.items():
             mse = metrics.mse(candidate[back], truth[back])
+            seen_err = np.where(seen[back, ..., None], (candidate[back].astype(np.float64) - truth[back]) ** 2, np.nan)
             record[name] = {"psnr_db": _psnr_db(mse), "mse": float(np.mean(mse)),
+                            "seen_mse": _nanmean(_row_nanmean(seen_err.reshape(len(seen_err), -1))),
                             "ssim": float(metrics.ssim(candidate[back], truth[back]).mean()),
                             "final_psnr_db": _psnr_db(mse[-1:]),
                             "detail_ratio": quality.pooled_detail_ratio(candidate[back], truth[back])}
             pooled.setdefault((length, name), []).append(record[name])
+        # the model against itself: each frame of the way back against its own frame at that pose
+        # on the way out (the start frame for the last one), what a memory keeps whatever it drew
+        model_all = model_run.all_frames()
+        self_mse = metrics.mse(model_all[1:][back], model_all[earlier[back]])
+        record["model"]["self_mse"] = float(np.mean(self_mse))
+        record["seen_fraction"] = float(seen[back].mean())
         model_motion, truth_motion = _motion_distances(evaluator, model_run), _motion_distances(evaluator, truth_run)
         record["model"].update(r_dist=model_motion.r_dist, t_dist=model_motion.t_dist,
                                motion_failures=model_motion.failure_fraction)
@@ -473,6 +488,9 @@ def revisit(evaluator) -> dict:
     for (length, name), records in pooled.items():
         prefix = f"revisit/{length}_" if name == "model" else f"revisit/{length}_{name}_"
         summary[prefix + "psnr_db"] = _psnr_db([r["mse"] for r in records])
+        summary[prefix + "seen_psnr_db"] = _psnr_db([r["seen_mse"] for r in records if r["seen_mse"] is not None])
+        if name == "model":
+            summary[prefix + "self_psnr_db"] = _psnr_db([r["self_mse"] for r in records])
         summary[prefix + "ssim"] = _nanmean([r["ssim"] for r in records])
         summary[prefix + "detail_ratio"] = _nanmean([r["detail_ratio"] for r in records])
         if name == "model":
@@ -480,6 +498,23 @@ def revisit(evaluator) -> dict:
             summary[prefix + "t_dist"] = _nanmean([r["t_dist"] for r in records if r.get("t_dist") is not None])
             summary[prefix + "motion_failures"] = _nanmean([r["motion_failures"] for r in records])
     return {"paths": paths, "summary": summary}
+
+
+def _revisited(evaluator, path, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the N frames after the start of a revisit ``path`` (``truth`` (N, H, W, 3)): which
+    pixels the start frame showed (N, H, W) bool, the places the model was given, and for each
+    frame the index, in the rollout's 1 + N frames, of the first frame at the same pose (its
+    own on the way out; the start for the last frame of the way back)."""
+    poses = frame_world_poses(path, evaluator.layout.frames_per_chunk // evaluator.layout.chunk_frames)
+    renderer = evaluator.truth.unwrapped.renderer
+    depth = np.stack([renderer.render_depth(p) for p in poses])
+    seen = quality.seen_mask(poses[0], depth[0], poses[1:], evaluator.intrinsics, depth[1:])
+    flat = poses.reshape(len(poses), -1)
+    same = np.abs(flat[1:, None] - flat[None]).max(-1) < 1e-6  # (N, 1 + N)
+    back = slice(len(truth) // 2, None)
+    if not same[back].any(1).all():
+        raise RuntimeError(f"revisit path {path.pose_string!r}: a frame on the way back is at no pose of the way out")
+    return seen, same.argmax(1)
 
 
 def object_scale(evaluator) -> dict:
