@@ -18,9 +18,9 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, HunyuanVideo15Transformer3DModel, WanTransformer3DModel
 
-from .backbones import CausalWan
+from .backbones import CausalBackbone, CausalHunyuan15, CausalWan
 from .codec import SpaceToDepthCodec, WanVAECodec, load_codec
 from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
@@ -127,6 +127,26 @@ class ModelPreset:
     description: str = ""
     codec: str = "wan-vae"
     """"wan-vae" (AutoencoderKLWan built from ``vae``) or "space-to-depth" (``vae`` holds its options)"""
+    backbone: str = "wan"
+    """the transformer family (a key of :data:`BACKBONES`)"""
+
+
+# The transformer families: diffusers' class (the pretrained weights' format) and our causal adapter.
+BACKBONES: dict[str, tuple[type, type]] = {
+    "wan": (WanTransformer3DModel, CausalWan),
+    "hunyuan15": (HunyuanVideo15Transformer3DModel, CausalHunyuan15),
+}
+
+
+def backbone_family(transformer_folder: Path) -> str:
+    """The family of a diffusers transformer folder, from its config's ``_class_name`` (Wan when
+    the config does not say)."""
+    name = read_json(transformer_folder / "config.json").get("_class_name", WanTransformer3DModel.__name__)
+    for family, (transformer_class, _) in BACKBONES.items():
+        if transformer_class.__name__ == name:
+            return family
+    raise ValueError(f"{transformer_folder / 'config.json'}: transformer class {name!r} is not supported; supported: "
+                     f"{sorted(cls.__name__ for cls, _ in BACKBONES.values())}")
 
 
 # Wan2.1-T2V-1.3B: 30 blocks, width 1536 (12 heads × 128), FFN 8960, UMT5 text width 4096.
@@ -158,6 +178,18 @@ PRESETS: dict[str, ModelPreset] = {
                  temperal_downsample=[False, True, True], latents_mean=[0.0] * _TINY_Z, latents_std=[1.0] * _TINY_Z),
         settings=ModelSettings(height=64, width=64),
         description="2-layer Wan and a small Wan VAE: tests and CPU smoke runs (random weights)",
+    ),
+    # HunyuanVideo-1.5's transformer (issue 20) at a test size, on the tiny Wan VAE: the 2·z + 1
+    # input channels are its own (noisy latent, conditioning latent, mask), filled by the adapter.
+    # (The ByT5 projection's hidden width is fixed at 2048 by diffusers: ~4.4M parameters.)
+    "tiny-hy15": ModelPreset(
+        transformer=dict(in_channels=2 * _TINY_Z + 1, out_channels=_TINY_Z, num_attention_heads=2,
+                         attention_head_dim=16, num_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=1,
+                         text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32, rope_axes_dim=(4, 6, 6)),
+        vae=dict(base_dim=8, z_dim=_TINY_Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                 temperal_downsample=[False, True, True], latents_mean=[0.0] * _TINY_Z, latents_std=[1.0] * _TINY_Z),
+        settings=ModelSettings(height=64, width=64), backbone="hunyuan15",
+        description="2-layer HunyuanVideo-1.5 transformer on the tiny Wan VAE: tests and CPU smoke runs (random weights)",
     ),
     # The shipped default's architecture (issue 11): a ~1.5M-parameter Wan on a lossless
     # space-to-depth latent (64×64 RGB → 16×16×192), predicting x0 as a residual on the last
@@ -196,7 +228,7 @@ PRESETS: dict[str, ModelPreset] = {
 class WorldModel:
     """A loaded model: the causal backbone, its latent codec and its settings."""
 
-    backbone: CausalWan
+    backbone: CausalBackbone
     codec: WanVAECodec | SpaceToDepthCodec
     settings: ModelSettings
 
@@ -214,7 +246,7 @@ class WorldModel:
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.transformer.patch_embedding.weight.device
+        return self.backbone.transformer.proj_out.weight.device  # (Wan and HunyuanVideo-1.5 alike)
 
     def residual_reference(self, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                            c2w: torch.Tensor, intrinsics: torch.Tensor, memory=None, memory_k: int = 0) -> torch.Tensor:
@@ -241,7 +273,7 @@ class WorldModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.transformer.patch_embedding.weight.dtype
+        return self.backbone.transformer.proj_out.weight.dtype  # never a module kept in float32
 
     def stream(self, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
                window_frames: int | None = None, sink_frames: int | None = None,
@@ -317,12 +349,13 @@ def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | No
     settings = replace(preset.settings, **settings_overrides)
     with torch.random.fork_rng(devices=[]):  # the same seed always builds the same weights
         torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(**preset.transformer)
+        transformer_class, backbone_class = BACKBONES[preset.backbone]
+        transformer = transformer_class(**preset.transformer)
         if preset.codec == "space-to-depth":
             codec = SpaceToDepthCodec(**preset.vae)
         else:
             codec = WanVAECodec(AutoencoderKLWan(**preset.vae))
-        backbone = CausalWan(transformer, settings.prediction_type, conditioning, settings.residual_reference)
+        backbone = backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference)
     if settings.residual_reference:  # a new residual model starts as "nothing changes"
         torch.nn.init.zeros_(transformer.proj_out.weight)
         torch.nn.init.zeros_(transformer.proj_out.bias)
@@ -419,11 +452,12 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
         if conditioning is None and (folder / CONDITIONING_DIR).is_dir():
             branch_weights = folder / CONDITIONING_DIR
             conditioning = read_conditioning_config(branch_weights)
-        transformer = load_component(folder / "transformer", WanTransformer3DModel)
+        transformer_class, backbone_class = BACKBONES[backbone_family(folder / "transformer")]
+        transformer = load_component(folder / "transformer", transformer_class)
         codec = load_codec(folder)
         with torch.random.fork_rng(devices=[]):  # new conditioning branches: seeded initialisation
             torch.manual_seed(seed)
-            backbone = CausalWan(transformer, settings.prediction_type, conditioning, settings.residual_reference)
+            backbone = backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference)
         model = WorldModel(backbone, codec, settings)
     if branch_weights is not None:
         model.backbone.conditioning.load_weights(branch_weights)

@@ -66,7 +66,8 @@ def guidance_prompt(backbone, embeds: Sequence[torch.Tensor | None], batch_size:
     """The prompt state of one forward over guidance branches: branch i is ``embeds[i]``
     (B, L, D), the null prompt where it is None; rows ``i·B .. (i+1)·B − 1`` belong to branch i."""
     branches = [backbone.null_prompt_embeds(batch_size) if e is None else e for e in embeds]
-    return PromptState.cat([backbone.encode_prompt(e) for e in pad_prompts(branches)])
+    states = [backbone.encode_prompt(e) for e in pad_prompts(branches)]
+    return type(states[0]).cat(states)  # a backbone's own prompt state (e.g. with a key mask) stays itself
 
 
 def context_frame(model, latents: torch.Tensor) -> torch.Tensor:

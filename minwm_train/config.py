@@ -146,6 +146,14 @@ PRESETS: dict[str, dict[str, dict]] = {
         "stage0": dict(steps=8), "stage1": dict(steps=8), "stage2a": dict(steps=8), "stage2b": dict(steps=8),
         "stage2c": dict(steps=8), "stage3": dict(steps=6, dmd_critic_updates=2, dmd_rollout_chunks=2),
     },
+    # The tiny preset on HunyuanVideo-1.5's transformer (issue 20): every stage on CPU in seconds.
+    "tiny-hy15": {
+        "all": dict(model="tiny-hy15", batch_size=2, lr=1e-3, chunk_frames=2, num_latent_frames=5, checkpoint_every=5,
+                    camera="prope", actions="camera", ode_teacher_steps=8, ode_num_clips=4, cd_grid_steps=8,
+                    student_timesteps=(1000.0, 500.0)),
+        "stage0": dict(steps=8), "stage1": dict(steps=8), "stage2a": dict(steps=8), "stage2b": dict(steps=8),
+        "stage2c": dict(steps=8), "stage3": dict(steps=6, dmd_critic_updates=2, dmd_rollout_chunks=2),
+    },
     # The shipped default world model (issue 11, docs/default_model.md): a ~1.4M-parameter Wan
     # on the space-to-depth latent of 64x64 renders. No prompts, so no CFG. Camera deltas enter
     # through the action branch only (relative, so long rollouts stay in distribution); clips of

@@ -53,10 +53,10 @@ from .config import TrainConfig
 from .data import LatentClips
 
 try:  # FSDP2 (torch >= 2.6)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     from torch.distributed.tensor import DTensor, distribute_tensor
 except ImportError:  # pragma: no cover - older torch
-    fully_shard = DTensor = distribute_tensor = None
+    fully_shard = register_fsdp_forward_method = DTensor = distribute_tensor = None
 
 CHECKPOINT_FILES = ("modules.safetensors", "trainer.json", "config.json")
 
@@ -225,6 +225,10 @@ class Trainer:
             for unit in units:
                 fully_shard(unit, ignored_params=replicated)
             fully_shard(module, ignored_params=replicated)
+            # methods other than forward that run sharded units (a HunyuanVideo-1.5 adapter's
+            # encode_prompt runs the text stream through its blocks) must gather their weights too
+            for method in getattr(module, "fsdp_forward_methods", ()):
+                register_fsdp_forward_method(module, method)
 
     def _broadcast_modules(self) -> None:
         """Every process starts from the main process's weights (they build the same seeded

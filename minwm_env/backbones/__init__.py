@@ -2,7 +2,9 @@
 
 from .base import (AttentionContext, CausalBackbone, KVCache, KVCacheRows, PromptState, causal_frame_mask,
                    expand_frame_mask)
+from .hunyuan import CausalHunyuan15, HunyuanPromptState, HunyuanRotary
 from .wan import CausalWan, FramePositionRotary
 
-__all__ = ["AttentionContext", "CausalBackbone", "CausalWan", "FramePositionRotary", "KVCache", "KVCacheRows", "PromptState",
-           "causal_frame_mask", "expand_frame_mask"]
+__all__ = ["AttentionContext", "CausalBackbone", "CausalHunyuan15", "CausalWan", "FramePositionRotary",
+           "HunyuanPromptState", "HunyuanRotary", "KVCache", "KVCacheRows", "PromptState", "causal_frame_mask",
+           "expand_frame_mask"]

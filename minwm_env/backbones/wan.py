@@ -191,6 +191,11 @@ class CausalWan(CausalBackbone):
         return self.config.in_channels - self.config.out_channels
 
     @property
+    def text_dim(self) -> int:
+        """Width of the prompt embeddings :meth:`encode_prompt` takes (UMT5: 4096)."""
+        return self.config.text_dim
+
+    @property
     def spatial_patch(self) -> tuple[int, int]:
         return tuple(self.config.patch_size[1:])
 

@@ -123,7 +123,7 @@ class _World:
         self.observation_space = observation_space(obs_mode, self.height, self.width, self.frames_per_chunk,
                                                    tuple(self.generator.latent_shape))
         self.starts = StartFrames(start_scene, self.height, self.width)
-        self.text_dim = self.model.backbone.config.text_dim
+        self.text_dim = self.model.backbone.text_dim
         self.last_frames: np.ndarray | None = None  # (N, H, W, 3)
         self.frame_index = np.zeros(num_envs, dtype=np.int64)
 
