@@ -323,10 +323,15 @@ class SpaceToDepthStream:
         return self.codec.decode(first_latents)
 
 
-def load_codec(folder: Path):
-    """The codec saved in a model folder: ``vae/`` (Wan VAE, its files checked like the
-    transformer's: manifest and finite tensors) or ``codec.json`` (space-to-depth)."""
+def load_codec(folder: Path, vae_attention_window: int | None = None):
+    """The codec saved in a model folder: ``vae/`` (the Wan or the HunyuanVideo-1.5 VAE, its
+    files checked like the transformer's: manifest and finite tensors) or ``codec.json``
+    (space-to-depth). ``vae_attention_window`` bounds the HunyuanVideo-1.5 decoder's attention
+    cache (:class:`~minwm_env.hunyuan_vae.HunyuanVAECodec`)."""
     if (folder / "codec.json").is_file():
         return SpaceToDepthCodec.load(folder)
+    from .hunyuan_vae import HunyuanVAECodec  # (hunyuan_vae imports this module)
+    if HunyuanVAECodec.describes(folder):
+        return HunyuanVAECodec.load(folder, vae_attention_window)
     from .models import load_component  # (avoids an import cycle)
     return WanVAECodec(load_component(folder / "vae", AutoencoderKLWan))

@@ -18,10 +18,11 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKLWan, HunyuanVideo15Transformer3DModel, WanTransformer3DModel
+from diffusers import AutoencoderKLHunyuanVideo15, AutoencoderKLWan, HunyuanVideo15Transformer3DModel, WanTransformer3DModel
 
 from .backbones import CausalBackbone, CausalHunyuan15, CausalWan
 from .codec import SpaceToDepthCodec, WanVAECodec, load_codec
+from .hunyuan_vae import HunyuanVAECodec
 from .conditioning import ConditioningConfig, read_conditioning_config
 from .flow import check_prediction_type
 from .integrity import check_files, check_finite, describe_non_finite, non_finite, weight_files, write_manifest
@@ -83,6 +84,9 @@ class ModelSettings:
     """past frames a stream keeps by place (the env's ``memory`` default; 0: no memory)"""
     memory_k: int = 2
     """stored frames at most that one chunk retrieves"""
+    vae_attention_window: int | None = None
+    """latent frames the HunyuanVideo-1.5 decoder's mid-block attention keeps while streaming
+    (None: all, exact but growing with the stream; N: the last N, flat, exact for N frames)"""
     memory_mode: str = "reference"
     """how retrieved frames reach the model: "reference" (their RGB fills what the last frame's
     warp never saw; needs warp_reference) or "context" (their latents are written into the KV
@@ -109,6 +113,8 @@ class ModelSettings:
         if settings.memory_frames < 0 or settings.memory_k < 0:
             raise ValueError(f"{source}: memory_frames and memory_k must be >= 0, got {settings.memory_frames}, "
                              f"{settings.memory_k}")
+        if settings.vae_attention_window is not None and not settings.vae_attention_window >= 1:
+            raise ValueError(f"{source}: vae_attention_window must be >= 1 or null, got {settings.vae_attention_window}")
         if settings.memory_mode not in MEMORY_MODES:
             raise ValueError(f"{source}: memory_mode must be one of {MEMORY_MODES}, got {settings.memory_mode!r}")
         if settings.memory_frames and settings.memory_mode == "reference" and not settings.warp_reference:
@@ -126,7 +132,8 @@ class ModelPreset:
     settings: ModelSettings = field(default_factory=ModelSettings)
     description: str = ""
     codec: str = "wan-vae"
-    """"wan-vae" (AutoencoderKLWan built from ``vae``) or "space-to-depth" (``vae`` holds its options)"""
+    """"wan-vae" (AutoencoderKLWan built from ``vae``), "hunyuan15-vae" (AutoencoderKLHunyuanVideo15)
+    or "space-to-depth" (``vae`` holds its options)"""
     backbone: str = "wan"
     """the transformer family (a key of :data:`BACKBONES`)"""
 
@@ -221,6 +228,15 @@ PRESETS: dict[str, ModelPreset] = {
         settings=ModelSettings(height=480, width=832),
         description="the Wan2.1-T2V-1.3B architecture with random weights, for timing",
     ),
+    # HunyuanVideo-1.5 (8.3B, diffusers' default config is the released 480p model's) and its VAE
+    # (32 channels, 16x spatial, 4x temporal); the decoder's attention keeps 31 latent frames
+    # (121 RGB frames, the model's clip length) so long streams stay flat.
+    "hy15-8b": ModelPreset(
+        transformer={}, vae={},
+        settings=ModelSettings(height=480, width=832, chunk_frames=4, vae_attention_window=31),
+        codec="hunyuan15-vae", backbone="hunyuan15",
+        description="the HunyuanVideo-1.5 8.3B architecture with random weights, for timing and FLOP counts",
+    ),
 }
 
 
@@ -229,7 +245,7 @@ class WorldModel:
     """A loaded model: the causal backbone, its latent codec and its settings."""
 
     backbone: CausalBackbone
-    codec: WanVAECodec | SpaceToDepthCodec
+    codec: WanVAECodec | HunyuanVAECodec | SpaceToDepthCodec
     settings: ModelSettings
 
     def __post_init__(self):
@@ -353,6 +369,8 @@ def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | No
         transformer = transformer_class(**preset.transformer)
         if preset.codec == "space-to-depth":
             codec = SpaceToDepthCodec(**preset.vae)
+        elif preset.codec == "hunyuan15-vae":
+            codec = HunyuanVAECodec(AutoencoderKLHunyuanVideo15(**preset.vae), settings.vae_attention_window)
         else:
             codec = WanVAECodec(AutoencoderKLWan(**preset.vae))
         backbone = backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference)
@@ -454,7 +472,7 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
             conditioning = read_conditioning_config(branch_weights)
         transformer_class, backbone_class = BACKBONES[backbone_family(folder / "transformer")]
         transformer = load_component(folder / "transformer", transformer_class)
-        codec = load_codec(folder)
+        codec = load_codec(folder, settings.vae_attention_window)
         with torch.random.fork_rng(devices=[]):  # new conditioning branches: seeded initialisation
             torch.manual_seed(seed)
             backbone = backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference)

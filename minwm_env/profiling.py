@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .backbones import PromptState
 from .generator import StreamingGenerator, generate_clip, timed
-from .models import PRESETS, WorldModel
+from .models import BACKBONES, PRESETS, WorldModel
 from .samplers import EulerSampler
 
 
@@ -124,36 +123,42 @@ def count_flops(preset: str, *, num_latent_frames: int, chunk_frames: int, bidir
                 fewstep_steps: int, text_tokens: int = 512) -> dict[str, float]:
     """FLOPs of first-chunk generation for a preset's full-size architecture, on meta tensors.
 
-    Counts the transformer only (the VAE is excluded, as in the latency comparison):
-    bidirectional = steps × (cond + uncond) × a full-clip forward; AR multi-step = steps ×
-    2 × a first-chunk forward; AR few-step = steps × 1 × a first-chunk forward.
+    Counts the transformer over the video tokens (the VAE is excluded, as in the latency
+    comparison): bidirectional = steps × (cond + uncond) × a full-clip forward; AR multi-step =
+    steps × 2 × a first-chunk forward; AR few-step = steps × 1 × a first-chunk forward.
+    ``text_encode`` is one prompt's text path (Wan: the cross-attention K/V; HunyuanVideo-1.5:
+    the token refiner and the text stream through every block): a bidirectional sampler pays it
+    at every forward, the causal model once per episode; ``ratio_with_text`` counts it so.
+    Also returns ``parameters``, the transformer's parameter count.
     """
-    from diffusers import WanTransformer3DModel
-
-    from .backbones import CausalWan
 
     spec = PRESETS[preset]
-    config = spec.transformer
-    factor = 8  # the Wan VAE's spatial compression
+    transformer_class, backbone_class = BACKBONES[spec.backbone]
+    factor = 16 if spec.codec == "hunyuan15-vae" else 8  # the VAE's spatial compression
     latent_h, latent_w = spec.settings.height // factor, spec.settings.width // factor
     with torch.device("meta"):
-        backbone = CausalWan(WanTransformer3DModel(**config))
-        text = torch.zeros(1, text_tokens, config["text_dim"])
-        prompt = backbone.encode_prompt(text)
+        backbone = backbone_class(transformer_class(**spec.transformer))
+        text = torch.zeros(1, text_tokens, backbone.text_dim)
+        with FlopCounterMode(display=False) as counter:
+            prompt = backbone.encode_prompt(text)
+        text_encode = float(counter.get_total_flops())
 
         def forward_flops(batch: int, frames: int) -> float:
-            x = torch.zeros(batch, config["in_channels"], frames, latent_h, latent_w)
+            x = torch.zeros(batch, backbone.latent_channels, frames, latent_h, latent_w)
             with FlopCounterMode(display=False) as counter:
                 backbone(x, torch.zeros(batch, frames), torch.arange(frames, device="cpu"),
-                         PromptState.cat([prompt] * batch))
+                         type(prompt).cat([prompt] * batch))
             return float(counter.get_total_flops())
 
         clip = forward_flops(2, num_latent_frames)
         chunk_cfg = forward_flops(2, chunk_frames)
         chunk = forward_flops(1, chunk_frames)
+        parameters = float(sum(p.numel() for p in backbone.transformer.parameters()))
     flops = {"bidir_multistep_cfg": bidir_steps * clip, "ar_multistep_cfg": ar_steps * chunk_cfg,
-             "ar_fewstep": fewstep_steps * chunk}
+             "ar_fewstep": fewstep_steps * chunk, "text_encode": text_encode, "parameters": parameters}
     flops["ratio_bidir_over_ar_fewstep"] = flops["bidir_multistep_cfg"] / flops["ar_fewstep"]
+    flops["ratio_with_text"] = ((flops["bidir_multistep_cfg"] + 2 * bidir_steps * text_encode)
+                                / (flops["ar_fewstep"] + text_encode))
     return flops
 
 

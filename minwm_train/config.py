@@ -194,7 +194,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "stage2b": dict(steps=2000),
         "stage3": dict(steps=200, lr=2e-6, betas=(0.0, 0.999), ema_decay=0.99, ema_start=200, dmd_real_guidance=4.0),
     },
-    "hy15-8b": {  # settings only: the HunyuanVideo-1.5 backbone adapter is not implemented yet
+    "hy15-8b": {  # HunyuanVideo-1.5 8.3B (minwm_env/backbones/hunyuan.py; GPU; the paper's recipe)
         "all": dict(model="hy15-8b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True, lr=1e-5,
                     camera="prope", num_latent_frames=20, chunk_frames=4, checkpoint_every=250),
         "stage0": dict(steps=8000), "stage1": dict(steps=4000), "stage2a": dict(steps=1500),
@@ -205,12 +205,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 # Models whose backbone adapter is not written yet: their presets keep the paper's recipe as
-# settings only, and training one stops before any data or weights are read.
-UNSUPPORTED_MODELS = {
-    "hy15-8b": "HunyuanVideo-1.5 is not supported yet: the hy15-8b preset holds the paper's settings only (there is "
-               "no HunyuanVideo-1.5 backbone adapter). Train the Wan2.1 architecture with --preset wan21-1.3b (GPU), "
-               "--preset default (the shipped model's recipe, CPU) or --preset tiny (a quick CPU check).",
-}
+# settings only, and training one stops before any data or weights are read (none at present:
+# HunyuanVideo-1.5 has its adapter since issue 20).
+UNSUPPORTED_MODELS: dict[str, str] = {}
 
 
 def check_supported(config: TrainConfig) -> None:

@@ -73,3 +73,39 @@ def test_an_unknown_transformer_class_is_named(tmp_path):
     (folder / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
     with pytest.raises(ValueError, match="FluxTransformer2DModel.*not supported"):
         backbone_family(folder)
+
+
+def test_full_size_flops_count_on_meta_tensors_for_both_families():
+    """benchmarks/flops.py's counts: the 8.3B HunyuanVideo-1.5 and the 1.4B Wan2.1 parameter
+    counts, and a first-chunk FLOP ratio that grows with the clip (attention is quadratic)."""
+    from minwm_env.profiling import count_flops
+    hy = count_flops("hy15-8b", num_latent_frames=31, chunk_frames=4, bidir_steps=50, ar_steps=50, fewstep_steps=4)
+    wan = count_flops("wan21-1.3b", num_latent_frames=21, chunk_frames=4, bidir_steps=50, ar_steps=50,
+                      fewstep_steps=4)
+    assert 8.2e9 < hy["parameters"] < 8.4e9 and 1.3e9 < wan["parameters"] < 1.5e9
+    # 50 steps x 2 branches / 4 steps = 25 forwards; clip / chunk = 7.75 frames: linear layers alone give 194x
+    assert 25 * 31 / 4 < hy["ratio_bidir_over_ar_fewstep"] < 25 * (31 / 4) ** 2
+    shorter = count_flops("hy15-8b", num_latent_frames=21, chunk_frames=4, bidir_steps=50, ar_steps=50,
+                          fewstep_steps=4)
+    assert shorter["ratio_bidir_over_ar_fewstep"] < hy["ratio_bidir_over_ar_fewstep"]
+    assert hy["ratio_with_text"] < hy["ratio_bidir_over_ar_fewstep"]  # the text path is paid once by the causal model
+
+
+def test_a_model_with_the_hunyuan_vae_saves_loads_and_streams_in_the_env(tmp_path):
+    """The HunyuanVideo-1.5 VAE as the codec of a world model: saved, found again by its class
+    name with the settings' attention window, and decoding the env's frames chunk by chunk."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    from minwm_env.hunyuan_vae import HunyuanVAECodec
+    from minwm_env.models import WorldModel
+    base = load_model("tiny-hy15", vae_attention_window=3)
+    vae = AutoencoderKLHunyuanVideo15(block_out_channels=(16, 16, 32, 64), latent_channels=4, layers_per_block=1,
+                                      spatial_compression_ratio=8, temporal_compression_ratio=4)
+    WorldModel(base.backbone, HunyuanVAECodec(vae), base.settings).save_pretrained(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    assert isinstance(model.codec, HunyuanVAECodec) and model.codec.attention_window == 3
+    env = gym.make("minwm/World-v0", model=model)
+    obs, _ = env.reset(seed=1)
+    frames = [obs] + [env.step(np.zeros(env.action_space.shape, np.float32))[0] for _ in range(4)]
+    assert all(f.shape == (64, 64, 3) and f.dtype == np.uint8 for f in frames)
+    assert len({f.tobytes() for f in frames}) > 1  # the frames come from the decoder, not a constant

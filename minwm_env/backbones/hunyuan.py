@@ -447,9 +447,10 @@ class CausalHunyuan15(CausalBackbone):
         condition = hidden_states.new_zeros(batch, channels + 1, num_frames, height, width)
         if not self.image_start or frame_positions.device.type == "meta":
             return condition
-        start = (frame_positions == 0).to(hidden_states.device)
-        if not bool(start.any()):
+        at_start = frame_positions.detach().cpu() == 0  # (decided on the host: meta tensors count FLOPs)
+        if not bool(at_start.any()):
             return condition
+        start = at_start.nonzero()[:, 0].to(hidden_states.device)  # frame indices
         if timestep.device.type != "meta" and bool((timestep[:, start.to(timestep.device)] != 0).any()):
             raise ValueError("with image_start the frame at position 0 is the start image: its timestep must be 0 "
                              "(it is clean), got a noisy frame at position 0")
