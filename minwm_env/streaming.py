@@ -55,18 +55,33 @@ in the camera branch), not by when it was seen; one shared position also keeps a
 K/V valid while the stream moves on, so it is rewritten only when the retrieval changes."""
 
 
-def pad_prompts(embeds: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Zero-pad prompt embeddings (B, L, D) to a common length so that guidance branches batch
-    into one forward (Wan pads UMT5 tokens with zeros too)."""
-    length = max(e.shape[1] for e in embeds)
+def pad_prompts(embeds: list[torch.Tensor], length: int | None = None) -> list[torch.Tensor]:
+    """Zero-pad prompt embeddings (B, L, D) to ``length`` tokens (None: the longest), so that
+    guidance branches batch into one forward; a prompt longer than ``length`` is an error."""
+    longest = max(e.shape[1] for e in embeds)
+    if length is None:
+        length = longest
+    elif longest > length:
+        raise ValueError(f"a prompt has {longest} tokens, this backbone takes at most {length} (its text encoder's "
+                         f"length)")
     return [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds]
+
+
+def padded_prompt(backbone, embeds: torch.Tensor) -> torch.Tensor:
+    """A prompt (B, L, D) zero-padded to the backbone's ``text_length``, so a prompt's output does
+    not depend on what it is batched with (Wan attends to the padding: measured on the tiny
+    model, 3 tokens padded to 5 move the output by 0.09, to 512 by 0.20)."""
+    return pad_prompts([embeds], backbone.text_length)[0]
 
 
 def guidance_prompt(backbone, embeds: Sequence[torch.Tensor | None], batch_size: int) -> PromptState:
     """The prompt state of one forward over guidance branches: branch i is ``embeds[i]``
     (B, L, D), the null prompt where it is None; rows ``i·B .. (i+1)·B − 1`` belong to branch i."""
     branches = [backbone.null_prompt_embeds(batch_size) if e is None else e for e in embeds]
-    states = [backbone.encode_prompt(e) for e in pad_prompts(branches)]
+    # real prompts go to the backbone's text length; the null prompt alone stays one zero token
+    # (every token alike, so attending to 1 or to 512 of them gives the same output)
+    length = backbone.text_length if any(e is not None for e in embeds) else None
+    states = [backbone.encode_prompt(e) for e in pad_prompts(branches, length)]
     return type(states[0]).cat(states)  # a backbone's own prompt state (e.g. with a key mask) stays itself
 
 

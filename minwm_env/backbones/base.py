@@ -359,6 +359,10 @@ class CausalBackbone(nn.Module, ABC):
     """The adapter boundary every backbone implements (see the module docstring)."""
 
     prediction_type: str
+    text_length: int | None = None
+    """Prompts are zero-padded to this many tokens, as the pretrained text encoder's outputs were
+    (Wan: UMT5's 512), because a backbone without a text mask attends to the padding and its
+    count changes the output; None: the backbone masks padding, any length gives the same."""
 
     @property
     @abstractmethod

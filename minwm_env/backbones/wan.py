@@ -190,6 +190,8 @@ class CausalWan(CausalBackbone):
         a backbone sees beside the latent as well as adding its output to it (0: it only adds)."""
         return self.config.in_channels - self.config.out_channels
 
+    text_length = 512  # UMT5's max_sequence_length in diffusers' WanPipeline; Wan has no text mask
+
     @property
     def text_dim(self) -> int:
         """Width of the prompt embeddings :meth:`encode_prompt` takes (UMT5: 4096)."""

@@ -15,7 +15,7 @@ from minwm_env import camera, flow
 from minwm_env.backbones import PromptState, causal_frame_mask
 from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_action_spec
 from minwm_env.models import CONDITIONING_DIR, PRESETS as MODEL_PRESETS, WorldModel, load_model
-from minwm_env.streaming import guidance_prompt
+from minwm_env.streaming import guidance_prompt, padded_prompt
 
 from ..config import TrainConfig
 from ..engine import Stage
@@ -87,6 +87,8 @@ def prompt_state(model: WorldModel, batch: dict, batch_size: int) -> PromptState
     embeds = batch.get("prompt_embeds")
     if embeds is None:
         embeds = model.backbone.null_prompt_embeds(batch_size)
+    else:  # the length the env streams it at, whatever the longest prompt of the dataset
+        embeds = padded_prompt(model.backbone, embeds)
     return model.backbone.encode_prompt(embeds.to(model.dtype))
 
 
