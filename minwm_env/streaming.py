@@ -30,7 +30,12 @@ docs/design.md §6 are taken here and nowhere else:
   (``"context"``, :meth:`ChunkStream.plan` and docs/design.md §6).
 
 The clean write is deferred: ``commit`` records it and the next ``denoise`` (or ``flush``)
-runs it, so a chunk's frames can be decoded and shown before the write costs anything.
+runs it, so a chunk's frames can be decoded and shown before the write costs anything. With
+``fold_writes`` (the default, for backbones that support it) it is not a forward of its own:
+the next chunk's first denoising forward carries the clean frames in front of the noisy ones,
+under a mask that gives each exactly what the separate pass would (the clean frames see the
+cache and themselves; the noisy ones see what the commit keeps, the clean frames and
+themselves), and commits the clean part (:meth:`ChunkStream.predictor`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import camera
-from .backbones import KVCache, PromptState
+from .backbones import KVCache, PromptState, causal_frame_mask
 from .conditioning import ActionSpec, FrameConditions, camera_action_spec
 from .memory import ViewMemory
 from .samplers import Sampler
@@ -125,7 +130,8 @@ class ChunkStream:
     """
 
     def __init__(self, model, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
-                 window_frames: int | None = None, sink_frames: int | None = None, memory_frames: int | None = None):
+                 window_frames: int | None = None, sink_frames: int | None = None, memory_frames: int | None = None,
+                 fold_writes: bool = True):
         settings = model.settings
         self.model = model
         self.batch_size = batch_size
@@ -159,9 +165,13 @@ class ChunkStream:
         if in_cache and not config.uses_camera:
             raise ValueError("a view memory in memory_mode='context' tells the model where each memory frame was "
                              "seen through camera conditioning; this model has none")
+        # the clean write rides on the next chunk's first forward (module doc); a pending write is
+        # at most one chunk (or one restart anchor), so such a forward holds two chunks
+        self.fold_writes = fold_writes and getattr(model.backbone, "folds_writes", False)
         self.cache: KVCache = model.backbone.new_cache(
             batch_size=batch_size * num_branches, latent_height=self.latent_height, latent_width=self.latent_width,
-            window_frames=window_frames, sink_frames=sink_frames, max_new_frames=self.chunk_frames,
+            window_frames=window_frames, sink_frames=sink_frames,
+            max_new_frames=self.chunk_frames * (2 if self.fold_writes else 1),
             memory_frames=settings.memory_k if in_cache else 0)
         # past clean frames by place (docs/design.md §6, memory); None: the last frame alone.
         # "reference" keeps RGB frames to warp, "context" latent frames to write into the cache.
@@ -342,9 +352,10 @@ class ChunkStream:
             self.num_memory_writes += 1
         self._loaded_memory = plan.key
 
-    def predictor(self, plan: ChunkPlan, *, grad_step: int | None = None) -> Callable:
+    def predictor(self, plan: ChunkPlan, *, grad_step: int | None = None, fold: bool = False) -> Callable:
         """The sampler's ``predict(x, sigma, with_uncond)`` for ``plan``'s chunk against the cache.
-        Only call number ``grad_step`` (counted from 0) keeps gradients (None: none does)."""
+        Only call number ``grad_step`` (counted from 0) keeps gradients (None: none does). With
+        ``fold`` the first call also runs the pending clean write (:meth:`can_fold`)."""
         backbone = self.model.backbone
         branches = self.num_branches
         # built once per chunk, not at every sampler step
@@ -359,18 +370,61 @@ class ChunkStream:
             calls[0] += 1
             x_in = x.repeat(branches, 1, 1, 1, 1)
             timestep = torch.full((x_in.shape[0], x_in.shape[2]), sigma * 1000.0, device=x.device)
-            # a differentiable forward reads a frozen copy of the context: its backward (and
-            # gradient checkpointing's recomputation) comes after later chunks changed the cache
-            cache = self.cache.reading_memory() if plan.memory is not None else self.cache
-            cache = cache.frozen() if keep else cache
-            with torch.set_grad_enabled(keep):
-                out = backbone(x_in, timestep, plan.positions, self.prompt, kv_cache=cache,
-                               conditions=conditions, reference=reference)
+            if fold and self._pending is not None:
+                out = self._folded_forward(plan, x_in, timestep, conditions, reference)
+            else:
+                # a differentiable forward reads a frozen copy of the context: its backward (and
+                # gradient checkpointing's recomputation) comes after later chunks changed the cache
+                cache = self.cache.reading_memory() if plan.memory is not None else self.cache
+                cache = cache.frozen() if keep else cache
+                with torch.set_grad_enabled(keep):
+                    out = backbone(x_in, timestep, plan.positions, self.prompt, kv_cache=cache,
+                                   conditions=conditions, reference=reference)
             self.num_forwards += 1
             self.num_grad_forwards += int(keep)
             return (out[: x.shape[0]], out[x.shape[0]:]) if with_uncond else (out, None)
 
         return predict
+
+    def can_fold(self, plan: ChunkPlan, grad_step: int | None = None) -> bool:
+        """Whether the pending clean write can ride on ``plan``'s first denoising forward: a
+        backbone that supports it, rows in lockstep (one mask for all), no memory frames in the
+        cache (the write must not read them) and a first forward that keeps no gradient."""
+        positions = {len(p) for p in self.cache.row_positions}
+        return (self.fold_writes and self._pending is not None and plan.memory is None and len(positions) == 1
+                and grad_step != 0)
+
+    @torch.no_grad()
+    def _folded_forward(self, plan: ChunkPlan, x_in: torch.Tensor, timestep: torch.Tensor,
+                        conditions: FrameConditions | None, reference: torch.Tensor) -> torch.Tensor:
+        """One forward over [the pending clean frames at t = 0 ; the noisy chunk], committing the
+        clean part; returns the noisy chunk's prediction, the same as a separate clean pass
+        followed by the denoising forward (the mask gives each part what it would have seen)."""
+        latents, positions, written = self._pending
+        num_clean, num_noisy = latents.shape[2], x_in.shape[2]
+        branches = self.num_branches
+        cache = self.cache
+        # what the commit of the clean frames keeps of [cache ; clean]: the sinks and the window
+        total = cache.num_frames + num_clean
+        kept = torch.zeros(total, dtype=torch.bool)
+        num_sink = min(cache.sink_frames, total)
+        kept[:num_sink] = True
+        kept[max(num_sink, total - cache.window_frames):] = True
+        own = causal_frame_mask(torch.cat([positions, plan.positions]),
+                                torch.tensor([0] * num_clean + [1] * num_noisy))  # clean | noisy blocks
+        mask = torch.cat([torch.ones(num_clean + num_noisy, cache.num_frames, dtype=torch.bool), own], dim=1)
+        mask[num_clean:, :total] &= kept  # the noisy chunk sees what the separate write would have left
+        x = torch.cat([latents.repeat(branches, 1, 1, 1, 1).to(x_in.dtype), x_in], dim=2)
+        t = torch.cat([torch.zeros(x_in.shape[0], num_clean, device=x_in.device), timestep], dim=1)
+        if conditions is not None:
+            conditions = FrameConditions.cat([written.repeat(branches) if branches > 1 else written, conditions])
+        frames = reference.expand(-1, -1, num_noisy, -1, -1)
+        reference = torch.cat([torch.zeros_like(frames[:, :, :1]).expand(-1, -1, num_clean, -1, -1), frames], dim=2)
+        out = self.model.backbone(x, t, torch.cat([positions, plan.positions]), self.prompt, kv_cache=cache,
+                                  cache_write=True, write_frames=num_clean, frame_mask=mask.to(x.device),
+                                  conditions=conditions, reference=reference)
+        self._pending = None
+        return out[:, :, num_clean:]
 
     def denoise(self, plan: ChunkPlan, sampler: Sampler, noise: torch.Tensor,
                 generators: Sequence[torch.Generator] | None = None, *, grad: bool = False,
@@ -379,12 +433,14 @@ class ChunkStream:
         ``generators``, one per row). With ``grad`` the sampler's last forward keeps its
         gradient and every earlier one runs without (a few-step sampler cut at an exit step is
         a sampler with the schedule's first steps: DMD's self-rollout)."""
-        self.flush()
+        grad_step = sampler.num_steps - 1 if grad else None
+        fold = self.can_fold(plan, grad_step)
+        if not fold:
+            self.flush()
         if plan.memory is not None:
             self._load_memory(plan.memory)
-        grad_step = sampler.num_steps - 1 if grad else None
-        return sampler.sample(self.predictor(plan, grad_step=grad_step), noise, self.model.backbone.prediction_type,
-                              generators, on_step)
+        return sampler.sample(self.predictor(plan, grad_step=grad_step, fold=fold), noise,
+                              self.model.backbone.prediction_type, generators, on_step)
 
     @torch.no_grad()
     def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> None:

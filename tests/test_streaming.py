@@ -53,6 +53,9 @@ def _env_stream(stage, batch, seed, timesteps):
     model, config = stage.generator_model, stage.config
     sampler = FewStepSampler(timesteps=timesteps, shift=config.shift)
     stream = StreamingGenerator(model, sampler, batch_size=batch["latents"].shape[0], chunk_frames=config.chunk_frames)
+    # stage 3 writes each chunk in a pass of its own; the env folds it into the next chunk's first
+    # forward, equal up to rounding (tests/test_fold_writes.py): compare bit for bit unfolded
+    stream.stream.fold_writes = False
     stream.reset(seed=seed, start_latents=batch["latents"][:, :, :1], decode=False)
     chunk = config.chunk_frames
     chunks = [stream.next_chunk(batch["actions"][:, 1 + c * chunk:1 + (c + 1) * chunk], decode=False).latents

@@ -106,7 +106,13 @@ class CausalSelfAttnProcessor:
     def _attend(self, context: AttentionContext, query, key, value, stream: str) -> torch.Tensor:
         mask = context.attention_mask
         if context.kv_cache is not None:
-            key, value, mask = context.kv_cache.extend(self.layer_index, key, value, stream)
+            key, value, row_mask = context.kv_cache.extend(self.layer_index, key, value, stream)
+            if mask is None:
+                mask = row_mask
+            elif row_mask is not None or mask.shape[1] != key.shape[2]:
+                # a streaming mask covers [the cache's frames ; the forward's], rows in lockstep
+                raise ValueError(f"a streaming frame_mask must cover the cache's frames and the forward's "
+                                 f"({key.shape[2]} keys, rows in lockstep), got {tuple(mask.shape)}")
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         return out.transpose(1, 2).flatten(2, 3).type_as(query)  # (B, L, heads·D)
 
@@ -191,6 +197,7 @@ class CausalWan(CausalBackbone):
         return self.config.in_channels - self.config.out_channels
 
     text_length = 512  # UMT5's max_sequence_length in diffusers' WanPipeline; Wan has no text mask
+    folds_writes = True  # forward takes write_frames and a streaming frame_mask (ChunkStream folds clean writes)
 
     @property
     def text_dim(self) -> int:
@@ -281,7 +288,11 @@ class CausalWan(CausalBackbone):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
                 prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
                 frame_mask: torch.Tensor | None = None, conditions: FrameConditions | None = None,
-                reference: torch.Tensor | None = None) -> torch.Tensor:
+                reference: torch.Tensor | None = None, write_frames: int | None = None) -> torch.Tensor:
+        """See :meth:`CausalBackbone.forward`. In streaming mode ``frame_mask`` (F, C + F) may
+        cover [the cache's C frames ; the forward's F] (rows in lockstep), and ``cache_write``
+        with ``write_frames`` = n keeps only the first n frames: a clean write folded into a
+        denoising forward (docs/design.md §6)."""
         batch, channels, num_frames, height, width = hidden_states.shape
         if self.residual_reference and reference is None and not cache_write:
             raise ValueError("this model predicts a residual on a reference frame: pass reference "
@@ -296,8 +307,6 @@ class CausalWan(CausalBackbone):
             raise ValueError(f"frame_positions must be ({num_frames},), got {tuple(frame_positions.shape)}")
         if prompt.batch_size != batch:
             raise ValueError(f"prompt batch {prompt.batch_size} does not match latent batch {batch}")
-        if kv_cache is not None and frame_mask is not None:
-            raise ValueError("frame_mask is for full-sequence mode; streaming mode attends to the whole cache")
 
         branches = self.conditioning
         if branches is not None:
@@ -333,7 +342,7 @@ class CausalWan(CausalBackbone):
             else:
                 x = block(x, prompt, modulation, context)
         if kv_cache is not None and cache_write:
-            kv_cache.commit(frame_positions.tolist())
+            kv_cache.commit(frame_positions.tolist()[:write_frames])
 
         table = model.scale_shift_table  # (1, 2, dim)
         if temb.ndim == 3:

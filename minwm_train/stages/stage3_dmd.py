@@ -74,7 +74,10 @@ class DMDStage(Stage):
         if batch["latents"].shape[2] < num_frames:
             raise ValueError(f"dmd_rollout_chunks={num_chunks} needs clips of {num_frames} latent frames")
         actions = rollout_actions(model, batch, num_frames)
-        stream = model.stream(batch_size=batch_size, chunk_frames=chunk)
+        # separate clean writes: a chunk exiting at its first step cannot fold its write (that
+        # forward keeps the gradient), and a rollout must give the same numbers with and without
+        # gradients, bit for bit
+        stream = model.stream(batch_size=batch_size, chunk_frames=chunk, fold_writes=False)
         stream.begin(prompt_state(model, batch, batch_size), start)
         generators = row_generators(int(torch.randint(2**31 - 1, (1,), generator=generator)), batch_size)
         outputs = [start]
