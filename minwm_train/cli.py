@@ -16,6 +16,7 @@ from the latest one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import replace
@@ -48,6 +49,20 @@ def train(config: TrainConfig, device: str | torch.device | None = None, resume:
     return Trainer(config, stage, data).run(resume=resume)
 
 
+def stage_finished(folder: Path, steps: int) -> bool:
+    """Whether a stage's run folder holds its exported model after all ``steps`` (its last
+    metrics record): a pipeline resumed from a kept record (training_state/) need not keep the
+    finished stage's checkpoints to go on past it."""
+    metrics = folder / "metrics.jsonl"
+    if not (folder / "model" / "minwm.json").is_file() or not metrics.is_file():
+        return False
+    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+    try:
+        return bool(lines) and int(json.loads(lines[-1])["step"]) + 1 >= steps
+    except (ValueError, KeyError):
+        return False
+
+
 def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=None, until: str | None = None) -> Path:
     """Stages 0 → 1 → 2a (or 2b) [→ 2c where the preset has it] → 3, each starting from the
     previous one's model, stopping after ``until`` if given; returns the last model trained."""
@@ -67,7 +82,10 @@ def pipeline(base: dict, preset: str, out: Path, distill: str = "ode", device=No
         if stage == "stage3":
             overrides["teacher"] = str(outputs["stage0"])
         config = preset_config(preset, stage, **overrides, out=str(out / stage))
-        train(config, device)
+        if stage_finished(out / stage, config.steps):
+            print(f"pipeline: {stage} is finished ({out / stage / 'model'}), going on", file=sys.stderr)
+        else:
+            train(config, device)
         outputs[stage] = out / stage / "model"
         model = str(outputs[stage])
         if stage == until:

@@ -418,3 +418,12 @@ def test_pipeline_runs_the_stages_in_order_and_stops_after_until(tmp_path, data_
     assert (out / "stage0" / "model" / "minwm.json").is_file() and (out / "stage1" / "model" / "minwm.json").is_file()
     assert json.loads((out / "stage1" / "config.json").read_text())["model"] == str(out / "stage0" / "model")
     assert not (out / "stage2a").exists()
+    # a finished stage kept without its checkpoints (training_state/ keeps model and record only)
+    # is not trained again: the pipeline goes on from its model
+    shutil.rmtree(out / "stage0" / "checkpoints")
+    weights = out / "stage0" / "model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    before = (weights.stat().st_mtime_ns, (out / "stage0" / "metrics.jsonl").read_text())
+    main(["pipeline", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--until", "stage2a",
+          "--steps", "2"])
+    assert (weights.stat().st_mtime_ns, (out / "stage0" / "metrics.jsonl").read_text()) == before
+    assert not (out / "stage0" / "checkpoints").exists() and (out / "stage2a" / "model" / "minwm.json").is_file()
