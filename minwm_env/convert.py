@@ -69,7 +69,7 @@ MINWM_SETTINGS: dict[str, dict] = {
     "wan": dict(height=480, width=832, prediction_type="v", chunk_frames=4, window_frames=16, sink_frames=0,
                 sampler_timesteps=(1000.0, 750.0, 500.0, 250.0), shift=5.0, intrinsics=(0.5, 0.5, 0.5, 0.5)),
     "hunyuan15": dict(height=480, width=832, prediction_type="v", chunk_frames=4, window_frames=16, sink_frames=0,
-                      sampler_timesteps=(1000.0, 750.0, 500.0, 250.0), shift=5.0,
+                      sampler_timesteps=(1000.0, 750.0, 500.0, 250.0), shift=5.0, sampler="euler",
                       intrinsics=(0.5050505, 0.89786756, 0.5, 0.5)),
 }
 
@@ -83,8 +83,8 @@ _MINWM_INFERENCE_NOTES = {
     },
     "hunyuan15": {
         "sampler": "Euler on the 4-step grid shift(1 - i/4), shift 5, guidance 1 (HY15/hy15_inference.py "
-                   "run_inference_rollout); in minwm: sampler=EulerSampler(num_steps=4, shift=5.0, "
-                   "guidance_scale=1.0)",
+                   "run_inference_rollout); minwm.json says sampler=\"euler\", which the env runs by "
+                   "default (EulerSampler(num_steps=4, shift=5.0, guidance_scale=1.0))",
         "text": "Qwen2.5-VL prompt embeddings with their mask, ByT5 glyph embeddings of the caption (256 tokens, "
                 "masked) and SigLIP embeddings of the start image; text stream at timestep 0",
         "start": "image-to-video: the start image's latent sits in frame 0's conditioning channels (mask 1) and "

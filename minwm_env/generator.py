@@ -75,7 +75,7 @@ class StreamingGenerator:
                  memory_frames: int | None = None):
         settings = model.settings
         self.model = model
-        self.sampler = sampler or FewStepSampler(timesteps=settings.sampler_timesteps, shift=settings.shift)
+        self.sampler = sampler or default_sampler(settings)
         self.batch_size = batch_size
         self.num_branches = 1 if self.sampler.guidance_scale == 1.0 else 2
         self.stream = model.stream(batch_size=batch_size, num_branches=self.num_branches,
@@ -214,6 +214,13 @@ class StreamingGenerator:
         self.stream.commit(plan, latents)
         return ChunkOutput(latents, frames, plan.positions.tolist(), timings,
                            plan.c2w if self.tracks_camera else None, plan.actions)
+
+
+def default_sampler(settings) -> Sampler:
+    """The sampler a model's settings name (``ModelSettings.sampler``)."""
+    if settings.sampler == "euler":
+        return EulerSampler(num_steps=len(settings.sampler_timesteps), shift=settings.shift, guidance_scale=1.0)
+    return FewStepSampler(timesteps=settings.sampler_timesteps, shift=settings.shift)
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from .streaming import MEMORY_MODES, ChunkStream
 from .warp import WARP_FILLS, warped_reference
 
 SETTINGS_FILE = "minwm.json"
+SAMPLER_KINDS = ("few-step", "euler")
 CONDITIONING_DIR = "conditioning"
 # Trained models shipped inside the package, by name (docs/default_model.md is the model card).
 # "minwm-default" is the `default` preset's architecture trained by our own pipeline on the
@@ -57,6 +58,10 @@ class ModelSettings:
     """first frames of an episode that never leave the cache"""
     sampler_timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     """few-step schedule before shifting"""
+    sampler: str = "few-step"
+    """the default sampler: "few-step" (x0 at each of ``sampler_timesteps``, re-noised with fresh
+    noise: the DMD students') or "euler" (deterministic Euler on a shifted grid of
+    ``len(sampler_timesteps)`` steps, no guidance: minWM's HunyuanVideo-1.5 rollout)"""
     shift: float = 5.0
     """timestep shift"""
     intrinsics: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.5)
@@ -113,6 +118,8 @@ class ModelSettings:
         if settings.memory_frames < 0 or settings.memory_k < 0:
             raise ValueError(f"{source}: memory_frames and memory_k must be >= 0, got {settings.memory_frames}, "
                              f"{settings.memory_k}")
+        if settings.sampler not in SAMPLER_KINDS:
+            raise ValueError(f"{source}: sampler must be one of {SAMPLER_KINDS}, got {settings.sampler!r}")
         if settings.vae_attention_window is not None and not settings.vae_attention_window >= 1:
             raise ValueError(f"{source}: vae_attention_window must be >= 1 or null, got {settings.vae_attention_window}")
         if settings.memory_mode not in MEMORY_MODES:

@@ -109,3 +109,19 @@ def test_a_model_with_the_hunyuan_vae_saves_loads_and_streams_in_the_env(tmp_pat
     frames = [obs] + [env.step(np.zeros(env.action_space.shape, np.float32))[0] for _ in range(4)]
     assert all(f.shape == (64, 64, 3) and f.dtype == np.uint8 for f in frames)
     assert len({f.tobytes() for f in frames}) > 1  # the frames come from the decoder, not a constant
+
+
+def test_the_settings_name_the_default_sampler(tmp_path):
+    """minWM's HunyuanVideo-1.5 rolls out with deterministic Euler, its Wan with the few-step
+    sampler: a model folder says which (minwm.json ``sampler``), and the env runs it."""
+    from minwm_env.generator import StreamingGenerator
+    from minwm_env.models import ModelSettings
+    from minwm_env.samplers import EulerSampler, FewStepSampler
+    model = load_model("tiny-hy15", sampler="euler", sampler_timesteps=(1000.0, 750.0, 500.0, 250.0))
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    sampler = StreamingGenerator(loaded).sampler
+    assert isinstance(sampler, EulerSampler) and (sampler.num_steps, sampler.shift, sampler.guidance_scale) == (4, 5.0, 1.0)
+    assert isinstance(StreamingGenerator(load_model("tiny")).sampler, FewStepSampler)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        ModelSettings.from_dict({"sampler": "unipc"}, "minwm.json")
