@@ -75,19 +75,15 @@ def test_an_unknown_transformer_class_is_named(tmp_path):
         backbone_family(folder)
 
 
-def test_full_size_flops_count_on_meta_tensors_for_both_families():
-    """benchmarks/flops.py's counts: the 8.3B HunyuanVideo-1.5 and the 1.4B Wan2.1 parameter
-    counts, and a first-chunk FLOP ratio that grows with the clip (attention is quadratic)."""
+def test_full_size_flops_count_on_meta_tensors():
+    """benchmarks/flops.py's count for HunyuanVideo-1.5 (Wan2.1's runs in the gpu_suite test):
+    8.3B parameters, and a first-chunk FLOP ratio between the linear layers' and attention's."""
     from minwm_env.profiling import count_flops
     hy = count_flops("hy15-8b", num_latent_frames=31, chunk_frames=4, bidir_steps=50, ar_steps=50, fewstep_steps=4)
-    wan = count_flops("wan21-1.3b", num_latent_frames=21, chunk_frames=4, bidir_steps=50, ar_steps=50,
-                      fewstep_steps=4)
-    assert 8.2e9 < hy["parameters"] < 8.4e9 and 1.3e9 < wan["parameters"] < 1.5e9
-    # 50 steps x 2 branches / 4 steps = 25 forwards; clip / chunk = 7.75 frames: linear layers alone give 194x
+    assert 8.2e9 < hy["parameters"] < 8.4e9
+    # 50 steps x 2 branches / 4 steps = 25 forwards; clip / chunk = 7.75 frames: linear layers alone give 194x,
+    # attention (quadratic in tokens) up to 25 x 7.75^2
     assert 25 * 31 / 4 < hy["ratio_bidir_over_ar_fewstep"] < 25 * (31 / 4) ** 2
-    shorter = count_flops("hy15-8b", num_latent_frames=21, chunk_frames=4, bidir_steps=50, ar_steps=50,
-                          fewstep_steps=4)
-    assert shorter["ratio_bidir_over_ar_fewstep"] < hy["ratio_bidir_over_ar_fewstep"]
     assert hy["ratio_with_text"] < hy["ratio_bidir_over_ar_fewstep"]  # the text path is paid once by the causal model
 
 
