@@ -144,6 +144,32 @@ def test_cap_malformed_messages_and_disconnect(model):
     run(scenario())
 
 
+def test_jpeg_frames_and_ground_truth_frames(model):
+    async def scenario():
+        import aiohttp
+
+        server = PlayServer(PlayConfig(image_format="jpeg"), model)
+        client = await open_client(server)
+        try:
+            ws, hello = await connect(client)
+            assert hello["format"] == "jpeg"
+            await ws.send_str(json.dumps({"type": "truth", "on": True}))
+            assert (await next_text(ws, "truth"))["available"]
+            await ws.send_str(json.dumps({"type": "step", "keys": ["w"]}))
+            chunk = await next_text(ws, "chunk")
+            assert chunk["truth"]
+            kinds = []
+            while len(kinds) < 32:
+                msg = await ws.receive(timeout=30)
+                assert msg.type == aiohttp.WSMsgType.BINARY
+                assert msg.data[2:5] == b"\xff\xd8\xff"  # JPEG
+                kinds.append(msg.data[0])
+            assert kinds == [1] * 16 + [2] * 16 and msg.data[1] == 15
+        finally:
+            await client.close()
+    run(scenario())
+
+
 def test_idle_timeout_closes_and_frees(model):
     async def scenario():
         server = PlayServer(PlayConfig(idle_timeout=0.6), model)
