@@ -67,7 +67,24 @@ def speed_up_vae(vae: AutoencoderKLWan) -> AutoencoderKLWan:
     return vae
 
 
-class WanVAECodec:
+class DiffusersVAECodec:
+    """What every codec around a diffusers VAE (``self.vae``) shares: the module that holds its
+    weights and its folder format."""
+
+    vae: torch.nn.Module
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The nn.Module holding the codec's weights (moved, cast and frozen with the model)."""
+        return self.vae
+
+    def save(self, folder) -> None:
+        """``folder/vae/``: diffusers' format plus the sha256 manifest of its weights."""
+        self.vae.save_pretrained(Path(folder) / "vae", safe_serialization=True)
+        write_manifest(Path(folder) / "vae", weight_files(Path(folder) / "vae"))
+
+
+class WanVAECodec(DiffusersVAECodec):
     """Encode start images and stream-decode latents with an ``AutoencoderKLWan``."""
 
     kind = "wan-vae"
@@ -116,16 +133,6 @@ class WanVAECodec:
 
     def stream(self) -> "WanDecodeStream":
         return WanDecodeStream(self)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        """The nn.Module holding the codec's weights (moved, cast and frozen with the model)."""
-        return self.vae
-
-    def save(self, folder) -> None:
-        """``folder/vae/``: diffusers' format plus the sha256 manifest of its weights."""
-        self.vae.save_pretrained(Path(folder) / "vae", safe_serialization=True)
-        write_manifest(Path(folder) / "vae", weight_files(Path(folder) / "vae"))
 
     @torch.no_grad()
     def _cache_shapes(self, latent_hw: tuple[int, int]) -> list[tuple[int, ...]]:

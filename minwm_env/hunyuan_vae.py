@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLHunyuanVideo15
 from diffusers.models.autoencoders.autoencoder_kl_hunyuanvideo15 import HunyuanVideo15CausalConv3d
 
-from .codec import check_clip, latent_size
-from .integrity import weight_files, write_manifest
+from .codec import DiffusersVAECodec, check_clip, latent_size
 
 
 def check_latents(latents: torch.Tensor, channels: int) -> None:
@@ -54,7 +53,7 @@ def check_latents(latents: torch.Tensor, channels: int) -> None:
         raise ValueError(f"latents must hold at least one latent frame, got {latents.shape[2]}")
 
 
-class HunyuanVAECodec:
+class HunyuanVAECodec(DiffusersVAECodec):
     """Encode start images and stream-decode latents with an ``AutoencoderKLHunyuanVideo15``.
 
     ``attention_window``: None keeps every past latent frame for the decoder's mid-block
@@ -116,16 +115,6 @@ class HunyuanVAECodec:
 
     def stream(self) -> "HunyuanDecodeStream":
         return HunyuanDecodeStream(self)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        """The nn.Module holding the codec's weights (moved, cast and frozen with the model)."""
-        return self.vae
-
-    def save(self, folder) -> None:
-        """``folder/vae/``: diffusers' format plus the sha256 manifest of its weights."""
-        self.vae.save_pretrained(Path(folder) / "vae", safe_serialization=True)
-        write_manifest(Path(folder) / "vae", weight_files(Path(folder) / "vae"))
 
     @staticmethod
     def describes(folder) -> bool:
