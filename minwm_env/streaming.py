@@ -404,16 +404,12 @@ class ChunkStream:
         num_clean, num_noisy = latents.shape[2], x_in.shape[2]
         branches = self.num_branches
         cache = self.cache
-        # what the commit of the clean frames keeps of [cache ; clean]: the sinks and the window
         total = cache.num_frames + num_clean
-        kept = torch.zeros(total, dtype=torch.bool)
-        num_sink = min(cache.sink_frames, total)
-        kept[:num_sink] = True
-        kept[max(num_sink, total - cache.window_frames):] = True
         own = causal_frame_mask(torch.cat([positions, plan.positions]),
                                 torch.tensor([0] * num_clean + [1] * num_noisy))  # clean | noisy blocks
         mask = torch.cat([torch.ones(num_clean + num_noisy, cache.num_frames, dtype=torch.bool), own], dim=1)
-        mask[num_clean:, :total] &= kept  # the noisy chunk sees what the separate write would have left
+        # the noisy chunk sees what the separate write would have left of [cache ; clean]
+        mask[num_clean:, :total] &= cache.kept_after_commit(num_clean)
         x = torch.cat([latents.repeat(branches, 1, 1, 1, 1).to(x_in.dtype), x_in], dim=2)
         t = torch.cat([torch.zeros(x_in.shape[0], num_clean, device=x_in.device), timestep], dim=1)
         if conditions is not None:

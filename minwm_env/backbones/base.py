@@ -191,6 +191,17 @@ class KVCache:
         mask = (slots >= starts) & (slots < ends)
         return out_keys, out_values, mask[:, None, None, :]
 
+    def kept_after_commit(self, num_new: int) -> torch.Tensor:
+        """(frames held + num_new,) bool: which of [the frames row 0 holds ; num_new more] a commit
+        of the new ones keeps (the first ``sink_frames``, then the last ``window_frames``): the
+        rule of :meth:`commit`, for a forward that must see the cache as the commit will leave it."""
+        total = self.num_frames + num_new
+        kept = torch.zeros(total, dtype=torch.bool)
+        num_sink = min(self.sink_frames, total)
+        kept[:num_sink] = True
+        kept[max(num_sink, total - self.window_frames):] = True
+        return kept
+
     def commit(self, frame_positions: list[int], rows: list[int] | None = None) -> None:
         """Keep the frames the last forward placed, then evict beyond sink + window, per row."""
         rows = list(range(self.batch_size)) if rows is None else rows
