@@ -23,7 +23,7 @@ The branch weights save and load apart from the backbone (``conditioning.safeten
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import safetensors.torch
@@ -55,8 +55,13 @@ class ActionSpec:
     clip: bool = False
     units: tuple[str, ...] = ()
     description: str = ""
+    name: str = field(default="", compare=False)
+    """what data, models and env call this space ("camera", "pusher-arm", a spec file's own name);
+    not part of equality: two specs with the same components are the same space"""
 
     def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise TypeError(f"an ActionSpec's name must be a string, got {type(self.name).__name__}")
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "low", tuple(float(v) for v in self.low))
         object.__setattr__(self, "high", tuple(float(v) for v in self.high))
@@ -130,10 +135,59 @@ class ActionSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ActionSpec":
+        if not isinstance(data, dict):
+            raise ValueError(f"an action spec is a JSON object, got {type(data).__name__}")
         known = set(cls.__dataclass_fields__)
         if set(data) - known:
-            raise ValueError(f"unknown ActionSpec fields {sorted(set(data) - known)}")
-        return cls(**data)
+            raise ValueError(f"unknown ActionSpec fields {sorted(set(data) - known)} (known: {sorted(known)})")
+        missing = [key for key in ("names", "low", "high") if key not in data]
+        if missing:
+            raise ValueError(f"an action spec needs {missing}")
+        for key in ("names", "low", "high", "units"):
+            if key in data and not isinstance(data[key], (list, tuple)):
+                raise ValueError(f"action spec field {key!r} must be a list, got {data[key]!r}")
+        for key in ("discrete", "clip"):
+            if key in data and not isinstance(data[key], bool):
+                raise ValueError(f"action spec field {key!r} must be true or false, got {data[key]!r}")
+        try:
+            spec = cls(**data)
+        except TypeError as err:  # e.g. a bound that is not a number
+            raise ValueError(f"invalid action spec: {err}") from err
+        if not spec.name and spec.same_space(camera_action_spec()):  # saved before specs had names
+            spec = replace(spec, name="camera")
+        return spec
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ActionSpec":
+        """Read a spec file: a JSON object ``{"name", "names", "low", "high", "discrete"?, "clip"?,
+        "units"?, "description"?}`` (docs/robots.md). Its name defaults to the file's stem."""
+        path = Path(path)
+        try:
+            data = read_json(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read the action spec file {path}: {err}") from err
+        try:
+            spec = cls.from_dict(data)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err
+        return spec if spec.name else replace(spec, name=path.stem)
+
+    def save(self, path: str | Path) -> Path:
+        """Write this spec as a spec file (what :meth:`from_file` reads)."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def describe(self) -> str:
+        """One line naming the space and its components, for error messages."""
+        kind = "discrete" if self.discrete else "continuous"
+        bounds = ", ".join(f"{n} [{lo:g}, {hi:g}]" for n, lo, hi in zip(self.names, self.low, self.high))
+        return f"{self.name or 'unnamed'} ({kind}: {bounds})"
+
+    def same_space(self, other: "ActionSpec") -> bool:
+        """Whether ``other`` has the same components, bounds and kind (names of the specs aside)."""
+        return (self.names, self.low, self.high, self.discrete) == (other.names, other.low, other.high,
+                                                                     other.discrete)
 
 
 def camera_action_spec(max_translation: float = 0.16, max_rotation_deg: float = 6.0, clip: bool = False) -> ActionSpec:
@@ -143,13 +197,52 @@ def camera_action_spec(max_translation: float = 0.16, max_rotation_deg: float = 
     t, r = max_translation, max_rotation_deg
     return ActionSpec(names=cam.DELTA_NAMES, low=(-t, -t, -t, -r, -r, -r), high=(t, t, t, r, r, r), clip=clip,
                       units=("units", "units", "units", "deg", "deg", "deg"),
-                      description="camera delta in the current camera frame (OpenCV axes)")
+                      description="camera delta in the current camera frame (OpenCV axes)", name="camera")
 
 
 def diff_drive_action_spec(max_speed: float = 0.16, max_turn_deg: float = 6.0) -> ActionSpec:
     """A differential-drive robot: forward speed and turn rate per latent frame."""
     return ActionSpec(names=("v", "omega"), low=(-max_speed, -max_turn_deg), high=(max_speed, max_turn_deg),
-                      units=("units/frame", "deg/frame"), description="differential drive [v, ω]")
+                      units=("units/frame", "deg/frame"), description="differential drive [v, ω]", name="diff-drive")
+
+
+def _arm_action_spec() -> ActionSpec:
+    from .world.arm import arm_action_spec  # MuJoCo's arm world, imported only when asked for
+    return arm_action_spec()
+
+
+NAMED_ACTION_SPECS = {"camera": camera_action_spec, "diff-drive": diff_drive_action_spec,
+                      "pusher-arm": _arm_action_spec}
+"""Action spaces known by name to ``minwm-data``, ``minwm-train`` and the envs; anything else is
+a spec file (:meth:`ActionSpec.from_file`)."""
+
+
+def load_action_spec(value: "str | Path | ActionSpec | None") -> ActionSpec | None:
+    """A spec from what a user typed: ``None``/``"none"`` (no actions), a name of
+    :data:`NAMED_ACTION_SPECS`, or the path of a spec file (``.json``)."""
+    if value is None or isinstance(value, ActionSpec):
+        return value
+    text = str(value)
+    if text == "none":
+        return None
+    if text in NAMED_ACTION_SPECS:
+        return NAMED_ACTION_SPECS[text]()
+    if text.endswith(".json") or Path(text).is_file():
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"action spec file {text} does not exist")
+        return ActionSpec.from_file(text)
+    raise ValueError(f"unknown action space {text!r}: use one of {['none', *NAMED_ACTION_SPECS]} or the path "
+                     "of a spec file (JSON with names, low, high; docs/robots.md)")
+
+
+def check_same_space(expected: ActionSpec | None, actual: ActionSpec | None, expected_from: str,
+                     actual_from: str) -> None:
+    """Raise a ValueError naming both sides unless they are the same action space."""
+    def show(spec):
+        return "no actions" if spec is None else spec.describe()
+    if (expected is None) != (actual is None) or (expected is not None and not expected.same_space(actual)):
+        raise ValueError(f"action spaces differ: {expected_from} has {show(expected)}, but {actual_from} has "
+                         f"{show(actual)}")
 
 
 @dataclass(frozen=True)

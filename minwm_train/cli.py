@@ -46,6 +46,8 @@ def train(config: TrainConfig, device: str | torch.device | None = None, resume:
         raise ValueError("--data is required: a folder of pre-encoded latents (minwm-data encode)")
     data = LatentClips(config.data, config.num_latent_frames)
     stage = make_stage(config, device)
+    from .stages.common import check_data_actions
+    check_data_actions(data, stage)
     return Trainer(config, stage, data).run(resume=resume)
 
 

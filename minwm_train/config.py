@@ -16,6 +16,7 @@ from minwm_env.cli import arg
 from minwm_env.jsonfile import read_json
 
 STAGES = ("stage0", "stage1", "stage2a", "stage2b", "stage2c", "stage3")
+TRAIN_ONLY = ("all", "conditioning")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ class TrainConfig:
     data: str = arg("", "dataset folder (minwm-data render/ingest, then encode) or its latents/ subfolder")
     out: str = arg("runs/stage", "output folder: checkpoints/, model/, metrics.jsonl, config.json")
     camera: str = arg("none", "camera branch added if the model has none: none, prope, plucker")
-    actions: str = arg("none", "action branch added if the model has none: none, camera (camera deltas)")
+    actions: str = arg("none", "action branch added if the model has none: none, camera (camera deltas), another "
+                               "named space (diff-drive, pusher-arm) or a spec file (JSON; docs/robots.md)")
+    train_only: str = arg("all", "what the stage trains: all (every weight of the model) or conditioning (only the "
+                                 "camera/action branches, on the frozen backbone)", choices=list(TRAIN_ONLY))
     prediction_type: str = arg("v", "what a new model predicts: v or x0 (kept from a loaded model)")
     # -- optimisation --------------------------------------------------------------------------
     steps: int = arg(20, "optimiser steps")
@@ -84,6 +88,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.train_only not in TRAIN_ONLY:
+            raise ValueError(f"train_only must be one of {TRAIN_ONLY}, got {self.train_only!r}")
         if self.rollout_memory_frames < 0:
             raise ValueError(f"rollout_memory_frames must be >= 0, got {self.rollout_memory_frames}")
         if not self.unseen_weight > 0:

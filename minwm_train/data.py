@@ -11,13 +11,16 @@ from pathlib import Path
 import torch
 
 from minwm_env import camera
+from minwm_env.conditioning import ActionSpec
+from minwm_env.data.format import MANIFEST, dataset_action_spec
 from minwm_env.data.latents import LatentShardDataset
 
 
 class LatentClips:
     """Every clip of a latents folder, stacked: latents (N, C, F, h, w), w2c (N, F, 4, 4) relative
-    to each clip's first frame, intrinsics (N, F, 4), actions (N, F, 6) where action k moves the
-    camera from latent frame k-1 to k (frame 0's is zero), and prompt embeddings when stored."""
+    to each clip's first frame, intrinsics (N, F, 4), actions (N, F, d) where action k moves the
+    world from latent frame k-1 to k (frame 0's is zero) in :attr:`action_spec` (None: no named
+    space), and prompt embeddings when stored."""
 
     def __init__(self, folder: str | Path, num_latent_frames: int | None = None):
         folder = Path(folder)
@@ -25,7 +28,9 @@ class LatentClips:
             folder = folder / "latents"
         if not (folder / "index.json").is_file():
             raise FileNotFoundError(f"{folder} holds no pre-encoded latents (no index.json); run `minwm-data encode`")
-        items = list(LatentShardDataset(folder))
+        shards = LatentShardDataset(folder)
+        self.action_spec = _action_spec(shards.index, folder)
+        items = list(shards)
         if not items:
             raise ValueError(f"{folder} holds no clips")
         frames = min(item["latents"].shape[1] for item in items)
@@ -41,6 +46,10 @@ class LatentClips:
         self.intrinsics = torch.stack([item["intrinsics"][::factor][:frames].float() for item in items])
         self.actions = None
         if all("actions" in item for item in items):
+            dims = {item["actions"].shape[-1] for item in items}
+            if self.action_spec is not None and dims != {self.action_spec.dim}:
+                raise ValueError(f"{folder}: the clips' actions have {sorted(dims)} components, but their action "
+                                 f"space {self.action_spec.describe()} has {self.action_spec.dim}")
             self.actions = torch.stack([torch.cat([torch.zeros(1, item["actions"].shape[-1]),
                                                    item["actions"][:frames - 1].float()]) for item in items])
         self.prompt_embeds = None
@@ -53,6 +62,10 @@ class LatentClips:
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    @property
+    def source(self) -> str:
+        return f"the data in {self.folder}"
 
     @property
     def num_latent_frames(self) -> int:
@@ -68,3 +81,14 @@ class LatentClips:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict:
         return self.batch(torch.randint(len(self), (batch_size,), generator=generator))
+
+
+def _action_spec(index: dict, folder: Path) -> ActionSpec | None:
+    """The clips' action space: stored in the latents' index (``minwm-data encode``), else read
+    from the dataset the latents were made from (latents encoded before the index kept it)."""
+    if "action_spec" in index:
+        return None if index["action_spec"] is None else ActionSpec.from_dict(index["action_spec"])
+    for root in (Path(index.get("dataset", "")), folder.parent):
+        if (root / MANIFEST).is_file():
+            return dataset_action_spec(root)
+    return None

@@ -25,6 +25,9 @@ FORMAT_NAME = "minwm-clips"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CLIPS_DIR = "clips"
+# The spec file of a dataset whose action space is not one of the named ones (minwm-data ingest
+# --action-spec FILE copies it here); its name is what the clips' action_spec says.
+SPEC_FILE = "action_spec.json"
 # Wan's VAE compresses time 4×: latent frame k ↔ RGB frame 4k, so clips have 1 + 4k frames.
 TEMPORAL_FACTOR = 4
 PIXEL_FORMATS = ("yuv444p", "yuv420p")
@@ -358,6 +361,33 @@ def read_manifest(root: Path) -> Manifest:
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"{path}: clip id {duplicate!r} appears more than once")
     return Manifest(clips, data.get("origin", {}))
+
+
+def dataset_action_spec(root: str | Path):
+    """The :class:`~minwm_env.conditioning.ActionSpec` a dataset's actions are in, or None when
+    no clip names one (then training derives camera deltas from the poses).
+
+    Every clip that names a space must name the same one; it resolves to ``root/action_spec.json``
+    when that file exists (and carries that name), else to a named space."""
+    from ..conditioning import NAMED_ACTION_SPECS, ActionSpec, load_action_spec
+
+    root = Path(root)
+    names = sorted({clip.action_spec for clip in read_manifest(root).clips if clip.action_spec})
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ValueError(f"{root}: the clips store actions in different spaces {names}; a dataset holds one")
+    name, spec_file = names[0], root / SPEC_FILE
+    if spec_file.is_file():
+        spec = ActionSpec.from_file(spec_file)
+        if spec.name != name:
+            raise ValueError(f"{spec_file} describes the action space {spec.name!r}, but the clips of {root} "
+                             f"name {name!r}")
+        return spec
+    if name in NAMED_ACTION_SPECS:
+        return load_action_spec(name)
+    raise ValueError(f"{root}: the clips name the action space {name!r}, which is neither a known name "
+                     f"({sorted(NAMED_ACTION_SPECS)}) nor described by {spec_file}")
 
 
 class DatasetWriter:

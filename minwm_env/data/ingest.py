@@ -39,7 +39,7 @@ are re-expressed relative to the clip's first frame and the intrinsics follow th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from .. import camera
 from ..cli import arg
-from .format import (PIXEL_FORMATS, TEMPORAL_FACTOR, ClipPoses, DatasetWriter, centre_crop_box, check_clip_id,
+from ..conditioning import NAMED_ACTION_SPECS, load_action_spec
+from .format import (PIXEL_FORMATS, SPEC_FILE, TEMPORAL_FACTOR, ClipPoses, DatasetWriter, centre_crop_box, check_clip_id,
                      check_intrinsics, check_num_frames, check_rigid, crop_and_resize_intrinsics, iter_video,
                      longest_valid_length, orthonormalize, relative_c2w, resize_frames, video_fps)
 
@@ -71,6 +72,9 @@ class IngestConfig:
     quality: int = arg(9, "H.264 quality 0..10 (libx264 CRF = 51 * (1 - quality / 10))")
     pixel_format: str = arg("yuv444p", "video pixel format (yuv420p plays everywhere but blurs colour)",
                             choices=PIXEL_FORMATS)
+    action_spec: str | None = arg(None, "the space of the pose files' actions: a name (camera, pusher-arm, ...) or "
+                                        "a spec file (JSON, copied into the dataset); every action is checked "
+                                        "against it")
 
     def __post_init__(self):
         if self.num_frames is not None:
@@ -297,6 +301,20 @@ def load_video_clip(video: Path, track: PoseTrack, pose_file: Path, config: Inge
     return frames, poses.validate(str(pose_file)), fps
 
 
+def _check_actions(track: PoseTrack, spec, pose_file: Path) -> PoseTrack:
+    """The track with its actions checked against ``spec`` and its space named after it."""
+    if track.actions is None:
+        raise ValueError(f"{pose_file} has no actions, but --action-spec {spec.name} says the clips have them")
+    if track.action_spec is not None and track.action_spec != spec.name:
+        raise ValueError(f"{pose_file} names the action space {track.action_spec!r}, but --action-spec is "
+                         f"{spec.describe()}")
+    try:
+        spec.validate(torch.as_tensor(track.actions))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{pose_file}: its actions do not fit --action-spec {spec.describe()}: {err}") from err
+    return replace(track, action_spec=spec.name)
+
+
 def ingest_folder(src: str | Path, out: str | Path, config: IngestConfig, progress: bool = True) -> Path:
     """Ingest every video of ``src`` into the dataset ``out`` (continuing one made from the same
     folder with the same settings). Pairing and pose files are checked before anything is written;
@@ -305,7 +323,12 @@ def ingest_folder(src: str | Path, out: str | Path, config: IngestConfig, progre
     pairs = pair_videos_and_poses(src)
     origin = {"command": "ingest", "src": str(src.resolve()), "config": asdict(config)}
     tracks = [read_pose_file(pose_file) for _, pose_file in pairs]  # malformed files fail before any writing
+    spec = load_action_spec(config.action_spec) if config.action_spec else None
+    if spec is not None:
+        tracks = [_check_actions(track, spec, pose_file) for track, (_, pose_file) in zip(tracks, pairs)]
     with DatasetWriter(out, origin) as writer:
+        if spec is not None and spec.name not in NAMED_ACTION_SPECS:
+            spec.save(Path(out) / SPEC_FILE)
         todo = [(video, track, pose_file) for (video, pose_file), track in zip(pairs, tracks)
                 if not writer.has(video.stem)]
         for video, track, pose_file in tqdm(todo, desc="ingest", unit="clip", disable=not progress):

@@ -4,7 +4,8 @@
 
 Layout, beside the clips (``<data>/latents/`` by default)::
 
-    latents/index.json                  settings + the plan: which clips go in which shard
+    latents/index.json                  settings + the plan: which clips go in which shard, and
+                                        the clips' action space (``action_spec``, null if none)
     latents/shard-00000.safetensors     "<id>/latents" (C, F, h, w), "<id>/poses" (T, 4, 4),
     latents/shard-00001.safetensors     "<id>/intrinsics" (T, 4), "<id>/actions" (F - 1, D) if any,
     ...                                 "<id>/prompt_embeds" (L, D) if a text encoder was given
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from .. import camera
 from ..cli import arg
 from .dataset import ClipDataset
-from .format import atomic_write_json, check_num_frames, read_json, read_manifest
+from .format import atomic_write_json, check_num_frames, dataset_action_spec, read_json, read_manifest
 
 if TYPE_CHECKING:  # importing the codec pulls in diffusers, which `render` and `ingest` never need
     from ..codec import WanVAECodec
@@ -145,8 +146,10 @@ def encode_dataset(root: str | Path, codec: WanVAECodec, config: EncodeConfig, o
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX
     shards = _plan(index_path, settings, [clip.id for clip in manifest.clips], config.clips_per_shard)
+    spec = dataset_action_spec(root)  # kept with the latents, so training checks it against the model
     atomic_write_json(index_path, {"format": LATENTS_FORMAT, "version": LATENTS_VERSION, "dataset": str(root.resolve()),
-                                   "settings": settings, "shards": shards})
+                                   "settings": settings, "shards": shards,
+                                   "action_spec": None if spec is None else spec.to_dict()})
     remaining = [shard for shard in shards if not _shard_is_complete(out / shard["file"], shard["clips"])]
     todo = remaining if max_shards is None else remaining[:max_shards]
     clips = ClipDataset(root, num_frames, config.height, config.width, config.crop, float_frames=True)
@@ -197,6 +200,7 @@ class LatentShardDataset(torch.utils.data.IterableDataset):
         if index.get("format") != LATENTS_FORMAT or index.get("version") != LATENTS_VERSION:
             raise ValueError(f"{index_path} is not a {LATENTS_FORMAT} v{LATENTS_VERSION} index")
         self.settings, self.shards = index["settings"], index["shards"]
+        self.index = index
         absent = [shard["file"] for shard in self.shards if not (self.folder / shard["file"]).is_file()]
         if absent:
             raise FileNotFoundError(f"{self.folder} is incomplete: {len(absent)} of {len(self.shards)} shards are "

@@ -21,6 +21,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..codec import from_uint8, to_uint8
+from ..conditioning import check_same_space, load_action_spec
 from ..generator import StreamingGenerator
 from ..models import DEFAULT_MODEL, WorldModel, load_model
 from ..threads import chosen_threads, torch_threads
@@ -107,7 +108,7 @@ class _World:
     """What the single and the vector env share: a batched generator and per-row bookkeeping."""
 
     def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                 num_threads, memory=None):
+                 num_threads, memory=None, action_spec=None):
         self.num_threads = chosen_threads(num_threads)  # None: torch's as they are (minwm_env.threads)
         with torch_threads(self.num_threads):
             self.model = resolve_model(model, device, dtype)
@@ -116,6 +117,9 @@ class _World:
         self.generator = StreamingGenerator(self.model, sampler, batch_size=num_envs, window_frames=window_frames,
                                             sink_frames=sink_frames, memory_frames=memory_frames(memory, settings))
         self.spec = self.generator.action_spec
+        if action_spec is not None:  # the space the caller expects: the model's, or a clear error
+            check_same_space(self.spec, load_action_spec(action_spec), f"the model {model if isinstance(model, str) else 'given'}",
+                             f"action_spec={action_spec!r}")
         self.chunk_frames = self.generator.chunk_frames
         self.frames_per_chunk = self.chunk_frames * self.model.codec.temporal_factor
         self.obs_mode = obs_mode
@@ -229,7 +233,9 @@ class WorldModelEnv(gym.Env):
     threads for resets and steps, restored after each; default: the package's choice, see
     :mod:`minwm_env.threads`), ``memory`` (past frames kept by place to fill what the last
     frame never saw, so a place looked at again comes back: None, the model's own setting;
-    True or False; or a number of frames; reset clears it, vector rows keep their own).
+    True or False; or a number of frames; reset clears it, vector rows keep their own),
+    ``action_spec`` (the action space you expect — a name, a spec file or an ``ActionSpec``;
+    the model's own space is always used, and one that differs raises, naming both).
 
     ## Vectorized environment
     ``gym.make_vec("minwm/World-v0", num_envs=N, vectorization_mode="vector_entry_point")``
@@ -252,11 +258,12 @@ class WorldModelEnv(gym.Env):
                  dtype: str | torch.dtype = "float32",
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
                  sampler=None, start_scene: str = "room", window_frames: int | None = None,
-                 sink_frames: int | None = None, num_threads: int | None = None, memory: bool | int | None = None):
+                 sink_frames: int | None = None, num_threads: int | None = None, memory: bool | int | None = None,
+                 action_spec=None):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads, memory)
+                             num_threads, memory, action_spec)
         self.action_space = self._world.action_space
         self.observation_space = self._world.observation_space
         self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
@@ -342,11 +349,12 @@ class WorldModelVectorEnv(VectorEnv):
                  dtype: str | torch.dtype = "float32", obs_mode: str = "frame", reward_fn: Callable | None = None,
                  render_mode: str | None = "rgb_array", sampler=None, start_scene: str = "room",
                  window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None,
-                 num_threads: int | None = None, memory: bool | int | None = None):
+                 num_threads: int | None = None, memory: bool | int | None = None,
+                 action_spec=None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads, memory)
+                             num_threads, memory, action_spec)
         self.num_envs = num_envs
         self.single_action_space = self._world.action_space
         self.single_observation_space = self._world.observation_space

@@ -13,7 +13,7 @@ import torch
 
 from minwm_env import camera, flow
 from minwm_env.backbones import PromptState, causal_frame_mask
-from minwm_env.conditioning import ConditioningConfig, FrameConditions, camera_action_spec
+from minwm_env.conditioning import ConditioningConfig, FrameConditions, check_same_space, load_action_spec
 from minwm_env.models import CONDITIONING_DIR, PRESETS as MODEL_PRESETS, WorldModel, load_model
 from minwm_env.streaming import guidance_prompt, padded_prompt
 
@@ -27,19 +27,48 @@ def build_model(config: TrainConfig, source: str, device: torch.device, trainabl
     overrides = {"prediction_type": config.prediction_type} if is_preset else {}
     conditioning = None
     has_branches = not is_preset and (Path(source) / CONDITIONING_DIR).is_dir()
-    if not has_branches and (config.camera != "none" or config.actions != "none"):
-        if config.actions not in ("none", "camera"):
-            raise ValueError(f"actions must be 'none' or 'camera' here (custom ActionSpecs: see "
-                             f"examples/custom_action_space.py), got {config.actions!r}")
-        conditioning = ConditioningConfig(camera=config.camera,
-                                          action_spec=camera_action_spec() if config.actions == "camera" else None)
+    wanted = load_action_spec(config.actions)
+    if config.camera != "none" and wanted is not None and wanted.names != camera.DELTA_NAMES:
+        raise ValueError(f"--camera {config.camera} places frames by camera poses, which needs camera-delta actions; "
+                         f"--actions is {wanted.describe()}: use --camera none (a fixed camera)")
+    if not has_branches and (config.camera != "none" or wanted is not None):
+        conditioning = ConditioningConfig(camera=config.camera, action_spec=wanted)
     model = load_model(source, device=device, conditioning=conditioning, **overrides)
+    if has_branches and wanted is not None:
+        check_same_space(wanted, model.backbone.conditioning_config.action_spec, f"--actions {config.actions}",
+                         f"the model {source}")
     model.settings = replace(model.settings, chunk_frames=config.chunk_frames, shift=config.shift)
     model.backbone.gradient_checkpointing = config.gradient_checkpointing and trainable
     model.backbone.requires_grad_(trainable)
+    if trainable and config.train_only == "conditioning":
+        if model.backbone.conditioning is None:
+            raise ValueError(f"--train-only conditioning, but the model {source} has no conditioning branches: "
+                             "give --camera or --actions to add them")
+        model.backbone.requires_grad_(False)
+        model.backbone.conditioning.requires_grad_(True)
     model.codec.module.requires_grad_(False)
     model.backbone.train(trainable)
     return model
+
+
+def check_data_actions(data, stage: Stage) -> None:
+    """Refuse data whose actions are not in the space of one of the stage's action-conditioned
+    models, naming both sides."""
+    if data.actions is None:
+        return
+    for role, model in vars(stage).items():
+        if not isinstance(model, WorldModel):
+            continue
+        source = getattr(model, "source", None) or role
+        conditioning = model.backbone.conditioning_config
+        spec = None if conditioning is None else conditioning.action_spec
+        if spec is None:
+            continue  # a model without an action branch ignores the clips' actions
+        if data.action_spec is not None:
+            check_same_space(data.action_spec, spec, data.source, f"the stage's {role} ({source})")
+        elif data.actions.shape[-1] != spec.dim:
+            raise ValueError(f"{data.source} has actions of {data.actions.shape[-1]} components, but the stage's "
+                             f"{role} ({source}) takes {spec.describe()}")
 
 
 def export_model(model: WorldModel, folder: Path, ema_state: dict | None = None, **settings) -> None:
