@@ -17,6 +17,9 @@ if "minwm/GroundTruth-v0" not in registry:
     register(id="minwm/GroundTruth-v0", entry_point="minwm_env.envs.ground_truth:GroundTruthEnv",
              max_episode_steps=200)
 
+if "minwm/ArmTruth-v0" not in registry:
+    register(id="minwm/ArmTruth-v0", entry_point="minwm_env.envs.arm:ArmTruthEnv", max_episode_steps=200)
+
 if "minwm/World-v0" not in registry:
     register(id="minwm/World-v0", entry_point="minwm_env.envs.world_model:WorldModelEnv",
              vector_entry_point="minwm_env.envs.world_model:WorldModelVectorEnv", max_episode_steps=200)
