@@ -8,6 +8,7 @@ from gymnasium.utils.env_checker import check_env
 import minwm_env  # noqa: F401  (registers the envs)
 from minwm_env.data import ClipDataset, read_clip_poses, read_manifest
 from minwm_env.data.cli import main
+from minwm_env.data.format import dataset_action_spec
 from minwm_env.data.render import RenderConfig, plan_arm_clip, render_arm_clip
 from minwm_env.world.arm import (ARM_ACTION_KINDS, ARM_ACTION_SPEC_NAME, ArmWorld, arm_action_spec, arm_actions,
                                  ready_joint_angles, scoop_ik, scoop_position)
@@ -133,6 +134,7 @@ def test_action_kinds_are_seeded_bounded_and_shaped(world):
     world.reset(np.random.default_rng(1))
     spec = arm_action_spec()
     assert spec.dim == 4 and spec.names[0] == "d_shoulder_pan" and set(spec.units) == {"deg"}
+    assert spec.name == ARM_ACTION_SPEC_NAME
     for kind in ARM_ACTION_KINDS:
         rows = arm_actions(kind, 9, seed=4, world=world)
         assert rows.shape == (8, 4) and np.isfinite(rows).all()
@@ -161,6 +163,7 @@ def test_cli_renders_a_readable_arm_dataset(tmp_path):
     manifest = read_manifest(out)
     assert [clip.action_spec for clip in manifest.clips] == [ARM_ACTION_SPEC_NAME] * 2
     assert manifest.origin["config"]["world"] == "arm" and "scenes" not in manifest.origin["config"]
+    assert dataset_action_spec(out).same_space(arm_action_spec())  # the name resolves to the arm's space
     dataset = ClipDataset(out)
     config = RenderConfig(num_clips=2, num_frames=9, height=SIZE, width=SIZE, world="arm", arm_kinds=("push", "sweep"))
     for index in range(2):

@@ -104,7 +104,8 @@ def arm_action_spec(max_delta_deg: float = MAX_DELTA_DEG, clip: bool = False) ->
     return ActionSpec(names=tuple(f"d_{name}" for name in ARM_JOINTS), low=(-m,) * 4, high=(m,) * 4, clip=clip,
                       units=("deg",) * 4,
                       description="change of the target angles of the Pusher arm's shoulder pan, shoulder lift, "
-                                  "elbow flex and wrist flex joints per latent frame (position control)")
+                                  "elbow flex and wrist flex joints per latent frame (position control)",
+                      name=ARM_ACTION_SPEC_NAME)
 
 
 def _look_at_quat(mujoco, eye, target) -> np.ndarray:
