@@ -7,7 +7,10 @@ installed package) is edited in code with MuJoCo's ``MjSpec``:
   stiffness and critical damping, stiff enough that a commanded target is reached well within
   one latent frame), so an action is a change of joint *targets*, not a torque;
 * the puck (``object``) and the red goal disc stay; the table grows so the arm's base stands
-  on it, and arm, table and puck get colours that stay apart at 64×64;
+  on it, and arm, table and puck get colours that stay apart at 64×64. The puck weighs 100 g
+  (Pusher's 8 mg makes MuJoCo's contacts too soft to push it). As in Pusher, only the scoop
+  touches the puck and the table: the links pass through both (in Pusher's pushing poses the
+  elbow dips below the table top);
 * a fixed camera ``minwm_arm`` looks at the table from the side and above, so the arm and the
   puck fill a good part of a 64×64 frame. It never moves: every frame's pose is the identity.
 
