@@ -8,6 +8,7 @@ import pytest
 from minwm_env.envs.ground_truth import GroundTruthEnv
 from minwm_env.eval import quality
 from minwm_env.eval.evaluator import EvalConfig, Evaluator
+from minwm_env.eval.report import revisit_motion_table
 from minwm_env.eval.rollout import IgnoreActions
 
 SUITES = ("novel_view", "revisit", "object_scale")
@@ -59,6 +60,8 @@ def test_the_truth_scores_perfectly(scores):
         for kind in ("look", "walk"):
             assert truth[f"revisit/{length}_{kind}_r_dist"] == truth[f"revisit/{length}_{kind}_truth_r_dist"]
     assert truth["object_scale/area_ratio"] == pytest.approx(1.0, abs=0.05)
+    table = "\n".join(revisit_motion_table(truth))  # the report shows R_dist beside the estimator's floor
+    assert "the motion estimator's floor" in table and table.count("| 65 frames |") == 1
     assert 0.1 < truth["novel_view/new_fraction"] < 0.9  # the paths do reveal new content
     assert truth["novel_view/far_plausible_fraction"] >= 0.9
     assert truth["novel_view/far_fd"] == pytest.approx(0.0, abs=1e-6)
