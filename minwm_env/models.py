@@ -169,17 +169,20 @@ _WAN21_13B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_d
                   qk_norm="rms_norm_across_heads", eps=1e-6)
 _TINY_Z = 4
 
-def _default_family(description: str, *, validity: bool = False, fill: str = "border", patch: int = 2) -> ModelPreset:
+def _default_family(description: str, *, validity: bool = False, fill: str = "border", patch: int = 2,
+                    warp: bool = True, reference_input: bool = False) -> ModelPreset:
     """The shipped default's architecture and streaming settings (below), optionally taking the
-    warped reference and its validity as input channels, with another fill or finer patches."""
+    warped reference and its validity as input channels, with another fill or finer patches; or,
+    for a fixed camera (``warp=False``), the last frame itself as the reference."""
     channels = 192  # space-to-depth 4×4 pixels × 4 frames × RGB
+    extra = channels + channels // 3 if validity else channels if reference_input else 0
     return ModelPreset(
         transformer=dict(patch_size=(1, patch, patch), num_attention_heads=4, attention_head_dim=32,
-                         in_channels=channels + (channels + channels // 3 if validity else 0), out_channels=channels,
+                         in_channels=channels + extra, out_channels=channels,
                          text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4),
         vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
         settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
-                               restart_context=True, warp_reference=True, warp_depth=2.0, warp_fill=fill,
+                               restart_context=True, warp_reference=warp, warp_depth=2.0, warp_fill=fill,
                                warp_validity=validity, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
         description=description)
 
@@ -229,6 +232,11 @@ PRESETS: dict[str, ModelPreset] = {
     # of 8×8-pixel patches: measured, a new strip comes out as 8×8 blocks of colour.
     "default-v3": _default_family("default-v2b with one token per latent pixel (4x4-pixel cells): finer tokens",
                                   validity=True, patch=1),
+    # A robot arm seen by a fixed camera (issue 22, docs/robots.md): nothing to warp, so the
+    # reference is the last frame itself, seen beside the noisy latent and what the output is
+    # added to; the arm's joint commands enter through the action branch.
+    "arm": _default_family("default's network for a fixed camera: the last frame as reference and input "
+                           "(robot-arm world models)", warp=False, reference_input=True),
     "wan21-1.3b": ModelPreset(
         transformer=_WAN21_13B,
         vae={},  # diffusers' defaults are the Wan2.1 VAE

@@ -192,6 +192,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                    "stage0": dict(steps=3000), "stage1": dict(steps=3000), "stage2a": dict(steps=1500),
                    "stage2b": dict(steps=1500), "stage2c": {**_V2_STAGES["stage2c"], "steps": 1000},
                    "stage3": _V2_STAGES["stage3"]},
+    # The arm world model (issue 22, docs/robots.md): the v2 recipe on the "arm" network with
+    # the pusher arm's joint commands as actions and no camera branch (the camera never moves).
+    "arm": {"all": {**_V2_ALL, "model": "arm", "actions": "pusher-arm"}, **_V2_STAGES},
     "wan21-1.3b": {
         "all": dict(model="wan21-1.3b", batch_size=32, mixed_precision="bf16", gradient_checkpointing=True,
                     lr=2e-6, camera="prope", num_latent_frames=20, chunk_frames=4, ode_teacher_steps=48,

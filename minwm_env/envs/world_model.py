@@ -45,14 +45,25 @@ def resolve_model(model: str | WorldModel, device, dtype) -> WorldModel:
     return load_model(model, device=device, dtype=dtype)
 
 
+ARM_START = "arm"  # start_scene for robot-arm models: the arm world (minwm_env/world/arm.py)
+
+
 class StartFrames:
-    """Start images rendered from the ground-truth world when ``reset`` is given none."""
+    """Start images rendered from the ground-truth world when ``reset`` is given none: a scene
+    of the camera world at a random free pose, or (``"arm"``) the arm world from a random state
+    (its camera is fixed: the pose is the camera's)."""
 
     def __init__(self, scene: str, height: int, width: int):
         self.scene_name, self.height, self.width = scene, height, width
         self._scene = self._renderer = None
 
     def sample(self, np_random: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.scene_name == ARM_START:
+            if self._renderer is None:
+                from ..world.arm import ArmWorld
+                self._renderer = ArmWorld(self.width, self.height)
+            self._renderer.reset(np_random)
+            return self._renderer.render(), np.eye(4)
         if self._renderer is None:
             self._scene = make_scene(self.scene_name, 0)
             self._renderer = WorldRenderer(self._scene, self.width, self.height)
@@ -62,6 +73,15 @@ class StartFrames:
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
+
+
+def default_start_scene(start_scene: str | None, spec) -> str:
+    """The world start images come from: as asked, else the arm world for an arm model and the
+    room for every other."""
+    if start_scene is not None:
+        return start_scene
+    from ..world.arm import ARM_ACTION_SPEC_NAME
+    return ARM_START if spec.name == ARM_ACTION_SPEC_NAME else "room"
 
 
 def check_image(image, height: int, width: int, what: str = "image") -> np.ndarray:
@@ -126,7 +146,7 @@ class _World:
         self.action_space = action_space(self.spec)
         self.observation_space = observation_space(obs_mode, self.height, self.width, self.frames_per_chunk,
                                                    tuple(self.generator.latent_shape))
-        self.starts = StartFrames(start_scene, self.height, self.width)
+        self.starts = StartFrames(default_start_scene(start_scene, self.spec), self.height, self.width)
         self.text_dim = self.model.backbone.text_dim
         self.last_frames: np.ndarray | None = None  # (N, H, W, 3)
         self.frame_index = np.zeros(num_envs, dtype=np.int64)
@@ -211,8 +231,9 @@ class WorldModelEnv(gym.Env):
 
     ## Starting State
     ``reset(seed=..., options={"image": uint8 (H, W, 3), "prompt": embeddings (L, text_dim)})``.
-    Without an image, a start view is rendered from the ground-truth world (``start_scene``)
-    at a random pose drawn from the env's RNG.
+    Without an image, a start view is rendered from the ground-truth world (``start_scene``:
+    a scene name, or "arm"; default: the arm world for a model of the pusher arm, else "room")
+    at a random pose (or arm state) drawn from the env's RNG.
 
     ## Episode End
     Never terminates; truncated after ``max_episode_steps`` (registration: 200).
@@ -257,7 +278,7 @@ class WorldModelEnv(gym.Env):
     def __init__(self, model: str | WorldModel = DEFAULT_MODEL, device: str = "cpu",
                  dtype: str | torch.dtype = "float32",
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
-                 sampler=None, start_scene: str = "room", window_frames: int | None = None,
+                 sampler=None, start_scene: str | None = None, window_frames: int | None = None,
                  sink_frames: int | None = None, num_threads: int | None = None, memory: bool | int | None = None,
                  action_spec=None):
         if render_mode not in (None, "rgb_array"):
@@ -347,7 +368,7 @@ class WorldModelVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, model: str | WorldModel = DEFAULT_MODEL, device: str = "cpu",
                  dtype: str | torch.dtype = "float32", obs_mode: str = "frame", reward_fn: Callable | None = None,
-                 render_mode: str | None = "rgb_array", sampler=None, start_scene: str = "room",
+                 render_mode: str | None = "rgb_array", sampler=None, start_scene: str | None = None,
                  window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None,
                  num_threads: int | None = None, memory: bool | int | None = None,
                  action_spec=None):

@@ -3,6 +3,7 @@
     minwm-eval --model tiny --against ground-truth --out outputs/eval --quick     # about a minute on a CPU
     minwm-eval --model runs/s3/model --against ground-truth --out outputs/eval --drift-chunks 200
     minwm-eval --model ground-truth --against ground-truth --out outputs/sanity  # the truth scores perfectly
+    minwm-eval --model runs/arm/ship --against arm-truth --out outputs/arm       # a robot-arm model (docs/robots.md)
 
 Writes ``metrics.json`` (every curve and a ``summary`` of namespaced scalars), PNG plots
 (drift, adherence, consistency, controllability, recovery, and ``frechet.png``: the Fréchet
@@ -29,12 +30,14 @@ from .motion import METHODS
 from .report import write_report
 
 GROUND_TRUTH = "ground-truth"
+ARM_TRUTH = "arm-truth"  # the robot arm's world (minwm_env/envs/arm.py): minwm_env/eval/arm.py scores it
+AGAINST = (GROUND_TRUTH, ARM_TRUTH)
 # The first scene layout no training clip shows: `minwm-data render` draws layouts
 # 0..num_scene_seeds-1 (0..99 by default; the shipped model's data, docs/default_model.md).
 HELD_OUT_LAYOUT = RenderConfig.num_scene_seeds
 # --quick: a smoke-sized run of every suite (about a minute for the tiny preset on 2 CPU cores).
 QUICK = dict(num_paths=2, chunks=4, drift_chunks=8, idle_chunks=3, recovery_chunks=4, perturb_at=1, novel_chunks=4,
-             object_paths=1, fd_paths=24)
+             object_paths=1, fd_paths=24, arm_sequences=2)
 
 
 @dataclass
@@ -43,7 +46,10 @@ class Args:
 
     model: str = arg("minwm-default", f"shipped model, preset name or model folder; '{GROUND_TRUTH}' scores the "
                                       "truth against itself")
-    against: str = arg(GROUND_TRUTH, "the reference world (the rendered ground truth is the only one)")
+    against: str = arg(GROUND_TRUTH, f"the reference world: '{GROUND_TRUTH}' (the camera world) or '{ARM_TRUTH}' (the "
+                                     "robot arm: PSNR per horizon with its baselines, arm mask IoU, pushed objects; "
+                                     "camera-only figures n/a)", choices=list(AGAINST))
+    arm_sequences: int = arg(10, f"--against {ARM_TRUTH}: held-out action sequences (each --chunks steps)")
     out: str = arg("outputs/eval", "output folder")
     num_paths: int = arg(4, "camera paths for adherence, PSNR/SSIM and flicker")
     chunks: int = arg(8, "steps (chunks of frames) per path")
@@ -105,9 +111,10 @@ def build_envs(args: Args):
 def main(argv=None) -> None:
     args = apply_quick(parse(Args, argv))
     configure_process(args.num_threads)
-    if args.against != GROUND_TRUTH:
-        raise SystemExit(f"minwm-eval: --against must be '{GROUND_TRUTH}' (the rendered world is the only reference "
-                         f"with a truth), got {args.against!r}")
+    if args.against not in AGAINST:
+        raise SystemExit(f"minwm-eval: --against must be one of {list(AGAINST)}, got {args.against!r}")
+    if args.against == ARM_TRUTH:
+        return main_arm(args)
     if args.sampler_steps < 0:
         raise SystemExit(f"minwm-eval: --sampler-steps must be >= 0, got {args.sampler_steps}")
     unknown = sorted(set(args.suites) - set(SUITES))
@@ -162,6 +169,38 @@ def main(argv=None) -> None:
     for key in ("adherence/rotation_error_deg", "adherence/psnr_db", "drift/psnr_db", "consistency/flicker_ratio"):
         if key in summary:
             print(f"{key}: {summary[key]}")
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+
+
+def main_arm(args: Args) -> None:
+    """``--against arm-truth``: a robot-arm world model against the arm's truth (minwm_env/eval/arm.py)."""
+    from ..envs.arm import ArmTruthEnv
+    from ..envs.world_model import ARM_START, WorldModelEnv
+    from ..world.arm import ARM_ACTION_SPEC_NAME
+    from .arm import ArmEvalConfig, evaluate_arm, write_arm_report
+
+    if args.model == GROUND_TRUTH:
+        raise SystemExit(f"minwm-eval: --against {ARM_TRUTH} scores a world model of the arm; give --model")
+    try:
+        config = ArmEvalConfig(num_sequences=args.arm_sequences, horizon=args.chunks, seed=args.seed)
+        model = WorldModelEnv(model=args.model, device=args.device, dtype=args.dtype, obs_mode="chunk",
+                              start_scene=ARM_START, num_threads=args.num_threads, action_spec=ARM_ACTION_SPEC_NAME)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"minwm-eval: cannot evaluate {args.model!r} against the {ARM_TRUTH}: {err}") from err
+    height, width = model.unwrapped._world.height, model.unwrapped._world.width
+    truth = ArmTruthEnv(width=width, height=height, chunk_frames=model.unwrapped._world.chunk_frames,
+                        obs_mode="chunk")
+    began = time.perf_counter()
+    results = evaluate_arm(model, truth, config)
+    results["summary"]["time/total_s"] = time.perf_counter() - began
+    results["meta"] = {"model": args.model, "against": args.against, "date": now_utc(),
+                       "machine": machine_description(torch.device(args.device)), "args": dataclasses.asdict(args)}
+    written = write_arm_report(results, Path(args.out), title=f"minwm-eval: {args.model} against the {ARM_TRUTH}")
+    model.close()
+    truth.close()
+    for key in ("arm/psnr_db", "arm/true_minus_shuffled_db", "arm/repeat_start_psnr_db", "arm/mask_iou_h4"):
+        if key in results["summary"]:
+            print(f"{key}: {results['summary'][key]}")
     print(f"wrote {', '.join(str(p) for p in written.values())}")
 
 
