@@ -42,7 +42,7 @@ def _truth():
 
 @pytest.fixture(scope="module")
 def scores():
-    config = EvalConfig(seed=2, novel_chunks=4, object_paths=1, object_chunks=3, mirrored=False, fd_paths=24)
+    config = EvalConfig(seed=2, novel_chunks=4, object_paths=1, object_chunks=3, mirrored=False, fd_paths=12)
     models = {"truth": _truth(), "blurred": BlurFrames(_truth()), "repeat_start": IgnoreActions(_truth())}
     return {name: Evaluator(model, _truth(), config).run(SUITES)["summary"] for name, model in models.items()}
 
