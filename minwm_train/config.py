@@ -36,6 +36,9 @@ class TrainConfig:
                                "named space (diff-drive, pusher-arm) or a spec file (JSON; docs/robots.md)")
     train_only: str = arg("all", "what the stage trains: all (every weight of the model) or conditioning (only the "
                                  "camera/action branches, on the frozen backbone)", choices=list(TRAIN_ONLY))
+    new_branches: bool = arg(False, "a model whose branches differ from --camera/--actions gets new zero-initialised "
+                                    "ones (its old branches dropped) instead of an error: a new robot's action "
+                                    "space on a trained backbone")
     prediction_type: str = arg("v", "what a new model predicts: v or x0 (kept from a loaded model)")
     # -- optimisation --------------------------------------------------------------------------
     steps: int = arg(20, "optimiser steps")

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import minwm_env  # noqa: F401  (registers the envs)
-from minwm_env.conditioning import ActionSpec, camera_action_spec, check_same_space, load_action_spec
+from minwm_env.conditioning import (ActionSpec, ConditioningConfig, camera_action_spec, check_same_space,
+                                     load_action_spec)
 from minwm_env.data import ClipDataset, EncodeConfig, IngestConfig, encode_dataset, ingest_folder
 from minwm_env.data.format import SPEC_FILE, dataset_action_spec, read_manifest, write_video
 from minwm_env.models import load_model
@@ -169,3 +170,19 @@ def test_data_and_model_in_different_spaces_are_refused_naming_both(robot_data, 
     with pytest.raises(ValueError, match="--train-only conditioning, but the model tiny has no conditioning"):
         train(preset_config("tiny", "stage0", data=str(data), out=str(tmp_path / "run2"), camera="none",
                             actions="none", train_only="conditioning", steps=1), "cpu")
+
+
+def test_a_trained_backbone_gets_a_new_action_branch_only_when_asked(robot_data, tmp_path):
+    root, data = robot_data
+    camera_model = tmp_path / "camera_model"
+    load_model("tiny", conditioning=ConditioningConfig(action_spec=camera_action_spec())).save_pretrained(camera_model)
+    config = dict(data=str(data), model=str(camera_model), actions=str(root / "gripper.json"), camera="none",
+                  train_only="conditioning", steps=1, checkpoint_every=1)
+    with pytest.raises(ValueError, match="--actions .*gripper.* the model .*camera_model .*camera.*--new-branches"):
+        train(preset_config("tiny", "stage0", out=str(tmp_path / "refused"), **config), "cpu")
+    train(preset_config("tiny", "stage0", out=str(tmp_path / "new"), new_branches=True, **config), "cpu")
+    trained = load_model(str(tmp_path / "new" / "model"))
+    assert trained.backbone.conditioning_config.action_spec.name == "gripper"
+    original = load_model(str(camera_model)).backbone.state_dict()
+    state = trained.backbone.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in original.items() if not k.startswith("conditioning."))

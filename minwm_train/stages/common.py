@@ -34,9 +34,18 @@ def build_model(config: TrainConfig, source: str, device: torch.device, trainabl
     if not has_branches and (config.camera != "none" or wanted is not None):
         conditioning = ConditioningConfig(camera=config.camera, action_spec=wanted)
     model = load_model(source, device=device, conditioning=conditioning, **overrides)
-    if has_branches and wanted is not None:
-        check_same_space(wanted, model.backbone.conditioning_config.action_spec, f"--actions {config.actions}",
-                         f"the model {source}")
+    if has_branches and (config.camera != "none" or wanted is not None):
+        have = model.backbone.conditioning_config
+        differs = have.camera != config.camera or not (wanted is None and have.action_spec is None or (
+            wanted is not None and have.action_spec is not None and wanted.same_space(have.action_spec)))
+        if differs and config.new_branches and trainable and source == config.model:
+            model = load_model(source, device=device, conditioning=ConditioningConfig(camera=config.camera,
+                                                                                     action_spec=wanted))
+        elif wanted is not None:
+            try:
+                check_same_space(wanted, have.action_spec, f"--actions {config.actions}", f"the model {source}")
+            except ValueError as err:
+                raise ValueError(f"{err}; --new-branches gives the model new branches for --actions") from None
     model.settings = replace(model.settings, chunk_frames=config.chunk_frames, shift=config.shift)
     model.backbone.gradient_checkpointing = config.gradient_checkpointing and trainable
     model.backbone.requires_grad_(trainable)
