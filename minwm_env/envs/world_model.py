@@ -20,10 +20,12 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from ..backbones import CausalWan
 from ..codec import from_uint8, to_uint8
 from ..conditioning import check_same_space, load_action_spec
 from ..generator import StreamingGenerator
 from ..models import DEFAULT_MODEL, WorldModel, load_model
+from ..text import PromptEncoder
 from ..threads import chosen_threads, torch_threads
 from ..world.paths import random_start
 from ..world.renderer import WorldRenderer
@@ -96,9 +98,18 @@ def check_image(image, height: int, width: int, what: str = "image") -> np.ndarr
     return image
 
 
-def check_prompt(prompt, text_dim: int) -> torch.Tensor | None:
+def check_prompt(prompt, text_dim: int, encode: Callable[[str], torch.Tensor] | None = None) -> torch.Tensor | None:
+    """Prompt embeddings (1, L, text_dim): given as embeddings (L, text_dim), or a string that
+    ``encode`` turns into them (:class:`~minwm_env.text.PromptEncoder`)."""
     if prompt is None:
         return None
+    if isinstance(prompt, str):
+        if encode is None:
+            raise ValueError(f"prompt must be float embeddings (L, {text_dim}) here, got a string")
+        prompt = encode(prompt)
+    elif isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt):
+        raise TypeError(f"prompt must be one string (the same for every env) or float embeddings (L, {text_dim}), "
+                        f"got a {type(prompt).__name__} of strings")
     prompt = torch.as_tensor(prompt)
     if prompt.ndim == 2:
         prompt = prompt.unsqueeze(0)
@@ -148,6 +159,9 @@ class _World:
                                                    tuple(self.generator.latent_shape))
         self.starts = StartFrames(default_start_scene(start_scene, self.spec), self.height, self.width)
         self.text_dim = self.model.backbone.text_dim
+        # string prompts: the text encoder of the folder the model came from, loaded on first use
+        self.prompts = PromptEncoder(model, self.text_dim, self.model.device, self.model.dtype,
+                                     wan=isinstance(self.model.backbone, CausalWan))
         self.last_frames: np.ndarray | None = None  # (N, H, W, 3)
         self.frame_index = np.zeros(num_envs, dtype=np.int64)
 
@@ -231,6 +245,12 @@ class WorldModelEnv(gym.Env):
 
     ## Starting State
     ``reset(seed=..., options={"image": uint8 (H, W, 3), "prompt": embeddings (L, text_dim)})``.
+    The prompt may be a string instead (``"a sunny street"``) for a model loaded from a Wan
+    folder with ``text_encoder/`` and ``tokenizer/`` (e.g. Wan2.1-T2V-1.3B-Diffusers), with
+    ``pip install "minwm[text]"``: the folder's UMT5 is loaded on the first string, on the
+    model's device and dtype, and each distinct prompt is encoded once, exactly as diffusers'
+    WanPipeline does (:mod:`minwm_env.text`); the vector env takes one prompt for all envs.
+    A string for a model without a text encoder (a preset, the shipped default) raises.
     Without an image, a start view is rendered from the ground-truth world (``start_scene``:
     a scene name, or "arm"; default: the arm world for a model of the pusher arm, else "room")
     at a random pose (or arm state) drawn from the env's RNG.
@@ -302,7 +322,7 @@ class WorldModelEnv(gym.Env):
     def _reset(self, options: dict | None):
         options = check_options(options, RESET_OPTIONS)
         world = self._world
-        prompt = check_prompt(options.get("prompt"), world.text_dim)
+        prompt = check_prompt(options.get("prompt"), world.text_dim, world.prompts)
         images, poses = world.start_images([options.get("image")], [self.np_random])
         noise_seed = int(self.np_random.integers(2**62))
         first = world.generator.reset(seed=noise_seed, image=world.to_model_images(images), prompt_embeds=prompt,
@@ -414,9 +434,9 @@ class WorldModelVectorEnv(VectorEnv):
         images_opt = options.get("image")
         if images_opt is not None and len(images_opt) != len(rows):
             raise ValueError(f"options['image'] must hold one image per reset env ({len(rows)}), got {len(images_opt)}")
-        prompt = check_prompt(options.get("prompt"), world.text_dim)
-        if prompt is not None and mask is not None:
+        if options.get("prompt") is not None and mask is not None:
             raise ValueError("a prompt is set for all envs at a full reset, not with reset_mask")
+        prompt = check_prompt(options.get("prompt"), world.text_dim, world.prompts)
         self._seed_rows(rows, seed)
         images, poses = world.start_images(images_opt if images_opt is not None else None,
                                            [self._np_randoms[r] for r in rows])
