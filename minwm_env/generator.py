@@ -68,11 +68,15 @@ class StreamingGenerator:
     What a chunk is conditioned on and what it leaves in the cache is decided by the
     :class:`~minwm_env.streaming.ChunkStream` in :attr:`stream` (shared with training's
     rollouts); this class adds the noise seeds, guidance prompts, VAE decoding and timings.
+
+    ``static_shapes`` gives the stream a static cache (every chunk's forwards have the same
+    shapes); ``compile`` (None, a torch.compile mode such as "reduce-overhead" for CUDA graphs,
+    or a backend such as "aot_eager") compiles the backbone's streaming forward on top of it.
     """
 
     def __init__(self, model: WorldModel, sampler: Sampler | None = None, *, batch_size: int = 1,
                  chunk_frames: int | None = None, window_frames: int | None = None, sink_frames: int | None = None,
-                 memory_frames: int | None = None):
+                 memory_frames: int | None = None, static_shapes: bool = False, compile=None):
         settings = model.settings
         self.model = model
         self.sampler = sampler or default_sampler(settings)
@@ -80,7 +84,7 @@ class StreamingGenerator:
         self.num_branches = 1 if self.sampler.guidance_scale == 1.0 else 2
         self.stream = model.stream(batch_size=batch_size, num_branches=self.num_branches,
                                   chunk_frames=chunk_frames, window_frames=window_frames, sink_frames=sink_frames,
-                                  memory_frames=memory_frames)
+                                  memory_frames=memory_frames, static_shapes=static_shapes, compile=compile)
         self.chunk_frames = self.stream.chunk_frames
         self.action_spec: ActionSpec = self.stream.action_spec
         self.tracks_camera = self.stream.tracks_camera

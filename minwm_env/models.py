@@ -308,13 +308,15 @@ class WorldModel:
 
     def stream(self, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
                window_frames: int | None = None, sink_frames: int | None = None,
-               memory_frames: int | None = None, fold_writes: bool = True) -> ChunkStream:
+               memory_frames: int | None = None, fold_writes: bool = True, static_shapes: bool = False,
+               compile=None) -> ChunkStream:
         """A :class:`~minwm_env.streaming.ChunkStream` of this model: the one place that decides
         what a streamed chunk is conditioned on and what it leaves in the cache (sizes default
-        to the settings)."""
+        to the settings). ``static_shapes``: a static cache; ``compile``: a torch.compile mode
+        or backend for the streaming forward (implies static shapes)."""
         return ChunkStream(self, batch_size=batch_size, num_branches=num_branches, chunk_frames=chunk_frames,
                            window_frames=window_frames, sink_frames=sink_frames, memory_frames=memory_frames,
-                           fold_writes=fold_writes)
+                           fold_writes=fold_writes, static_shapes=static_shapes, compile=compile)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
         for module in (self.backbone, self.codec.module):

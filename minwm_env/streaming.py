@@ -36,6 +36,13 @@ the next chunk's first denoising forward carries the clean frames in front of th
 under a mask that gives each exactly what the separate pass would (the clean frames see the
 cache and themselves; the noisy ones see what the commit keeps, the clean frames and
 themselves), and commits the clean part (:meth:`ChunkStream.predictor`).
+
+With ``static_shapes`` the cache is static (:class:`~minwm_env.backbones.base.KVCache`): every
+forward without gradients attends the whole preallocated buffer under a mask of the valid slots,
+so each kind of forward (denoising, folded, clean write) has the same shapes at every chunk, and
+``compile`` (a torch.compile mode such as "reduce-overhead", or a backend) compiles the
+backbone's streaming forward once per kind (``dynamic=False``). The chunks are the same up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -131,7 +138,7 @@ class ChunkStream:
 
     def __init__(self, model, *, batch_size: int = 1, num_branches: int = 1, chunk_frames: int | None = None,
                  window_frames: int | None = None, sink_frames: int | None = None, memory_frames: int | None = None,
-                 fold_writes: bool = True):
+                 fold_writes: bool = True, static_shapes: bool = False, compile=None):
         settings = model.settings
         self.model = model
         self.batch_size = batch_size
@@ -168,11 +175,17 @@ class ChunkStream:
         # the clean write rides on the next chunk's first forward (module doc); a pending write is
         # at most one chunk (or one restart anchor), so such a forward holds two chunks
         self.fold_writes = fold_writes and getattr(model.backbone, "folds_writes", False)
+        self.static_shapes = static_shapes or compile is not None
+        self.compile = compile
+        if self.static_shapes and not getattr(model.backbone, "static_shapes", False):
+            raise ValueError(f"static_shapes and compile need a backbone that attends a static cache; "
+                             f"{type(model.backbone).__name__} does not")
+        static = dict(static=True, compile=compile) if self.static_shapes else {}
         self.cache: KVCache = model.backbone.new_cache(
             batch_size=batch_size * num_branches, latent_height=self.latent_height, latent_width=self.latent_width,
             window_frames=window_frames, sink_frames=sink_frames,
             max_new_frames=self.chunk_frames * (2 if self.fold_writes else 1),
-            memory_frames=settings.memory_k if in_cache else 0)
+            memory_frames=settings.memory_k if in_cache else 0, **static)
         # past clean frames by place (docs/design.md §6, memory); None: the last frame alone.
         # "reference" keeps RGB frames to warp, "context" latent frames to write into the cache.
         if not memory_frames:

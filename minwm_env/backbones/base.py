@@ -86,12 +86,20 @@ class KVCache:
     writes see the causal context alone) and never evicted by the rolling window. A row's
     ``m`` memory frames sit right before its context, so in lockstep a reading forward still
     attends to one contiguous slice.
+
+    With ``static`` a forward that keeps no gradient attends through :meth:`static_step`
+    instead: to the whole preallocated buffer, under a key mask of the valid slots, its new K/V
+    written at their slots by index tensors. Every such forward of a given kind (frames, rows)
+    then has the same tensor shapes, whatever the cache holds, so ``torch.compile`` with
+    ``dynamic=False`` (and CUDA graphs) captures it once; ``compile`` names how
+    (:func:`compile_streaming`), read by the backbone. The layout and the bookkeeping are
+    the same as without it, so both kinds of forward may share one cache.
     """
 
     def __init__(self, *, num_layers: int, batch_size: int, num_heads: int, head_dim: int,
                  tokens_per_frame: int, window_frames: int, sink_frames: int, max_new_frames: int,
                  device: torch.device | str, dtype: torch.dtype, streams: tuple[str, ...] = ("main",),
-                 memory_frames: int = 0):
+                 memory_frames: int = 0, static: bool = False, compile=None):
         if window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {window_frames}")
         if sink_frames < 0:
@@ -115,6 +123,14 @@ class KVCache:
         self.row_positions: list[list[int]] = [[] for _ in range(batch_size)]  # cached frames per row, in order
         self.num_frames_written = [0] * batch_size
         self.memory_counts = [0] * batch_size  # memory frames each row holds now
+        self.capacity = capacity
+        self.static = static or compile is not None
+        self.compile = compile  # None: eager; else the torch.compile mode or backend (compile_streaming)
+        if compile is not None:
+            # CUDA graphs keep the buffers' addresses and write into them in place
+            for keys, values in self.streams.values():
+                for buf in keys + values:
+                    torch._dynamo.mark_static_address(buf)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -190,6 +206,40 @@ class KVCache:
         ends = base + torch.tensor(lengths, device=key.device)[:, None] + new
         mask = (slots >= starts) & (slots < ends)
         return out_keys, out_values, mask[:, None, None, :]
+
+    def static_step(self, num_new: int, *, token_mask: torch.Tensor | None = None, memory: bool = False,
+                    device: torch.device | str | None = None) -> "StaticStep | None":
+        """What a forward of ``num_new`` tokens (all rows) attends to in static mode, or None (not
+        static, or a forward that may keep gradients: it takes :meth:`extend`'s path).
+
+        The mask of the valid slots (a row's memory frames when ``memory``, its context, the
+        forward's own slots) and the slots to write are tensors built here from the bookkeeping,
+        before the forward, so a compiled forward holds no Python state. ``token_mask``
+        (num_new, keys) is a streaming frame mask expanded to tokens, over [the cache's frames ;
+        the forward's] (rows in lockstep): the forward's own frames then see what it allows."""
+        if not self.static or torch.is_grad_enabled():
+            return None
+        if num_new > self.max_new_frames * self.tokens_per_frame:
+            raise ValueError(f"a streaming forward may hold at most {self.max_new_frames} frames "
+                             f"({self.max_new_frames * self.tokens_per_frame} tokens), got {num_new} tokens")
+        tpf, base = self.tokens_per_frame, self.base
+        lengths = torch.tensor([len(p) * tpf for p in self.row_positions])
+        recalled = torch.tensor(self.memory_counts) * tpf if memory else torch.zeros_like(lengths)
+        starts = base + lengths  # (b,) where each row's new K/V go
+        index = starts[:, None] + torch.arange(num_new)  # (b, num_new)
+        slots = torch.arange(self.capacity)
+        if token_mask is None:
+            valid = (slots >= base - recalled[:, None]) & (slots < (starts + num_new)[:, None])  # (b, capacity)
+            mask = valid[:, None, None, :]
+        else:
+            keys = int(lengths[0]) + num_new
+            if len(set(lengths.tolist())) != 1 or recalled.any() or token_mask.shape != (num_new, keys):
+                raise ValueError(f"a streaming frame_mask must cover the cache's frames and the forward's "
+                                 f"({keys} keys, rows in lockstep), got {tuple(token_mask.shape)}")
+            mask = torch.zeros(num_new, self.capacity, dtype=torch.bool, device=token_mask.device)
+            mask[:, base:base + keys] = token_mask
+            mask = mask[None, None]
+        return StaticStep(self.streams, index.to(device), mask.to(device), self.compile)
 
     def kept_after_commit(self, num_new: int) -> torch.Tensor:
         """(frames held + num_new,) bool: which of [the frames row 0 holds ; num_new more] a commit
@@ -293,11 +343,46 @@ class MemoryReader:
     def extend(self, layer, key, value, stream="main"):
         return self.cache.extend(layer, key, value, stream, memory=True)
 
+    def static_step(self, num_new: int, *, token_mask=None, device=None) -> "StaticStep | None":
+        return self.cache.static_step(num_new, token_mask=token_mask, memory=True, device=device)
+
     def commit(self, frame_positions):
         raise RuntimeError("a memory-reading forward denoises, it does not write: write through the KVCache")
 
     def frozen(self) -> "FrozenContext":
         return self.cache.frozen(memory=True)
+
+
+class StaticStep:
+    """One static-mode forward's view of a :class:`KVCache` (:meth:`KVCache.static_step`): its
+    K/V go to the precomputed slots and attention reads every slot under the precomputed mask.
+    Nothing here depends on how many frames the cache holds except tensor values."""
+
+    def __init__(self, streams, index: torch.Tensor, mask: torch.Tensor, compile=None):
+        self.streams = streams
+        self.index = index  # (b, L_new) int64 slots of the forward's tokens
+        self.mask = mask  # (b, 1, 1, capacity) or (1, 1, L_new, capacity) bool, True = may attend
+        self.compile = compile
+
+    def extend(self, layer, key, value, stream="main"):
+        keys, values = self.streams[stream][0][layer], self.streams[stream][1][layer]
+        index = self.index[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])
+        keys.scatter_(2, index, key.to(keys.dtype))
+        values.scatter_(2, index, value.to(values.dtype))
+        return keys, values, self.mask
+
+    def commit(self, frame_positions):
+        raise RuntimeError("a static step is one forward's view: commit through the KVCache")
+
+
+def compile_streaming(function, spec):
+    """``torch.compile`` of ``function`` with static shapes, as ``spec`` names it: a mode
+    ("default", "reduce-overhead": CUDA graphs, "max-autotune", "max-autotune-no-cudagraphs") or
+    else a backend (a name such as "aot_eager", or a callable)."""
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if isinstance(spec, str) and spec in modes:
+        return torch.compile(function, mode=spec, dynamic=False, fullgraph=True)
+    return torch.compile(function, backend=spec, dynamic=False, fullgraph=True)
 
 
 class FrozenContext:

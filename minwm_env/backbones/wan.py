@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..conditioning import Conditioning, ConditioningConfig, FrameConditions, apply_frame_transform
 from ..flow import check_prediction_type
-from .base import AttentionContext, CausalBackbone, KVCache, PromptState, expand_frame_mask
+from .base import AttentionContext, CausalBackbone, KVCache, PromptState, compile_streaming, expand_frame_mask
 
 
 def apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -198,6 +198,7 @@ class CausalWan(CausalBackbone):
 
     text_length = 512  # UMT5's max_sequence_length in diffusers' WanPipeline; Wan has no text mask
     folds_writes = True  # forward takes write_frames and a streaming frame_mask (ChunkStream folds clean writes)
+    static_shapes = True  # attends a static cache (KVCache.static_step) and can compile its streaming forward
 
     @property
     def text_dim(self) -> int:
@@ -242,14 +243,16 @@ class CausalWan(CausalBackbone):
         return PromptState(list(keys), list(values))
 
     def new_cache(self, *, batch_size: int, latent_height: int, latent_width: int, window_frames: int,
-                  sink_frames: int, max_new_frames: int, memory_frames: int = 0) -> KVCache:
+                  sink_frames: int, max_new_frames: int, memory_frames: int = 0, static: bool = False,
+                  compile=None) -> KVCache:
         weight = self.transformer.patch_embedding.weight
         return KVCache(num_layers=self.num_layers, batch_size=batch_size, num_heads=self.config.num_attention_heads,
                        head_dim=self.config.attention_head_dim,
                        tokens_per_frame=self.tokens_per_frame(latent_height, latent_width),
                        window_frames=window_frames, sink_frames=sink_frames, max_new_frames=max_new_frames,
                        device=weight.device, dtype=weight.dtype,
-                       streams=("main", "prope") if self.uses_prope else ("main",), memory_frames=memory_frames)
+                       streams=("main", "prope") if self.uses_prope else ("main",), memory_frames=memory_frames,
+                       static=static, compile=compile)
 
     @property
     def conditioning_config(self) -> ConditioningConfig:
@@ -260,7 +263,7 @@ class CausalWan(CausalBackbone):
         return self.conditioning is not None and self.conditioning.prope_out is not None
 
     def _timestep_modulation(self, timestep: torch.Tensor, tokens_per_frame: int,
-                             frame_embedding: torch.Tensor | None = None):
+                             frame_embedding: torch.Tensor | None = None, uniform: bool | None = None):
         """(B, F) timesteps → the output-layer embedding and the blocks' modulation.
 
         A uniform timestep per sample uses diffusers' (B, 6, dim) form; mixed timesteps (per
@@ -269,9 +272,8 @@ class CausalWan(CausalBackbone):
         """
         embedder = self.transformer.condition_embedder
         batch, num_frames = timestep.shape
-        # (Meta tensors, used to count FLOPs, cannot be compared: take the general path.)
-        uniform = frame_embedding is None and (num_frames == 1 or (
-            timestep.device.type != "meta" and bool((timestep == timestep[:, :1]).all())))
+        if uniform is None:
+            uniform = self._uniform(timestep, frame_embedding)
         flat = timestep[:, 0] if uniform else timestep.reshape(-1)
         sinusoid = embedder.timesteps_proj(flat)
         time_dtype = next(embedder.time_embedder.parameters()).dtype
@@ -284,6 +286,13 @@ class CausalWan(CausalBackbone):
         temb = temb.view(batch, num_frames, 1, -1).expand(-1, -1, tokens_per_frame, -1).flatten(1, 2)
         modulation = modulation.view(batch, num_frames, 1, 6, -1).expand(-1, -1, tokens_per_frame, -1, -1)
         return temb, modulation.flatten(1, 2)  # (B, L, dim), (B, L, 6, dim)
+
+    @staticmethod
+    def _uniform(timestep: torch.Tensor, frame_embedding: torch.Tensor | None) -> bool:
+        """Whether every frame of a sample has the same timestep and no frame embedding."""
+        # (Meta tensors, used to count FLOPs, cannot be compared: take the general path.)
+        return frame_embedding is None and (timestep.shape[1] == 1 or (
+            timestep.device.type != "meta" and bool((timestep == timestep[:, :1]).all())))
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, frame_positions: torch.Tensor,
                 prompt: PromptState, *, kv_cache: KVCache | None = None, cache_write: bool = False,
@@ -316,7 +325,14 @@ class CausalWan(CausalBackbone):
         freqs_cos, freqs_sin = self.rotary(frame_positions, post_h, post_w, hidden_states.device)
         mask = None if frame_mask is None else expand_frame_mask(frame_mask.to(hidden_states.device), tokens_per_frame)
         prope = None if branches is None else branches.prope_inputs(conditions, tokens_per_frame, dtype)
-        context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write, prope)
+        # static mode: the masks and slots are built here, the forward below holds no bookkeeping
+        step = getattr(kv_cache, "static_step", None)
+        step = None if step is None else step(num_frames * tokens_per_frame, token_mask=mask,
+                                              device=hidden_states.device)
+        if step is None:
+            context = AttentionContext(freqs_cos, freqs_sin, mask, kv_cache, cache_write, prope)
+        else:
+            context = AttentionContext(freqs_cos, freqs_sin, None, step, cache_write, prope)
 
         if self.reference_channels:
             # the reference enters beside the noisy latent; a clean write (no reference) sees zeros
@@ -328,32 +344,61 @@ class CausalWan(CausalBackbone):
                                      f"the latent, got {reference.shape[1]}")
                 extra = reference.to(hidden_states.dtype).expand(-1, -1, num_frames, -1, -1)
             hidden_states = torch.cat([hidden_states, extra], dim=1)
-        x = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, dim)
-        frame_embedding = None
+        rays = frame_embedding = None
         if branches is not None:
             rays = branches.token_embedding(conditions, height, width, dtype)
-            if rays is not None:
-                x = x + rays
             frame_embedding = branches.frame_embedding(conditions, dtype)
-        temb, modulation = self._timestep_modulation(timestep, tokens_per_frame, frame_embedding)
-        for block in model.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, prompt, modulation, context, use_reentrant=False)
-            else:
-                x = block(x, prompt, modulation, context)
+        uniform = self._uniform(timestep, frame_embedding)
+        residual = reference if self.residual_reference else None
+        if step is None or step.compile is None:
+            out = _transform(self, hidden_states, timestep, uniform, rays, frame_embedding, prompt, context, residual)
+        else:
+            out = _compiled_transform(step.compile)(self, hidden_states, timestep, uniform, rays, frame_embedding,
+                                                    prompt, context, residual)
         if kv_cache is not None and cache_write:
             kv_cache.commit(frame_positions.tolist()[:write_frames])
-
-        table = model.scale_shift_table  # (1, 2, dim)
-        if temb.ndim == 3:
-            shift, scale = (table.unsqueeze(0) + temb.unsqueeze(2)).unbind(2)
-        else:
-            shift, scale = (table + temb.unsqueeze(1)).unbind(1)
-            shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
-        x = (model.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = model.proj_out(x)  # (B, L, C·ph·pw)
-        x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        if self.residual_reference and reference is not None:
-            out = out + reference[:, :out.shape[1]].to(out.dtype)
         return out
+
+
+def _transform(backbone: CausalWan, hidden_states, timestep, uniform: bool, rays, frame_embedding, prompt, context,
+               reference) -> torch.Tensor:
+    """The tensor part of :meth:`CausalWan.forward` (patch embedding, blocks, output head): no
+    bookkeeping, so with a static-mode context it compiles to one graph per forward shape."""
+    model = backbone.transformer
+    batch, _, num_frames, height, width = hidden_states.shape
+    ph, pw = backbone.spatial_patch
+    post_h, post_w = height // ph, width // pw
+    x = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, dim)
+    if rays is not None:
+        x = x + rays
+    temb, modulation = backbone._timestep_modulation(timestep, post_h * post_w, frame_embedding, uniform)
+    for block in model.blocks:
+        if backbone.gradient_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, prompt, modulation, context, use_reentrant=False)
+        else:
+            x = block(x, prompt, modulation, context)
+
+    table = model.scale_shift_table  # (1, 2, dim)
+    if temb.ndim == 3:
+        shift, scale = (table.unsqueeze(0) + temb.unsqueeze(2)).unbind(2)
+    else:
+        shift, scale = (table + temb.unsqueeze(1)).unbind(1)
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    x = (model.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+    x = model.proj_out(x)  # (B, L, C·ph·pw)
+    x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    if reference is not None:
+        out = out + reference[:, :out.shape[1]].to(out.dtype)
+    return out
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_transform(spec):
+    """:func:`_transform` compiled as ``spec`` says (:func:`~minwm_env.backbones.base.compile_streaming`),
+    once per spec: torch.compile's cache then holds a graph per forward shape."""
+    if spec not in _COMPILED:
+        _COMPILED[spec] = compile_streaming(_transform, spec)
+    return _COMPILED[spec]
