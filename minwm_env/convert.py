@@ -803,6 +803,7 @@ def convert_minwm(checkpoint_path: str | Path, out_folder: str | Path, *, family
         shutil.rmtree(staging)
     try:
         model.save_pretrained(staging)
+        notes += _link_text_parts(Path(base), staging)
         report = ConversionReport(
             family=detected, source=str(Path(checkpoint_path)), out=str(out), checkpoint_keys=len(state),
             transformer_keys=len(mapped.transformer), conditioning_keys=len(mapped.conditioning),
@@ -820,6 +821,21 @@ def convert_minwm(checkpoint_path: str | Path, out_folder: str | Path, *, family
         if staging.exists():
             shutil.rmtree(staging)
     return report
+
+
+TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+def _link_text_parts(base: Path, out: Path) -> list[str]:
+    """Symlink the base folder's text encoders and tokenizers into the converted folder (they are
+    the base's, unchanged, and several GB: linked, not copied), so string prompts work with it
+    (minwm_env/text.py). Returns notes for the report."""
+    linked = []
+    for name in TEXT_PARTS:
+        if (base / name).is_dir() and not (out / name).exists():
+            (out / name).symlink_to((base / name).resolve(), target_is_directory=True)
+            linked.append(name)
+    return [f"linked the base's {', '.join(linked)} (string prompts; move the base and the links break)"] if linked else []
 
 
 # ---------------------------------------------------------------------------------------------

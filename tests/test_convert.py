@@ -12,6 +12,7 @@ problem.
 
 import json
 import math
+import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -417,6 +418,21 @@ def test_converted_wan_runs_in_the_env(wan):
     step[..., 2] = 0.08  # forward, minWM's "w"
     obs, *_ = env.step(step)
     assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+
+
+def test_the_base_text_encoder_and_tokenizer_are_linked_not_copied(wan, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(wan["root"] / "base", base)
+    for part in ("text_encoder", "tokenizer"):
+        (base / part).mkdir()
+        (base / part / "config.json").write_text(f'{{"part": "{part}"}}')
+    report = convert_minwm(wan["root"] / "model.pt", tmp_path / "out", base=base, settings=TINY_SETTINGS)
+    for part in ("text_encoder", "tokenizer"):
+        link = tmp_path / "out" / part
+        assert link.is_symlink() and link.resolve() == (base / part).resolve()
+        assert json.loads((link / "config.json").read_text()) == {"part": part}
+    assert any("linked the base's text_encoder, tokenizer" in note for note in report.notes)
+    assert not (wan["out"] / "text_encoder").exists()  # a base without them: nothing linked
 
 
 def test_fsdp_wrapped_keys_and_the_raw_generator_entry_convert_alike(wan, tmp_path):
