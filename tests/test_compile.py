@@ -68,14 +68,14 @@ def test_static_cache_with_branches_guidance_memory_and_rows_out_of_lockstep():
     per-row mask, no fold); a PRoPE branch with view memory in the cache (a memory-reading mask)."""
     model = build_preset("tiny", conditioning=ConditioningConfig(camera="plucker"), chunk_frames=2)
     randomize_(model.backbone)
-    guided = dict(chunks=5, window=3, sink=1, sampler=EulerSampler(num_steps=2, guidance_scale=3.0), restart=2)
+    guided = dict(chunks=4, window=3, sink=1, sampler=EulerSampler(num_steps=2, guidance_scale=3.0), restart=2)
     eager, _, _ = _rollout(model, **guided)
     static, _, _ = _rollout(model, **guided, static_shapes=True)
     torch.testing.assert_close(static, eager, **TOL)
     memory = build_preset("tiny", conditioning=ConditioningConfig(camera="prope"), memory_mode="context",
                           memory_frames=8, memory_k=2, chunk_frames=2)
     randomize_(memory.backbone)
-    back = dict(chunks=4, window=1, sink=1, yaws=[6.0, 6.0, -6.0, -6.0])  # turning back recalls frames
+    back = dict(chunks=4, batch=1, window=1, sink=1, yaws=[6.0, 6.0, -6.0, -6.0])  # turning back recalls frames
     eager, reference, _ = _rollout(memory, **back)
     static, stream, _ = _rollout(memory, **back, static_shapes=True)
     assert stream.stream.num_memory_writes == reference.stream.num_memory_writes > 0
