@@ -206,6 +206,51 @@ def diff_drive_action_spec(max_speed: float = 0.16, max_turn_deg: float = 6.0) -
                       units=("units/frame", "deg/frame"), description="differential drive [v, ω]", name="diff-drive")
 
 
+# minWM / WorldPlay's discrete action label (HunyuanVideo-1.5 ``action_in``): 9 translation classes
+# × 9 rotation classes, label = 9 · translation + rotation, 0 = no motion. The class of a flag set
+# (forward/back/right/left or yaw right/left/pitch up/down), in minWM's table order:
+_LABEL_CLASSES = {(0, 0, 0, 0): 0, (1, 0, 0, 0): 1, (0, 1, 0, 0): 2, (0, 0, 1, 0): 3, (0, 0, 0, 1): 4,
+                  (1, 0, 1, 0): 5, (1, 0, 0, 1): 6, (0, 1, 1, 0): 7, (0, 1, 0, 1): 8}
+LABEL_MOVE_THRESHOLD = 0.01  # scene units: a smaller translation is no translation
+LABEL_TURN_THRESHOLD_DEG = 0.05
+
+
+def is_minwm_label_spec(spec: ActionSpec | None) -> bool:
+    """Whether ``spec`` is minWM's 81-way discrete action label (a converted ``action_in``)."""
+    return (spec is not None and spec.discrete and spec.names == ("minwm_action",) and spec.low == (0.0,)
+            and spec.high == (80.0,))
+
+
+def minwm_action_labels(deltas) -> torch.Tensor:
+    """(..., 6) camera deltas → (..., 1) float labels in minWM's 81-way action space, by the rule
+    its training data uses (minWM ``HY15/trainer/dataset_camera/action_utils.py``
+    ``discretize_poses_to_actions``; WorldPlay's ``pose_to_input`` is the same): from the relative
+    pose ``T`` of the step, the translation ``t = T[:3, 3]`` counts as forward / back when its
+    unit vector's z exceeds ±cos 60°, right / left likewise on x (y is ignored), none when
+    ``|t| <= 0.01``; the rotation's extrinsic x-y-z Euler angles give yaw right / left (y) and
+    pitch up / down (x) beyond ±0.05°; roll is ignored. (minWM's pose-string path labels ``a``
+    and ``d`` the other way round; the labels its models were trained on are these.)"""
+    transform = cam.delta_to_matrix(deltas)
+    t = transform[..., :3, 3]
+    norm = t.norm(dim=-1, keepdim=True)
+    unit = t / norm.clamp_min(1e-12)
+    moving = norm[..., 0] > LABEL_MOVE_THRESHOLD
+    r = transform[..., :3, :3]
+    pitch = torch.rad2deg(torch.atan2(r[..., 2, 1], r[..., 2, 2]))  # about x
+    yaw = torch.rad2deg(torch.asin((-r[..., 2, 0]).clamp(-1, 1)))  # about y
+    flags_t = torch.stack([moving & (unit[..., 2] > 0.5), moving & (unit[..., 2] < -0.5),
+                           moving & (unit[..., 0] > 0.5), moving & (unit[..., 0] < -0.5)], dim=-1)
+    flags_r = torch.stack([yaw > LABEL_TURN_THRESHOLD_DEG, yaw < -LABEL_TURN_THRESHOLD_DEG,
+                           pitch > LABEL_TURN_THRESHOLD_DEG, pitch < -LABEL_TURN_THRESHOLD_DEG], dim=-1)
+
+    def classes(flags):
+        out = torch.zeros(flags.shape[:-1], dtype=torch.long)
+        for key, value in _LABEL_CLASSES.items():
+            out[(flags.long() == torch.tensor(key)).all(-1)] = value
+        return out
+    return (9 * classes(flags_t) + classes(flags_r)).unsqueeze(-1).float()
+
+
 def _arm_action_spec() -> ActionSpec:
     from .world.arm import arm_action_spec  # MuJoCo's arm world, imported only when asked for
     return arm_action_spec()

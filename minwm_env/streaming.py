@@ -54,7 +54,8 @@ import torch
 
 from . import camera
 from .backbones import KVCache, PromptState, causal_frame_mask
-from .conditioning import ActionSpec, FrameConditions, camera_action_spec
+from .conditioning import (ActionSpec, FrameConditions, camera_action_spec, is_minwm_label_spec,
+                           minwm_action_labels)
 from .memory import ViewMemory
 from .samplers import Sampler
 from .warp import warp_image
@@ -152,6 +153,11 @@ class ChunkStream:
                              f"codec is {type(model.codec).__name__}")
         config = model.backbone.conditioning_config
         self.action_spec: ActionSpec = config.action_spec or camera_action_spec()
+        # minWM's HunyuanVideo-1.5 with both PRoPE and action_in: the env takes camera deltas, the
+        # poses go to PRoPE and each delta's 81-way label to the action branch (labels_from_deltas)
+        self.labels_from_deltas = config.uses_camera and is_minwm_label_spec(config.action_spec)
+        if self.labels_from_deltas:
+            self.action_spec = camera_action_spec()
         self.tracks_camera = self.action_spec.names == camera.DELTA_NAMES
         if config.uses_camera and not self.tracks_camera:
             raise ValueError(f"camera conditioning ({config.camera}) needs camera-delta actions, the model's "
@@ -297,6 +303,8 @@ class ChunkStream:
         """The branches' per-frame inputs for frames posed ``c2w`` (B, F, 4, 4) under ``actions``."""
         if self.model.backbone.conditioning is None:
             return None
+        if self.labels_from_deltas:
+            actions = minwm_action_labels(actions.double())
         device = self.model.device
         batch, frames = actions.shape[:2]
         intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float32).expand(batch, frames, 4)

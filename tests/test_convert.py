@@ -29,6 +29,8 @@ from minwm_env.backbones import CausalHunyuan15
 from minwm_env.conditioning import ActionSpec, ConditioningConfig, FrameConditions
 from minwm_env.convert import (PROVENANCE_FILE, ConversionError, convert_minwm, main, minwm_action_spec,
                                read_minwm_checkpoint)
+from minwm_env.conditioning import minwm_action_labels
+from minwm_env.pose_strings import KEY_DELTAS
 from minwm_env.models import PRESETS, ModelSettings, WorldModel, build_preset, load_model
 
 TINY_SETTINGS = {"height": 64, "width": 64}
@@ -588,6 +590,38 @@ def test_hy15_variants_run_in_the_env(hy15, tmp_path):
     env.reset(seed=0)
     obs, *_ = env.step(np.array([10]))  # forward + turn right: 9·1 + 1
     assert obs.shape == (64, 64, 3)
+
+
+def test_minwm_labels_follow_the_rule_its_training_data_used():
+    """minWM's pose rule (action_utils.py, discretize_poses_to_actions): w 9, s 18, d 27, a 36;
+    l 1, j 2, i 3, k 4; below 0.01 units and 0.05° nothing; combinations add up (9·t + r)."""
+    keys = {"w": 9, "s": 18, "d": 27, "a": 36, "l": 1, "j": 2, "i": 3, "k": 4, "stay": 0, "u": 0, "dn": 0}
+    deltas = torch.tensor([KEY_DELTAS[k] for k in keys], dtype=torch.float64)
+    assert minwm_action_labels(deltas)[:, 0].tolist() == list(keys.values())
+    combined = torch.tensor([[0.08, 0, 0.08, 3, -3, 0], [-0.08, 0, -0.08, -3, 3, 0], [0.005, 0, 0, 0.04, -0.04, 5]],
+                            dtype=torch.float64)
+    # forward+right & right+down: 9·5 + 6; back+left & left+up: 9·8 + 7; too small to count (roll ignored)
+    assert minwm_action_labels(combined)[:, 0].tolist() == [51, 79, 0]
+
+
+def test_hy15_with_prope_and_action_in_streams_from_camera_deltas(hy15):
+    """The converted model with both branches takes camera deltas: PRoPE gets the poses, the
+    action branch minWM's label of each delta."""
+    env = gym.make("minwm/World-v0", model=str(hy15["out"]), num_threads=1)
+    assert env.action_space.shape == (6,)
+    stream = env.unwrapped._world.generator.stream
+    deltas = torch.tensor([[KEY_DELTAS["d"], KEY_DELTAS["a"]]], dtype=torch.float32)
+    env.reset(seed=0)
+    plan = stream.plan(deltas.expand(1, stream.chunk_frames, 6) if stream.chunk_frames == 2 else
+                       deltas[:, :1].expand(1, stream.chunk_frames, 6))
+    assert plan.conditions.actions[0, :, 0].tolist() == ([27.0, 36.0] if stream.chunk_frames == 2 else
+                                                           [27.0] * stream.chunk_frames)
+    right, *_ = env.step(np.array(KEY_DELTAS["d"], np.float32))
+    env.reset(seed=0)
+    left, *_ = env.step(np.array(KEY_DELTAS["a"], np.float32))
+    assert np.abs(right.astype(int) - left.astype(int)).max() > 0
+    with pytest.raises(ValueError, match="outside its bounds"):
+        env.step(np.array([0, 0, 0, 30, 0, 0], np.float32))
 
 
 def test_full_size_maps_cover_minwms_real_architectures():
