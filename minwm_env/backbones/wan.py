@@ -301,7 +301,9 @@ class CausalWan(CausalBackbone):
         """See :meth:`CausalBackbone.forward`. In streaming mode ``frame_mask`` (F, C + F) may
         cover [the cache's C frames ; the forward's F] (rows in lockstep), and ``cache_write``
         with ``write_frames`` = n keeps only the first n frames: a clean write folded into a
-        denoising forward (docs/design.md §6)."""
+        denoising forward (docs/design.md §6). A static cache (``KVCache(static=True)``, forwards
+        without gradients) is attended through :meth:`KVCache.static_step`, built here, and its
+        ``compile`` option runs the tensor part compiled (:func:`_transform`)."""
         batch, channels, num_frames, height, width = hidden_states.shape
         if self.residual_reference and reference is None and not cache_write:
             raise ValueError("this model predicts a residual on a reference frame: pass reference "
@@ -355,6 +357,9 @@ class CausalWan(CausalBackbone):
         else:
             out = _compiled_transform(step.compile)(self, hidden_states, timestep, uniform, rays, frame_embedding,
                                                     prompt, context, residual)
+            # with CUDA graphs the output lives in the graph's memory, overwritten by its next replay
+            # (the sampler's next step): a latent-sized copy keeps it
+            out = out.clone()
         if kv_cache is not None and cache_write:
             kv_cache.commit(frame_positions.tolist()[:write_frames])
         return out
