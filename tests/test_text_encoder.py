@@ -97,6 +97,31 @@ def test_string_prompt_in_the_env_equals_its_embeddings(folder):
     venv.close()
 
 
+def test_guidance_gets_the_encoded_empty_prompt_as_its_negative_as_wan_pipeline_does(folder, pipeline):
+    from minwm_env.samplers import EulerSampler
+
+    encoder = WanTextEncoder.from_pretrained(folder)
+    with torch.no_grad():
+        _, negative = pipeline.encode_prompt("a sunny street", negative_prompt=None, do_classifier_free_guidance=True,
+                                             max_sequence_length=512, device="cpu")
+    assert torch.equal(negative, encoder.encode(""))  # WanPipeline's default negative prompt is ""
+    env = gym.make("minwm/World-v0", model=str(folder), obs_mode="latent",
+                   sampler=EulerSampler(num_steps=2, shift=5.0, guidance_scale=3.0))
+
+    def first_step(options):
+        env.reset(seed=0, options=options)
+        return env.step(FORWARD)[0]
+
+    by_text = first_step({"prompt": "a sunny street"})
+    embeds = encoder.encode("a sunny street")[0]
+    assert np.array_equal(first_step({"prompt": embeds, "negative_prompt": encoder.encode("")[0]}), by_text)
+    assert not np.allclose(first_step({"prompt": embeds}), by_text, atol=1e-5)  # zeros are not the empty prompt
+    other = first_step({"prompt": "a sunny street", "negative_prompt": "a rainy road"})
+    assert np.array_equal(first_step({"prompt": embeds, "negative_prompt": encoder.encode("a rainy road")[0]}), other)
+    assert not np.allclose(other, by_text, atol=1e-5)
+    env.close()
+
+
 def test_a_model_without_a_text_encoder_says_what_is_needed(folder, tmp_path):
     env = gym.make("minwm/World-v0", model="tiny")
     env.reset(seed=0)

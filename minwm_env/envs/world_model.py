@@ -34,7 +34,7 @@ from .common import Seconds, action_space, check_options, chunk_actions, observa
 from .ground_truth import _PyRandom
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RESET_OPTIONS = ("image", "prompt")
+RESET_OPTIONS = ("image", "prompt", "negative_prompt")
 
 
 def resolve_model(model: str | WorldModel, device, dtype) -> WorldModel:
@@ -165,6 +165,16 @@ class _World:
         self.last_frames: np.ndarray | None = None  # (N, H, W, 3)
         self.frame_index = np.zeros(num_envs, dtype=np.int64)
 
+    def prompt_options(self, options: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The episode's prompt and negative prompt embeddings from the reset options. A sampler
+        with guidance and a string prompt get the encoded empty prompt as the negative one when
+        none is given, as diffusers' WanPipeline does."""
+        prompt = check_prompt(options.get("prompt"), self.text_dim, self.prompts)
+        negative = options.get("negative_prompt")
+        if negative is None and isinstance(options.get("prompt"), str) and self.generator.num_branches == 2:
+            negative = ""
+        return prompt, check_prompt(negative, self.text_dim, self.prompts)
+
     def start_images(self, images, np_randoms) -> tuple[np.ndarray, list]:
         """Checked start images (N, H, W, 3) uint8, rendered where none is given."""
         out, poses = [], []
@@ -250,6 +260,8 @@ class WorldModelEnv(gym.Env):
     ``pip install "minwm[text]"``: the folder's UMT5 is loaded on the first string, on the
     model's device and dtype, and each distinct prompt is encoded once, exactly as diffusers'
     WanPipeline does (:mod:`minwm_env.text`); the vector env takes one prompt for all envs.
+    ``"negative_prompt"`` (a string or embeddings) is what a sampler with guidance steers away
+    from; with a string prompt it defaults to the encoded empty prompt, as in WanPipeline.
     A string for a model without a text encoder (a preset, the shipped default) raises.
     Without an image, a start view is rendered from the ground-truth world (``start_scene``:
     a scene name, or "arm"; default: the arm world for a model of the pusher arm, else "room")
@@ -322,11 +334,11 @@ class WorldModelEnv(gym.Env):
     def _reset(self, options: dict | None):
         options = check_options(options, RESET_OPTIONS)
         world = self._world
-        prompt = check_prompt(options.get("prompt"), world.text_dim, world.prompts)
+        prompt, negative = world.prompt_options(options)
         images, poses = world.start_images([options.get("image")], [self.np_random])
         noise_seed = int(self.np_random.integers(2**62))
         first = world.generator.reset(seed=noise_seed, image=world.to_model_images(images), prompt_embeds=prompt,
-                                      decode=False)
+                                      negative_prompt_embeds=negative, decode=False)
         del first
         world.last_frames = images
         world.frame_index[:] = 0
@@ -434,9 +446,9 @@ class WorldModelVectorEnv(VectorEnv):
         images_opt = options.get("image")
         if images_opt is not None and len(images_opt) != len(rows):
             raise ValueError(f"options['image'] must hold one image per reset env ({len(rows)}), got {len(images_opt)}")
-        if options.get("prompt") is not None and mask is not None:
+        if (options.get("prompt") is not None or options.get("negative_prompt") is not None) and mask is not None:
             raise ValueError("a prompt is set for all envs at a full reset, not with reset_mask")
-        prompt = check_prompt(options.get("prompt"), world.text_dim, world.prompts)
+        prompt = world.prompt_options(options)
         self._seed_rows(rows, seed)
         images, poses = world.start_images(images_opt if images_opt is not None else None,
                                            [self._np_randoms[r] for r in rows])
@@ -444,12 +456,13 @@ class WorldModelVectorEnv(VectorEnv):
         infos = {r: world.reset_info(r, images[k], poses[k]) for k, r in enumerate(rows)}
         return obs, stack_infos(infos, self.num_envs)
 
-    def _reset_rows(self, rows: list[int], images: np.ndarray, prompt=None) -> np.ndarray:
+    def _reset_rows(self, rows: list[int], images: np.ndarray, prompt=(None, None)) -> np.ndarray:
         world = self._world
         noise_seeds = [int(self._np_randoms[r].integers(2**62)) for r in rows]
         tensors = world.to_model_images(images)
         if len(rows) == self.num_envs:
-            world.generator.reset(seed=noise_seeds, image=tensors, prompt_embeds=prompt, decode=False)
+            world.generator.reset(seed=noise_seeds, image=tensors, prompt_embeds=prompt[0],
+                                  negative_prompt_embeds=prompt[1], decode=False)
             world.last_frames = images.copy()
         else:
             world.generator.reset_rows(rows, noise_seeds, tensors, decode=False)
