@@ -112,3 +112,20 @@ def test_static_shapes_need_a_backbone_that_has_them():
     model = build_preset("tiny-hy15")
     with pytest.raises(ValueError, match="static cache"):
         model.stream(static_shapes=True)
+
+
+def test_the_env_takes_compile_and_streams_as_eager():
+    import gymnasium as gym
+    import numpy as np
+
+    import minwm_env  # noqa: F401
+
+    def steps(**kwargs):
+        env = gym.make("minwm/World-v0", model="tiny", obs_mode="latent", num_threads=1, **kwargs)
+        env.reset(seed=0)
+        out = [env.step(np.array([0, 0, 0.08, 3 * k, 0, 0], np.float32))[0] for k in range(-1, 2)]
+        env.close()
+        return out
+
+    for eager, compiled in zip(steps(), steps(compile="aot_eager")):
+        np.testing.assert_allclose(compiled, eager, **TOL)

@@ -139,13 +139,14 @@ class _World:
     """What the single and the vector env share: a batched generator and per-row bookkeeping."""
 
     def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                 num_threads, memory=None, action_spec=None):
+                 num_threads, memory=None, action_spec=None, compile=None):
         self.num_threads = chosen_threads(num_threads)  # None: torch's as they are (minwm_env.threads)
         with torch_threads(self.num_threads):
             self.model = resolve_model(model, device, dtype)
         settings = self.model.settings
         self.height, self.width = settings.height, settings.width
         self.generator = StreamingGenerator(self.model, sampler, batch_size=num_envs, window_frames=window_frames,
+                                            compile=compile,
                                             sink_frames=sink_frames, memory_frames=memory_frames(memory, settings))
         self.spec = self.generator.action_spec
         if action_spec is not None:  # the space the caller expects: the model's, or a clear error
@@ -287,6 +288,9 @@ class WorldModelEnv(gym.Env):
     :mod:`minwm_env.threads`), ``memory`` (past frames kept by place to fill what the last
     frame never saw, so a place looked at again comes back: None, the model's own setting;
     True or False; or a number of frames; reset clears it, vector rows keep their own),
+    ``compile`` (None; a ``torch.compile`` mode such as "reduce-overhead" for CUDA graphs on a
+    GPU, or a backend name: the backbone's streaming forward on a static-shape cache, compiled
+    once per shape — two graphs in the first chunk, three from then on),
     ``action_spec`` (the action space you expect — a name, a spec file or an ``ActionSpec``;
     the model's own space is always used, and one that differs raises, naming both).
 
@@ -312,11 +316,11 @@ class WorldModelEnv(gym.Env):
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
                  sampler=None, start_scene: str | None = None, window_frames: int | None = None,
                  sink_frames: int | None = None, num_threads: int | None = None, memory: bool | int | None = None,
-                 action_spec=None):
+                 action_spec=None, compile=None):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads, memory, action_spec)
+                             num_threads, memory, action_spec, compile)
         self.action_space = self._world.action_space
         self.observation_space = self._world.observation_space
         self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
@@ -403,11 +407,11 @@ class WorldModelVectorEnv(VectorEnv):
                  render_mode: str | None = "rgb_array", sampler=None, start_scene: str | None = None,
                  window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None,
                  num_threads: int | None = None, memory: bool | int | None = None,
-                 action_spec=None):
+                 action_spec=None, compile=None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads, memory, action_spec)
+                             num_threads, memory, action_spec, compile)
         self.num_envs = num_envs
         self.single_action_space = self._world.action_space
         self.single_observation_space = self._world.observation_space
