@@ -6,7 +6,8 @@
 #
 # Writes OUT/suite.json (default outputs/gpu_suite): the latency table (first chunk of the
 # bidirectional 50-step CFG sampler vs AR multi-step vs AR few-step, with and without the VAE),
-# steady chunks 5 and 200, decoded frames/s and peak memory (benchmarks/latency.py); folded vs
+# steady chunks 5 and 200, decoded frames/s and peak memory (benchmarks/latency.py), again with the
+# static-shape cache and a compiled forward (CUDA graphs: --compile reduce-overhead); folded vs
 # separate clean writes per steady chunk (benchmarks/fold_writes.py); parameters and FLOP
 # ratios on meta tensors (benchmarks/flops.py). Each step has its own time limit so the whole
 # suite stays under 10 minutes on a GPU; a step that fails or runs out is recorded as such and
@@ -33,6 +34,9 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, note its st
 if [ "$MODE" = gpu ]; then
   step latency_wan 240 "$PY" benchmarks/latency.py --preset wan21-1.3b --device cuda --dtype bfloat16 \
     --json "$OUT/latency_wan.json"
+  step latency_wan_compiled 150 "$PY" benchmarks/latency.py --preset wan21-1.3b --device cuda --dtype bfloat16 \
+    --compile reduce-overhead --clip-frames 17 --bidir-steps 4 --late-chunk 50 --no-flops \
+    --json "$OUT/latency_wan_compiled.json"
   step fold_wan 90 "$PY" benchmarks/fold_writes.py --model wan21-1.3b --device cuda --dtype bfloat16 --chunks 20 \
     --json "$OUT/fold_wan.json"
   step flops 60 "$PY" benchmarks/flops.py --json "$OUT/flops.json"
@@ -41,6 +45,8 @@ if [ "$MODE" = gpu ]; then
 else
   step latency_wan 300 "$PY" benchmarks/latency.py --preset tiny --early-chunk 2 --late-chunk 6 \
     --clip-frames 17 --bidir-steps 4 --no-flops --json "$OUT/latency_wan.json"
+  step latency_wan_compiled 120 "$PY" benchmarks/latency.py --preset tiny --compile aot_eager --early-chunk 2 \
+    --late-chunk 4 --clip-frames 9 --bidir-steps 2 --no-flops --json "$OUT/latency_wan_compiled.json"
   step fold_wan 120 "$PY" benchmarks/fold_writes.py --model tiny --chunks 3 --json "$OUT/fold_wan.json"
   step flops 120 "$PY" benchmarks/flops.py --presets wan21-1.3b --json "$OUT/flops.json"
 fi

@@ -50,6 +50,9 @@ class Args:
     flops_preset: str = arg("wan21-1.3b", "preset whose architecture the FLOPs are counted for")
     json: str | None = arg(None, "write the figures to this JSON file")
     seed: int = arg(0, "noise seed")
+    compile: str | None = arg(None, "stream on the static-shape cache with a compiled forward: a torch.compile mode "
+                                    "(reduce-overhead: CUDA graphs) or backend (aot_eager); the bidirectional "
+                                    "baseline stays eager")
 
 
 def run(args: Args) -> dict:
@@ -62,19 +65,21 @@ def run(args: Args) -> dict:
     multistep = EulerSampler(num_steps=args.bidir_steps, shift=settings.shift, guidance_scale=args.guidance)
     fewstep = FewStepSampler(timesteps=settings.sampler_timesteps, shift=settings.shift)
 
-    profiling.first_chunk_autoregressive(model, fewstep, seed=args.seed)  # warm-up (allocations, kernels)
+    compiled = {"compile": args.compile}
+    for sampler in (fewstep, multistep) if args.compile else (fewstep,):  # warm-up (allocations, kernels, graphs)
+        profiling.first_chunk_autoregressive(model, sampler, seed=args.seed, **compiled)
     profiling.reset_peak_memory(device)
     bidir = profiling.first_chunk_bidirectional(model, multistep, num_latent, settings.chunk_frames, args.seed)
-    ar_multi = profiling.first_chunk_autoregressive(model, multistep, seed=args.seed)
-    ar_few = profiling.first_chunk_autoregressive(model, fewstep, seed=args.seed)
+    ar_multi = profiling.first_chunk_autoregressive(model, multistep, seed=args.seed, **compiled)
+    ar_few = profiling.first_chunk_autoregressive(model, fewstep, seed=args.seed, **compiled)
     total = args.early_chunk + args.late_chunk + 2
     with tqdm(total=total, desc="streaming", file=sys.stderr, leave=False, disable=None) as bar:
         streaming = profiling.measure_streaming(model, early_chunk=args.early_chunk, late_chunk=args.late_chunk,
-                                                seed=args.seed, progress=bar)
+                                                seed=args.seed, progress=bar, **compiled)
     peak_gb, peak_kind = profiling.peak_memory_gb(device)
 
     result = {
-        "preset": args.preset, "device": str(device), "dtype": args.dtype,
+        "preset": args.preset, "device": str(device), "dtype": args.dtype, "compile": args.compile,
         "machine": profiling.machine_description(device), "date": profiling.now_utc(),
         "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
         "height": settings.height, "width": settings.width, "clip_frames": args.clip_frames,

@@ -37,8 +37,8 @@ def first_chunk_bidirectional(model: WorldModel, sampler: EulerSampler, num_late
     return FirstChunk(timings["denoise"], timings["total"])
 
 
-def first_chunk_autoregressive(model: WorldModel, sampler, seed: int = 0) -> FirstChunk:
-    generator = StreamingGenerator(model, sampler)
+def first_chunk_autoregressive(model: WorldModel, sampler, seed: int = 0, compile=None) -> FirstChunk:
+    generator = StreamingGenerator(model, sampler, compile=compile)
     generator.reset(seed=seed)
     out = generator.next_chunk(decode=True)
     return FirstChunk(out.timings["time/denoise_s"], out.timings["time/chunk_s"])
@@ -73,14 +73,14 @@ class Streaming:
 
 
 def measure_streaming(model: WorldModel, *, early_chunk: int = 5, late_chunk: int = 200, halfwidth: int = 4,
-                      batch_size: int = 1, seed: int = 0, progress=None) -> Streaming:
+                      batch_size: int = 1, seed: int = 0, progress=None, compile=None) -> Streaming:
     """Few-step streaming cost early and late in an episode, measured fairly on a noisy machine.
 
     Two generators run side by side: one is first advanced (untimed, decoding) to just before
     ``late_chunk``; then the chunks around ``early_chunk`` of one and around ``late_chunk`` of
     the other are timed alternately, so drifts in machine load hit both alike.
     """
-    early, late = (StreamingGenerator(model, batch_size=batch_size) for _ in range(2))
+    early, late = (StreamingGenerator(model, batch_size=batch_size, compile=compile) for _ in range(2))
     early.reset(seed=seed)
     late.reset(seed=seed)
     for generator, target in ((early, early_chunk), (late, late_chunk)):

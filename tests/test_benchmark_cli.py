@@ -38,7 +38,10 @@ def test_gpu_suite_runs_its_cpu_path_and_writes_one_json(tmp_path):
                           text=True, timeout=900, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     suite = json.loads((out / "suite.json").read_text())
-    assert suite["mode"] == "cpu" and set(suite["steps"]) == {"latency_wan", "fold_wan", "flops"}
+    assert suite["mode"] == "cpu" and set(suite["steps"]) == {"latency_wan", "latency_wan_compiled", "fold_wan",
+                                                              "flops"}
+    compiled = suite["steps"]["latency_wan_compiled"]["result"]
+    assert compiled["compile"] == "aot_eager" and compiled["frames_per_s"] > 0
     assert all(step["exit"] == 0 and step["result"] for step in suite["steps"].values())
     fold = suite["steps"]["fold_wan"]["result"]
     # the fold saves one backbone forward per steady chunk at the same FLOPs (within the mask's bookkeeping)
