@@ -9,7 +9,8 @@
 # steady chunks 5 and 200, decoded frames/s and peak memory (benchmarks/latency.py), again with the
 # static-shape cache and a compiled forward (CUDA graphs: --compile reduce-overhead); folded vs
 # separate clean writes per steady chunk (benchmarks/fold_writes.py); parameters and FLOP
-# ratios on meta tensors (benchmarks/flops.py). Each step has its own time limit so the whole
+# ratios on meta tensors (benchmarks/flops.py); the memory plan of the env's stream against
+# 16 GiB, computed on meta tensors (benchmarks/memory_plan.py). Each step has its own time limit so the whole
 # suite stays under 10 minutes on a GPU; a step that fails or runs out is recorded as such and
 # the others still run. BENCHMARKS.md says how its figures were taken.
 set -uo pipefail
@@ -40,6 +41,7 @@ if [ "$MODE" = gpu ]; then
   step fold_wan 90 "$PY" benchmarks/fold_writes.py --model wan21-1.3b --device cuda --dtype bfloat16 --chunks 20 \
     --json "$OUT/fold_wan.json"
   step flops 60 "$PY" benchmarks/flops.py --json "$OUT/flops.json"
+  step memory_plan 180 "$PY" benchmarks/memory_plan.py --json "$OUT/memory_plan.json"
   step latency_hy15 180 "$PY" benchmarks/latency.py --preset hy15-8b --device cuda --dtype bfloat16 \
     --clip-frames 121 --bidir-steps 50 --late-chunk 50 --no-flops --json "$OUT/latency_hy15.json"
 else
@@ -49,6 +51,7 @@ else
     --late-chunk 4 --clip-frames 9 --bidir-steps 2 --no-flops --json "$OUT/latency_wan_compiled.json"
   step fold_wan 120 "$PY" benchmarks/fold_writes.py --model tiny --chunks 3 --json "$OUT/fold_wan.json"
   step flops 120 "$PY" benchmarks/flops.py --presets wan21-1.3b --json "$OUT/flops.json"
+  step memory_plan 120 "$PY" benchmarks/memory_plan.py --no-variants --json "$OUT/memory_plan.json"
 fi
 "$PY" - "$OUT" "$MODE" "${STEPS[@]}" <<'PYEOF'
 import json, sys, time

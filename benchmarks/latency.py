@@ -95,6 +95,13 @@ def run(args: Args) -> dict:
         "chunk200_over_chunk5": streaming.late_over_early,
         "chunk200_over_chunk5_no_vae": streaming.late_over_early_no_vae,
         "frames_per_s": streaming.frames_per_s,
+        # per steady chunk (chunks around both timed points): the transformer (denoise + cache
+        # write) against the VAE's streaming decode (the chunk's time minus the transformer's)
+        "split_per_chunk_s": {
+            "transformer_s": statistics.median(streaming.early_no_vae_s + streaming.late_no_vae_s),
+            "vae_decode_s": statistics.median([total - nv for total, nv in zip(
+                streaming.early_s + streaming.late_s, streaming.early_no_vae_s + streaming.late_no_vae_s)]),
+        },
         "first_frame_s": ar_few.with_vae_s,
         "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind,
     }

@@ -39,7 +39,7 @@ def test_gpu_suite_runs_its_cpu_path_and_writes_one_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     suite = json.loads((out / "suite.json").read_text())
     assert suite["mode"] == "cpu" and set(suite["steps"]) == {"latency_wan", "latency_wan_compiled", "fold_wan",
-                                                              "flops"}
+                                                              "flops", "memory_plan"}
     compiled = suite["steps"]["latency_wan_compiled"]["result"]
     assert compiled["compile"] == "aot_eager" and compiled["frames_per_s"] > 0
     assert all(step["exit"] == 0 and step["result"] for step in suite["steps"].values())
@@ -57,3 +57,7 @@ def test_gpu_suite_runs_its_cpu_path_and_writes_one_json(tmp_path):
     wan = suite["steps"]["flops"]["result"]["results"]["wan21-1.3b"]
     # 50 CFG steps over 21 latent frames against 4 steps over a 4-frame chunk, at 480x832
     assert wan["parameters"] > 1e9 and 150 < wan["ratio_bidir_over_ar_fewstep"] < 600
+    split = latency["split_per_chunk_s"]
+    assert split["transformer_s"] > 0 and split["vae_decode_s"] > 0
+    plan = suite["steps"]["memory_plan"]["result"]["plan"]
+    assert plan["cache_bytes"] == plan["cache_formula_bytes"] and plan["total_bytes"] > 0
