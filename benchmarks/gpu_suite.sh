@@ -47,7 +47,7 @@ if [ "$MODE" = gpu ]; then
 else
   step latency_wan 300 "$PY" benchmarks/latency.py --preset tiny --early-chunk 2 --late-chunk 6 \
     --clip-frames 17 --bidir-steps 4 --no-flops --json "$OUT/latency_wan.json"
-  step latency_wan_compiled 120 "$PY" benchmarks/latency.py --preset tiny --compile aot_eager --early-chunk 2 \
+  step latency_wan_compiled 300 "$PY" benchmarks/latency.py --preset tiny --compile aot_eager --early-chunk 2 \
     --late-chunk 4 --clip-frames 9 --bidir-steps 2 --no-flops --json "$OUT/latency_wan_compiled.json"
   step fold_wan 120 "$PY" benchmarks/fold_writes.py --model tiny --chunks 3 --json "$OUT/fold_wan.json"
   step flops 120 "$PY" benchmarks/flops.py --presets wan21-1.3b --json "$OUT/flops.json"
