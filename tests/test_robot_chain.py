@@ -53,7 +53,8 @@ def test_eval_against_the_arm_truth_reports_what_applies(arm_model, tmp_path, ca
     results = json.loads((out / "metrics.json").read_text())
     summary = results["summary"]
     for key in ("arm/psnr_db", "arm/shuffled_psnr_db", "arm/repeat_start_psnr_db", "arm/true_minus_shuffled_db",
-                "arm/mask_iou_h2", "arm/repeat_start_mask_iou_h2", "arm/mask_iou_ceiling_h2"):
+                "arm/mask_iou_h2", "arm/repeat_start_mask_iou_h2", "arm/mask_iou_ceiling_h2",
+                "arm/permuted_psnr_db", "arm/truth_shuffled_psnr_db"):
         assert isinstance(summary[key], float), key
     assert summary["adherence/rotation_error_deg"] == "n/a" and summary["revisit"] == "n/a"
     assert len(results["psnr_db_per_horizon"]["true"]) == 2 and len(results["sequences"]) == 2

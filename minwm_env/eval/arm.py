@@ -5,9 +5,13 @@ to a fixed camera; what does, per horizon h = 1..H env steps (one chunk of ``chu
 latent frames each) on held-out starts and action sequences:
 
 * **PSNR against the truth**, the model given the true actions beside the free baselines:
-  repeating the start frame, and the same model given the actions *shuffled* (the sequence's
-  rows in another order: right statistics, wrong order) or *zeroed* (the neutral action). A
-  model that ignores its actions ties the shuffled run; one that only copies ties repeat-start.
+  repeating the start frame, and the same model given *shuffled* actions (another held-out
+  sequence's: plausible commands, not these), *permuted* ones (this sequence's rows in another
+  order: the same sum, so the same final targets unless a joint hit its limit: the gap closes
+  by the last step by construction) or *zeroed* ones (the neutral action). A model that ignores
+  its actions ties the shuffled run; one that only copies ties repeat-start. How far apart true
+  and shuffled actions put the truth itself (the truth given the shuffled actions, against the
+  truth) is the most a gap can be.
 * **Where the arm is**: the arm's pixels in the model's frame against the truth's own
   segmentation, as IoU per step. The model's frames have no segmentation, so a colour
   classifier (nearest colour centroid per class: background, arm, puck), fitted on the truth's
@@ -31,7 +35,8 @@ from tqdm.auto import tqdm
 from . import metrics
 
 HELD_OUT_SEED = 100_000
-VARIANTS = ("true", "shuffled", "zeroed")
+VARIANTS = ("true", "shuffled", "permuted", "zeroed")
+OTHER_KINDS = ("smooth", "sweep", "random")  # the shuffled sequences' kinds (scripted kinds need the state)
 CLASSES = ("background", "arm", "object")
 # Not meaningful for a fixed camera: reported as "n/a" so a reader sees they were not forgotten.
 CAMERA_ONLY = ("adherence/rotation_error_deg", "adherence/translation_error_deg", "drift/warp_psnr_db",
@@ -131,7 +136,7 @@ def evaluate_arm(model_env, truth_env, config: ArmEvalConfig, progress: bool = T
     chunk_frames = truth.chunk_frames
     spec = truth.spec_actions
     sequences, strips = [], []
-    errors = {name: [[] for _ in range(config.horizon)] for name in (*VARIANTS, "repeat_start")}
+    errors = {name: [[] for _ in range(config.horizon)] for name in (*VARIANTS, "repeat_start", "truth_shuffled")}
     ious = {name: [[] for _ in range(config.horizon)] for name in ("true", "shuffled", "repeat_start", "ceiling")}
     object_records = []
     for i in tqdm(range(config.num_sequences), desc="arm eval", unit="sequence", disable=not progress):
@@ -148,11 +153,15 @@ def evaluate_arm(model_env, truth_env, config: ArmEvalConfig, progress: bool = T
             arm_masks.append(step["arm_mask"])
             object_masks.append(step["object_mask"])
             object_xy.append(step["object_xy"])
-        shuffled = actions[np.random.default_rng(seed).permutation(len(actions))]
+        shuffled = arm_actions(OTHER_KINDS[i % len(OTHER_KINDS)], len(actions) + 1, seed + 7919)
+        permuted = actions[np.random.default_rng(seed).permutation(len(actions))]
         zeroed = np.broadcast_to(spec.neutral().numpy(), actions.shape)
-        runs = {"true": _rollout(model_env, start, seed, actions, chunk_frames),
-                "shuffled": _rollout(model_env, start, seed, shuffled, chunk_frames),
-                "zeroed": _rollout(model_env, start, seed, zeroed, chunk_frames)}
+        runs = {name: _rollout(model_env, start, seed, values, chunk_frames)
+                for name, values in (("true", actions), ("shuffled", shuffled), ("permuted", permuted),
+                                     ("zeroed", zeroed))}
+        truth_env.reset(seed=seed)  # the truth under the shuffled actions: the largest gap there is
+        truth_shuffled = [np.asarray(truth_env.step(shuffled[h * chunk_frames:(h + 1) * chunk_frames]
+                                                    .astype(np.float32))[4]["frames"]) for h in range(config.horizon)]
         classifier = ColourClassifier(np.stack([start] + [s[-1] for s in truth_steps]),
                                       np.stack([labels_from_masks(start_arm, start_object)] +
                                                [labels_from_masks(a, o) for a, o in zip(arm_masks, object_masks)]),
@@ -164,11 +173,12 @@ def evaluate_arm(model_env, truth_env, config: ArmEvalConfig, progress: bool = T
             for name, run in runs.items():
                 errors[name][h].append(float(np.mean((run[h] - reference) ** 2)))
             errors["repeat_start"][h].append(float(np.mean((start.astype(np.float64)[None] - reference) ** 2)))
+            errors["truth_shuffled"][h].append(float(np.mean((truth_shuffled[h] - reference) ** 2)))
             for name in ("true", "shuffled"):
                 ious[name][h].append(iou(classifier(runs[name][h][-1]) == arm_id, arm_masks[h]))
             ious["repeat_start"][h].append(iou(start_arm, arm_masks[h]))
             ious["ceiling"][h].append(iou(classifier(truth_steps[h][-1]) == arm_id, arm_masks[h]))
-        for name in (*VARIANTS, "repeat_start"):
+        for name in (*VARIANTS, "repeat_start", "truth_shuffled"):
             record["psnr_db"][name] = [_psnr(errors[name][h][-1:]) for h in range(config.horizon)]
         for name in ("true", "shuffled", "repeat_start"):
             record["mask_iou"][name] = [ious[name][h][-1] for h in range(config.horizon)]
@@ -195,8 +205,12 @@ def evaluate_arm(model_env, truth_env, config: ArmEvalConfig, progress: bool = T
     h4 = min(4, config.horizon) - 1
     summary = {
         "arm/psnr_db": pooled["true"], "arm/shuffled_psnr_db": pooled["shuffled"],
-        "arm/zeroed_psnr_db": pooled["zeroed"], "arm/repeat_start_psnr_db": pooled["repeat_start"],
+        "arm/permuted_psnr_db": pooled["permuted"], "arm/zeroed_psnr_db": pooled["zeroed"],
+        "arm/repeat_start_psnr_db": pooled["repeat_start"],
         "arm/true_minus_shuffled_db": pooled["true"] - pooled["shuffled"],
+        "arm/true_minus_shuffled_db_per_horizon": [t - u for t, u in zip(psnr["true"], psnr["shuffled"])],
+        "arm/truth_shuffled_psnr_db": pooled["truth_shuffled"],
+        "arm/true_minus_permuted_db": pooled["true"] - pooled["permuted"],
         "arm/beats_repeat_start_every_horizon": all(m > r for m, r in zip(psnr["true"], psnr["repeat_start"])),
         f"arm/mask_iou_h{h4 + 1}": mask_iou["true"][h4],
         f"arm/shuffled_mask_iou_h{h4 + 1}": mask_iou["shuffled"][h4],
@@ -223,8 +237,10 @@ def plot_arm(results: dict, path: Path) -> Path:
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
     psnr, masks = results["psnr_db_per_horizon"], results["mask_iou_per_horizon"]
     steps = np.arange(1, len(psnr["true"]) + 1)
-    styles = {"true": ("-o", "model, true actions"), "shuffled": ("--s", "model, shuffled actions"),
-              "zeroed": (":^", "model, zeroed actions"), "repeat_start": ("-.x", "repeat start frame")}
+    styles = {"true": ("-o", "model, true actions"), "shuffled": ("--s", "model, another sequence's actions"),
+              "permuted": ("--d", "model, permuted actions"), "zeroed": (":^", "model, zeroed actions"),
+              "repeat_start": ("-.x", "repeat start frame"),
+              "truth_shuffled": (":", "the truth, another sequence's actions")}
     for name, (style, label) in styles.items():
         top.plot(steps, psnr[name], style, label=label, linewidth=2.2 if name == "true" else 1.2)
     top.set_ylabel("PSNR vs truth (dB)")
@@ -272,8 +288,10 @@ def write_arm_report(results: dict, out: Path, title: str) -> dict[str, Path]:
              "every frame of the step over the sequences.", "",
              "| horizon | " + " | ".join(str(h) for h in range(1, len(psnr['true']) + 1)) + " |",
              "|---|" + "---|" * len(psnr["true"])]
-    for name, label in (("true", "model, true actions"), ("shuffled", "model, shuffled actions"),
-                        ("zeroed", "model, zeroed actions"), ("repeat_start", "repeat start frame")):
+    for name, label in (("true", "model, true actions"), ("shuffled", "model, another sequence's actions"),
+                        ("permuted", "model, permuted actions"), ("zeroed", "model, zeroed actions"),
+                        ("repeat_start", "repeat start frame"),
+                        ("truth_shuffled", "the truth, another sequence's actions")):
         lines.append(f"| PSNR: {label} (dB) | " + " | ".join(f"{v:.2f}" for v in psnr[name]) + " |")
     for name, label in (("true", "model"), ("shuffled", "model, shuffled"), ("repeat_start", "start frame's arm"),
                         ("ceiling", "classifier on the truth")):
