@@ -88,3 +88,11 @@ def test_bad_eval_options_for_the_arm_are_refused(arm_model, tmp_path):
         eval_main(["--model", "ground-truth", "--against", "arm-truth", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="action spaces differ.*camera.*pusher-arm"):
         eval_main(["--model", "tiny", "--against", "arm-truth", "--out", str(tmp_path), "--quick"])
+
+
+def test_the_puck_is_looked_for_near_its_true_path():
+    from minwm_env.eval.arm import near_segment
+
+    mask = near_segment((16, 16), np.array([2.0, 2.0]), np.array([10.0, 2.0]), 1.5)
+    assert mask[2, 2] and mask[2, 10] and mask[3, 6] and not mask[5, 6] and not mask[2, 13]
+    assert not near_segment((4, 4), np.array([np.nan, 1.0]), np.array([1.0, 1.0]), 2).any()

@@ -42,6 +42,7 @@ CLASSES = ("background", "arm", "object")
 CAMERA_ONLY = ("adherence/rotation_error_deg", "adherence/translation_error_deg", "drift/warp_psnr_db",
                "consistency/loop_closure_error", "novel_view", "revisit", "object_scale")
 MOVED_PX = 1.0  # a puck centroid that moved more than this (pixels) has moved
+PUCK_SEARCH_PX = 6.0  # the model's puck is looked for this close to the truth's path of it
 
 
 @dataclass
@@ -114,6 +115,17 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()]) if len(xs) else np.full(2, np.nan)
 
 
+def near_segment(shape: tuple[int, int], a: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
+    """(H, W) bool: pixels within ``radius`` of the segment from ``a`` to ``b`` ((x, y) pixels)."""
+    ys, xs = np.mgrid[:shape[0], :shape[1]]
+    points = np.stack([xs, ys], axis=-1).astype(np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return np.zeros(shape, dtype=bool)
+    span = b - a
+    t = np.clip(((points - a) @ span) / max(float(span @ span), 1e-9), 0, 1)
+    return np.linalg.norm(points - (a + t[..., None] * span), axis=-1) <= radius
+
+
 def _psnr(mse_values) -> float:
     return float(metrics.psnr_from_mse(np.mean(mse_values)))
 
@@ -184,7 +196,10 @@ def evaluate_arm(model_env, truth_env, config: ArmEvalConfig, progress: bool = T
             record["mask_iou"][name] = [ious[name][h][-1] for h in range(config.horizon)]
         # the puck: truth's displacement (pixels, from its masks) against the model's (classified)
         truth_shift = np.linalg.norm(centroid(object_masks[-1]) - centroid(start_object))
-        model_object = classifier(runs["true"][-1][-1]) == object_id
+        # the model's puck: puck-coloured pixels near the truth's path of it (start to end, within
+        # PUCK_SEARCH_PX), so stray colours elsewhere (the arm's blur, the goal) do not count
+        model_object = (classifier(runs["true"][-1][-1]) == object_id) & near_segment(
+            start_object.shape, centroid(start_object), centroid(object_masks[-1]), PUCK_SEARCH_PX)
         model_shift = np.linalg.norm(centroid(model_object) - centroid(start_object))
         object_records.append({"truth_moved": bool(truth_shift > MOVED_PX), "truth_shift_px": float(truth_shift),
                                "model_shift_px": float(model_shift),
