@@ -36,7 +36,9 @@ CONDITIONING_DIR = "conditioning"
 # Trained models shipped inside the package, by name (docs/default_model.md is the model card).
 # "minwm-default" is the `default` preset's architecture trained by our own pipeline on the
 # rendered world; the preset name "default" alone is that architecture with random weights.
-SHIPPED_MODELS: dict[str, Path] = {"minwm-default": Path(__file__).parent / "assets" / "minwm-default"}
+SHIPPED_MODELS: dict[str, Path] = {"minwm-default": Path(__file__).parent / "assets" / "minwm-default",
+                                   # the pusher arm's world model (docs/robots.md): scripts/train_arm.sh
+                                   "minwm-arm": Path(__file__).parent / "assets" / "minwm-arm"}
 DEFAULT_MODEL = "minwm-default"
 
 
