@@ -262,7 +262,7 @@ def test_recovery_time():
 # -- the command line -------------------------------------------------------------------------------------
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit, match="--against must be 'ground-truth'"):
+    with pytest.raises(SystemExit, match="--against must be one of \\['ground-truth', 'arm-truth'\\], got 'imagination'"):
         eval_main(["--model", "tiny", "--against", "imagination", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="cannot load model 'no-such-model'"):
         eval_main(["--model", "no-such-model", "--out", str(tmp_path)])
