@@ -267,6 +267,7 @@ def plot_arm(results: dict, path: Path) -> Path:
         bottom.plot(steps, masks[name], style, label=label, linewidth=2.2 if name == "true" else 1.2)
     bottom.set_ylabel("arm mask IoU with the truth")
     bottom.set_xlabel("horizon (env steps of one chunk)")
+    bottom.set_xticks(steps)
     bottom.set_ylim(0, 1)
     bottom.legend(fontsize="small")
     return _save(figure, path)
@@ -316,7 +317,8 @@ def write_arm_report(results: dict, out: Path, title: str) -> dict[str, Path]:
               "| figure | value |", "|---|---|"]
     for key, value in summary.items():
         shown = value if isinstance(value, str) else "–" if value is None else (
-            f"{value:.3f}" if isinstance(value, float) else str(value))
+            f"{value:.3f}" if isinstance(value, float) else
+            ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else str(value))
         lines.append(f"| {key} | {shown} |")
     lines += ["", "Camera-only figures are n/a: the camera of the arm world never moves."]
     written["report"].write_text("\n".join(lines) + "\n")
