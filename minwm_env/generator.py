@@ -76,7 +76,8 @@ class StreamingGenerator:
 
     def __init__(self, model: WorldModel, sampler: Sampler | None = None, *, batch_size: int = 1,
                  chunk_frames: int | None = None, window_frames: int | None = None, sink_frames: int | None = None,
-                 memory_frames: int | None = None, static_shapes: bool = False, compile=None):
+                 memory_frames: int | None = None, static_shapes: bool = False, compile=None,
+                 fold_writes: bool = True):
         settings = model.settings
         self.model = model
         self.sampler = sampler or default_sampler(settings)
@@ -84,7 +85,8 @@ class StreamingGenerator:
         self.num_branches = 1 if self.sampler.guidance_scale == 1.0 else 2
         self.stream = model.stream(batch_size=batch_size, num_branches=self.num_branches,
                                   chunk_frames=chunk_frames, window_frames=window_frames, sink_frames=sink_frames,
-                                  memory_frames=memory_frames, static_shapes=static_shapes, compile=compile)
+                                  memory_frames=memory_frames, static_shapes=static_shapes, compile=compile,
+                                  fold_writes=fold_writes)
         self.chunk_frames = self.stream.chunk_frames
         self.action_spec: ActionSpec = self.stream.action_spec
         self.tracks_camera = self.stream.tracks_camera

@@ -1,6 +1,7 @@
 """The clean write folded into the next chunk's first denoising forward (issue 24, item 1): one
 forward fewer per chunk, the same chunks as the separate clean pass."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,23 @@ def test_a_streaming_mask_must_cover_the_cache():
     with pytest.raises(ValueError, match="must cover the cache's frames"):
         backbone(torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, 2), torch.tensor([1, 2]), prompt, kv_cache=cache,
                  frame_mask=torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_the_env_streams_alike_with_separate_writes():
+    import gymnasium as gym
+
+    import minwm_env  # noqa: F401
+
+    def steps(**kwargs):
+        env = gym.make("minwm/World-v0", model="tiny", obs_mode="latent", num_threads=1, **kwargs)
+        env.reset(seed=0)
+        out = [env.step(np.array([0, 0, 0.08, 3.0 * k, 0, 0], np.float32))[0] for k in range(-1, 2)]
+        stream = env.unwrapped._world.generator.stream
+        env.close()
+        return out, stream
+
+    folded, folded_stream = steps()
+    separate, separate_stream = steps(fold_writes=False)
+    assert folded_stream.fold_writes and not separate_stream.fold_writes
+    for a, b in zip(folded, separate):
+        np.testing.assert_allclose(a, b, atol=2e-5)

@@ -139,14 +139,14 @@ class _World:
     """What the single and the vector env share: a batched generator and per-row bookkeeping."""
 
     def __init__(self, model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                 num_threads, memory=None, action_spec=None, compile=None):
+                 num_threads, memory=None, action_spec=None, compile=None, fold_writes=True):
         self.num_threads = chosen_threads(num_threads)  # None: torch's as they are (minwm_env.threads)
         with torch_threads(self.num_threads):
             self.model = resolve_model(model, device, dtype)
         settings = self.model.settings
         self.height, self.width = settings.height, settings.width
         self.generator = StreamingGenerator(self.model, sampler, batch_size=num_envs, window_frames=window_frames,
-                                            compile=compile,
+                                            compile=compile, fold_writes=fold_writes,
                                             sink_frames=sink_frames, memory_frames=memory_frames(memory, settings))
         self.spec = self.generator.action_spec
         if action_spec is not None:  # the space the caller expects: the model's, or a clear error
@@ -291,6 +291,9 @@ class WorldModelEnv(gym.Env):
     ``compile`` (None; a ``torch.compile`` mode such as "reduce-overhead" for CUDA graphs on a
     GPU, or a backend name: the backbone's streaming forward on a static-shape cache, compiled
     once per shape — two graphs in the first chunk, three from then on),
+    ``fold_writes`` (True: the clean write rides on the next chunk's first forward, one forward
+    fewer per chunk; False: a separate write pass and a cache smaller by one chunk — with
+    ``window_frames=8`` what fits Wan2.1-1.3B at 480×832 in 16 GiB, BENCHMARKS.md),
     ``action_spec`` (the action space you expect — a name, a spec file or an ``ActionSpec``;
     the model's own space is always used, and one that differs raises, naming both).
 
@@ -316,11 +319,11 @@ class WorldModelEnv(gym.Env):
                  obs_mode: str = "frame", reward_fn: Callable | None = None, render_mode: str | None = "rgb_array",
                  sampler=None, start_scene: str | None = None, window_frames: int | None = None,
                  sink_frames: int | None = None, num_threads: int | None = None, memory: bool | int | None = None,
-                 action_spec=None, compile=None):
+                 action_spec=None, compile=None, fold_writes: bool = True):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self._world = _World(model, 1, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads, memory, action_spec, compile)
+                             num_threads, memory, action_spec, compile, fold_writes)
         self.action_space = self._world.action_space
         self.observation_space = self._world.observation_space
         self.reward_fn, self.render_mode, self.obs_mode = reward_fn, render_mode, obs_mode
@@ -407,11 +410,11 @@ class WorldModelVectorEnv(VectorEnv):
                  render_mode: str | None = "rgb_array", sampler=None, start_scene: str | None = None,
                  window_frames: int | None = None, sink_frames: int | None = None, max_episode_steps: int | None = None,
                  num_threads: int | None = None, memory: bool | int | None = None,
-                 action_spec=None, compile=None):
+                 action_spec=None, compile=None, fold_writes: bool = True):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self._world = _World(model, num_envs, device, dtype, obs_mode, sampler, start_scene, window_frames, sink_frames,
-                             num_threads, memory, action_spec, compile)
+                             num_threads, memory, action_spec, compile, fold_writes)
         self.num_envs = num_envs
         self.single_action_space = self._world.action_space
         self.single_observation_space = self._world.observation_space
