@@ -53,9 +53,14 @@ def _rms_norm_forward(self: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
     equal within float rounding (6e-8).
     """
     dim = 1 if self.channel_first else -1
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    xf = x.float() if half else x
-    normalized = (xf * torch.rsqrt(xf.square().sum(dim, keepdim=True).clamp_min(1e-24))).to(x.dtype)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # the sum of squares accumulates in float32 without a float32 copy of x (at 480×832 the
+        # decoder's last stage is 0.57 GiB in float32: benchmarks/memory_plan.py), then scales x
+        # in its own dtype, as diffusers' F.normalize does for a half input
+        norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+        normalized = x * norm.clamp_min(1e-12).reciprocal().to(x.dtype)
+    else:
+        normalized = x * torch.rsqrt(x.square().sum(dim, keepdim=True).clamp_min(1e-24))
     return normalized * self.scale * self.gamma + self.bias
 
 

@@ -64,12 +64,23 @@ def test_row_reset_equals_a_fresh_stream_for_that_row(tiny_model):
 
 def test_fast_rms_norm_equals_diffusers(tiny_model):
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    from minwm_env.codec import _rms_norm_forward
     norms = [m for m in tiny_model.codec.vae.modules() if isinstance(m, WanRMS_norm)]
     assert norms and all("forward" in vars(m) for m in norms)  # our forward is installed
     x = torch.randn(2, norms[0].gamma.shape[0], 3, 8, 8)
     with torch.no_grad():
         norms[0].gamma.mul_(1.5)
         torch.testing.assert_close(norms[0](x), WanRMS_norm.forward(norms[0], x), atol=1e-6, rtol=1e-6)
+        # bf16: accumulated in float32 without a float32 copy of x, within bf16 rounding of
+        # diffusers' own bf16 result and of the float32 one
+        half = WanRMS_norm(norms[0].gamma.shape[0], channel_first=True, images=False)
+        half.load_state_dict(norms[0].state_dict())
+        half = half.to(torch.bfloat16)
+        ours = _rms_norm_forward(half, x.bfloat16())
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), WanRMS_norm.forward(half, x.bfloat16()).float(), atol=0.02, rtol=0.02)
+        torch.testing.assert_close(ours.float(), norms[0](x), atol=0.05, rtol=0.02)
 
 
 def test_space_to_depth_is_lossless_and_streams():
