@@ -26,6 +26,7 @@ their states from ``minwm-data render``'s own generator) and action sequences of
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -293,7 +294,7 @@ def write_arm_report(results: dict, out: Path, title: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     strips = results.pop("_strips")
     written = {"metrics": out / "metrics.json", "report": out / "report.md"}
-    written["metrics"].write_text(__import__("json").dumps(to_json(results), indent=1))
+    written["metrics"].write_text(json.dumps(to_json(results), indent=1))
     written["plot"] = plot_arm(results, out / "arm.png")
     iio.imwrite(out / "arm_strips.png", strip_image(strips))
     written["strips"] = out / "arm_strips.png"
