@@ -28,7 +28,8 @@ from .flow import check_prediction_type
 from .integrity import check_files, check_finite, describe_non_finite, non_finite, weight_files, write_manifest
 from .jsonfile import read_json
 from .streaming import MEMORY_MODES, ChunkStream
-from .warp import WARP_FILLS, warped_reference
+from .depth import DEPTH_DIR, DepthNet, load_depth_model
+from .warp import WARP_DEPTH_SOURCES, WARP_FILLS, warped_reference
 
 SETTINGS_FILE = "minwm.json"
 SAMPLER_KINDS = ("few-step", "euler")
@@ -81,6 +82,10 @@ class ModelSettings:
     warp_depth: float | None = None
     """the depth, in world units, of the plane a warp reprojects through (None: infinitely far,
     so only rotations move the reference)"""
+    warp_depth_source: str = "plane"
+    """what a warp reprojects through: "plane" (one plane at ``warp_depth``) or "model" (each
+    reference frame's own depth, predicted by the model folder's depth net, ``depth/``,
+    :mod:`minwm_env.depth`; never-seen pixels are filled through the plane)"""
     warp_fill: str = "border"
     """what a warp puts where the reference never looked: "border" (its nearest border pixel,
     stretched) or "blank" (zero, mid-grey)"""
@@ -112,6 +117,11 @@ class ModelSettings:
         check_prediction_type(settings.prediction_type)
         if settings.warp_reference and not settings.residual_reference:
             raise ValueError(f"{source}: warp_reference needs residual_reference (the warp is what the output is added to)")
+        if settings.warp_depth_source not in WARP_DEPTH_SOURCES:
+            raise ValueError(f"{source}: warp_depth_source must be one of {WARP_DEPTH_SOURCES}, got "
+                             f"{settings.warp_depth_source!r}")
+        if settings.warp_depth_source == "model" and not settings.warp_reference:
+            raise ValueError(f"{source}: warp_depth_source='model' needs warp_reference")
         if settings.warp_fill not in WARP_FILLS:
             raise ValueError(f"{source}: warp_fill must be one of {WARP_FILLS}, got {settings.warp_fill!r}")
         if (settings.warp_fill != "border" or settings.warp_validity) and not settings.warp_reference:
@@ -172,7 +182,7 @@ _WAN21_13B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_d
 _TINY_Z = 4
 
 def _default_family(description: str, *, validity: bool = False, fill: str = "border", patch: int = 2,
-                    warp: bool = True, reference_input: bool = False) -> ModelPreset:
+                    warp: bool = True, reference_input: bool = False, depth_source: str = "plane") -> ModelPreset:
     """The shipped default's architecture and streaming settings (below), optionally taking the
     warped reference and its validity as input channels, with another fill or finer patches; or,
     for a fixed camera (``warp=False``), the last frame itself as the reference."""
@@ -185,7 +195,7 @@ def _default_family(description: str, *, validity: bool = False, fill: str = "bo
         vae=dict(spatial_factor=4, temporal_factor=4, scale=2.0), codec="space-to-depth",
         settings=ModelSettings(height=64, width=64, prediction_type="x0", residual_reference=True, window_frames=1,
                                restart_context=True, warp_reference=warp, warp_depth=2.0, warp_fill=fill,
-                               warp_validity=validity, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
+                               warp_validity=validity, warp_depth_source=depth_source, intrinsics=(0.8660254037844386, 0.8660254037844386, 0.5, 0.5)),
         description=description)
 
 
@@ -234,6 +244,11 @@ PRESETS: dict[str, ModelPreset] = {
     # of 8×8-pixel patches: measured, a new strip comes out as 8×8 blocks of colour.
     "default-v3": _default_family("default-v2b with one token per latent pixel (4x4-pixel cells): finer tokens",
                                   validity=True, patch=1),
+    # v4 (issue 18): default-v2b whose warp reprojects through the depth its own depth net
+    # predicts for the reference frame (minwm_env/depth.py), the plane only filling what the
+    # reference never saw: an approached object grows, an orbited one moves with its parallax.
+    "default-v4": _default_family("default-v2b warping through its own predicted depth (needs a depth net)",
+                                  validity=True, depth_source="model"),
     # A robot arm seen by a fixed camera (issue 22, docs/robots.md): nothing to warp, so the
     # reference is the last frame itself, seen beside the noisy latent and what the output is
     # added to; the arm's joint commands enter through the action branch.
@@ -264,8 +279,13 @@ class WorldModel:
     backbone: CausalBackbone
     codec: WanVAECodec | HunyuanVAECodec | SpaceToDepthCodec
     settings: ModelSettings
+    depth: DepthNet | None = None
+    """the depth net a ``warp_depth_source="model"`` warp reprojects through (frozen)"""
 
     def __post_init__(self):
+        if self.settings.warp_depth_source == "model" and self.depth is None:
+            raise ValueError("warp_depth_source='model' needs a depth net: train one (python -m minwm_train.depth) "
+                             "and attach it to the model folder (--attach), or build the model with depth=")
         extra = getattr(self.backbone, "reference_channels", 0)
         if not extra:
             return
@@ -302,7 +322,8 @@ class WorldModel:
         device = reference.device
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
-                                self.settings.warp_fill, self.settings.warp_validity, memory, memory_k)
+                                self.settings.warp_fill, self.settings.warp_validity, memory, memory_k,
+                                depth_net=self.depth if self.settings.warp_depth_source == "model" else None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -321,8 +342,9 @@ class WorldModel:
                            fold_writes=fold_writes, static_shapes=static_shapes, compile=compile)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
-        for module in (self.backbone, self.codec.module):
-            torch.nn.Module.to(module, device=device)
+        for module in (self.backbone, self.codec.module, self.depth):
+            if module is not None:
+                torch.nn.Module.to(module, device=device)
         if dtype is not None:
             for module in (self.backbone.transformer, self.codec.module, self.backbone.conditioning):
                 if module is not None:
@@ -332,6 +354,8 @@ class WorldModel:
     def eval(self) -> "WorldModel":
         self.backbone.eval()
         self.codec.module.eval()
+        if self.depth is not None:
+            self.depth.eval()
         return self
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -348,6 +372,8 @@ class WorldModel:
         (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         if self.backbone.conditioning is not None:
             self.save_conditioning(path / CONDITIONING_DIR)
+        if self.depth is not None:
+            self.depth.save(path / DEPTH_DIR)
 
     def save_conditioning(self, folder: str | Path) -> None:
         """The conditioning branches alone (safetensors + JSON spec), apart from the backbone."""
@@ -378,7 +404,9 @@ def _cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | None = None,
-                 **settings_overrides) -> WorldModel:
+                 depth: DepthNet | str | Path | None = None, **settings_overrides) -> WorldModel:
+    """A new model of a preset (random weights, seeded). ``depth``: the depth net (or its
+    folder) of a preset whose warp reprojects through predicted depth."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
     preset = PRESETS[name]
@@ -397,7 +425,9 @@ def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | No
     if settings.residual_reference:  # a new residual model starts as "nothing changes"
         torch.nn.init.zeros_(transformer.proj_out.weight)
         torch.nn.init.zeros_(transformer.proj_out.bias)
-    return WorldModel(backbone, codec, settings).eval()
+    if isinstance(depth, (str, Path)):
+        depth = load_depth_model(depth)
+    return WorldModel(backbone, codec, settings, depth).eval()
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -461,19 +491,23 @@ def load_component(folder: Path, cls):
 
 def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                seed: int = 0, conditioning: ConditioningConfig | str | Path | None = None,
-               **settings_overrides) -> WorldModel:
+               depth: DepthNet | str | Path | None = None, **settings_overrides) -> WorldModel:
     """A shipped model (see :data:`SHIPPED_MODELS`), a preset name (see :data:`PRESETS`; random
     weights) or a local diffusers-format folder.
 
     ``conditioning`` adds branches: a :class:`ConditioningConfig` (new, zero-initialised) or a
     folder saved by :meth:`WorldModel.save_conditioning` (trained weights). By default a
-    folder's own ``conditioning/`` subfolder is used when it has one.
+    folder's own ``conditioning/`` subfolder is used when it has one. ``depth``: a depth net
+    (or its folder) for the warp, in place of the folder's own ``depth/``; a preset that warps
+    through predicted depth needs it.
     """
+    if isinstance(depth, (str, Path)):
+        depth = load_depth_model(depth)
     branch_weights = None
     if isinstance(conditioning, (str, Path)):
         branch_weights, conditioning = Path(conditioning), read_conditioning_config(conditioning)
     if isinstance(source, str) and source in PRESETS:
-        model = build_preset(source, seed=seed, conditioning=conditioning, **settings_overrides)
+        model = build_preset(source, seed=seed, conditioning=conditioning, depth=depth, **settings_overrides)
     else:
         folder = SHIPPED_MODELS.get(source, Path(source)) if isinstance(source, str) else Path(source)
         if not folder.is_dir():
@@ -496,7 +530,9 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
         with torch.random.fork_rng(devices=[]):  # new conditioning branches: seeded initialisation
             torch.manual_seed(seed)
             backbone = backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference)
-        model = WorldModel(backbone, codec, settings)
+        if depth is None and (folder / DEPTH_DIR).is_dir():
+            depth = load_depth_model(folder / DEPTH_DIR)
+        model = WorldModel(backbone, codec, settings, depth)
     if branch_weights is not None:
         model.backbone.conditioning.load_weights(branch_weights)
     return model.to(device, dtype).eval()

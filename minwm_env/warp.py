@@ -43,6 +43,7 @@ def rgb_frame_poses(previous_c2w: torch.Tensor, c2w: torch.Tensor, temporal_fact
 
 
 WARP_FILLS = ("border", "blank")
+WARP_DEPTH_SOURCES = ("plane", "model")
 
 
 def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.Tensor, intrinsics: torch.Tensor,
@@ -98,9 +99,114 @@ def warp_image(image: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.
     return warped.reshape(batch, num_targets, channels, height, width).transpose(1, 2)
 
 
+FAR_DEPTH = 1.0e4
+"""z-depth (world units) standing for the sky in :func:`warp_image_depth`: translations of a
+few units move it by far less than a pixel, so it reprojects with the rotation alone"""
+
+
+def _pixel_rays(height: int, width: int, intrinsics: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) camera-space rays through pixel centres with z = 1 (float64)."""
+    fx, fy, cx, cy = (intrinsics[:, i, None, None] for i in range(4))
+    device = intrinsics.device
+    v, u = torch.meshgrid((torch.arange(height, dtype=torch.float64, device=device) + 0.5) / height,
+                          (torch.arange(width, dtype=torch.float64, device=device) + 0.5) / width, indexing="ij")
+    return torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u - cx)], dim=-1)
+
+
+def splat_depth(source_depth: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.Tensor,
+                intrinsics: torch.Tensor, supersample: int = 3, fill_cracks: int = 1) -> torch.Tensor:
+    """The depth map each target camera sees of the source frame's surface → (B, N, H, W).
+
+    source_depth (B, H, W): the source frame's z-depth (``inf`` or large for the sky); poses
+    and intrinsics as in :func:`warp_image`. Every source pixel, ``supersample``² points a
+    pixel so that a surface magnified up to that factor leaves no cracks, is lifted to 3-D and
+    projected into each target camera; the nearest point wins (a z-buffer). Target pixels no
+    point lands on are ``inf``; cracks of one pixel inside a surface (an empty pixel between
+    covered ones) are closed with the nearest neighbour's depth, ``fill_cracks`` times; a wider
+    hole stays open: it is what the source frame never saw, or what its foreground hid.
+    """
+    batch, height, width = source_depth.shape
+    num_targets = target_c2w.shape[1]
+    device = source_depth.device
+    k = intrinsics.to(device, torch.float64)
+    s = supersample
+    depth = source_depth.double().nan_to_num(posinf=FAR_DEPTH).clamp(max=FAR_DEPTH)
+    depth = depth.repeat_interleave(s, 1).repeat_interleave(s, 2)  # nearest: no depth mixed across an edge
+    points = _pixel_rays(height * s, width * s, k) * depth[..., None]  # (B, sH, sW, 3) in the source camera
+    to_target = camera.invert_pose(target_c2w.to(device, torch.float64)) @ source_c2w.to(device, torch.float64)[:, None]
+    seen = torch.einsum("bnij,bhwj->bnhwi", to_target[..., :3, :3], points) + to_target[:, :, None, None, :3, 3]
+    z = seen[..., 2]
+    in_front = z > 1e-6
+    safe = torch.where(in_front, z, torch.ones_like(z))
+    col = torch.floor((k[:, 0, None, None, None] * seen[..., 0] / safe + k[:, 2, None, None, None]) * width)
+    row = torch.floor((k[:, 1, None, None, None] * seen[..., 1] / safe + k[:, 3, None, None, None]) * height)
+    lands = in_front & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    index = torch.where(lands, row * width + col, torch.full_like(col, height * width)).long()  # the last slot: nowhere
+    target = torch.full((batch, num_targets, height * width + 1), math.inf, dtype=torch.float64, device=device)
+    target.scatter_reduce_(2, index.flatten(2), torch.where(lands, z, torch.full_like(z, math.inf)).flatten(2),
+                           reduce="amin")
+    target = target[..., :-1].reshape(batch, num_targets, height, width)
+    for _ in range(fill_cracks):
+        # a crack is an empty pixel between covered ones (left and right, or above and below);
+        # the edge of a wide hole has covered pixels on one side only and stays open
+        flat = target.flatten(0, 1)[:, None]  # (B·N, 1, H, W)
+        padded = F.pad(flat, (1, 1, 1, 1), value=math.inf)
+        left, right = padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]
+        up, down = padded[..., :-2, 1:-1], padded[..., 2:, 1:-1]
+        finite = [torch.isfinite(x) for x in (left, right, up, down)]
+        crack = torch.isinf(flat) & ((finite[0] & finite[1]) | (finite[2] & finite[3]))
+        nearest = torch.stack([left, right, up, down]).amin(0)
+        target = torch.where(crack, nearest, flat)[:, 0].reshape(target.shape)
+    return target
+
+
+def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w: torch.Tensor,
+                     target_c2w: torch.Tensor, intrinsics: torch.Tensor, fill: str = "border",
+                     with_validity: bool = False, fill_depth: float | None = 2.0) -> torch.Tensor:
+    """Reproject ``image`` (B, C, H, W) into the cameras ``target_c2w`` (B, N, 4, 4) through the
+    source frame's own depth ``source_depth`` (B, H, W) → (B, C or C + 1, N, H, W), as
+    :func:`warp_image` but with per-pixel depth instead of one plane.
+
+    The source surface is splatted into each target camera (:func:`splat_depth`); each target
+    pixel it covers takes the source colour where its point lands (bilinear), so the colours
+    stay as sharp as :func:`warp_image`'s. Pixels it does not cover (out of the source view, or
+    behind a foreground object the camera moved past) are what the source never saw: they take
+    the plane warp's colour at ``fill_depth`` (its border streak, or zero with ``fill="blank"``)
+    and validity 0. Validity is 1 on covered pixels.
+    """
+    if fill not in WARP_FILLS:
+        raise ValueError(f"warp fill must be one of {WARP_FILLS}, got {fill!r}")
+    batch, channels, height, width = image.shape
+    num_targets = target_c2w.shape[1]
+    if source_depth.shape != (batch, height, width):
+        raise ValueError(f"source_depth must be (B, H, W) = ({batch}, {height}, {width}), got "
+                         f"{tuple(source_depth.shape)}")
+    if torch.isnan(source_depth).any() or (source_depth <= 0).any():
+        raise ValueError("source_depth must be positive (inf for the sky), got NaN or values <= 0")
+    plane = warp_image(image, source_c2w, target_c2w, intrinsics, fill_depth, fill, with_validity=False)
+    device = image.device
+    k = intrinsics.to(device, torch.float64)
+    target_depth = splat_depth(source_depth, source_c2w, target_c2w, intrinsics)  # (B, N, H, W)
+    covered = torch.isfinite(target_depth)
+    points = _pixel_rays(height, width, k)[:, None] * target_depth.nan_to_num(posinf=1.0)[..., None]
+    to_source = camera.invert_pose(source_c2w.to(device, torch.float64))[:, None] @ target_c2w.to(device, torch.float64)
+    seen = torch.einsum("bnij,bnhwj->bnhwi", to_source[..., :3, :3], points) + to_source[:, :, None, None, :3, 3]
+    z = seen[..., 2].clamp_min(1e-6)
+    u = k[:, 0, None, None, None] * seen[..., 0] / z + k[:, 2, None, None, None]
+    v = k[:, 1, None, None, None] * seen[..., 1] / z + k[:, 3, None, None, None]
+    grid = torch.stack([2 * u - 1, 2 * v - 1], dim=-1).clamp(-2, 2).reshape(batch * num_targets, height, width, 2)
+    source = image[:, None].expand(-1, num_targets, -1, -1, -1).reshape(batch * num_targets, channels, height, width)
+    sampled = F.grid_sample(source, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = sampled.reshape(batch, num_targets, channels, height, width).transpose(1, 2)
+    mask = covered[:, None].to(image.dtype)  # (B, 1, N, H, W)
+    warped = sampled * mask + plane * (1 - mask)
+    return torch.cat([warped, mask], dim=1) if with_validity else warped
+
+
 def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
-                     fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0) -> torch.Tensor:
+                     fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0,
+                     depth_net=None) -> torch.Tensor:
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
@@ -111,7 +217,10 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     with ``validity`` every pixel's validity, packed like the colours, follows them:
     (B, C + C / 3, F, h, w). A :class:`~minwm_env.memory.ViewMemory` (one reference per row,
     as streaming has) fills what the reference never saw from up to ``memory_k`` stored frames
-    before packing (docs/design.md §6).
+    before packing (docs/design.md §6). A ``depth_net`` (:class:`~minwm_env.depth.DepthNet`)
+    predicts each reference frame's depth, and the warp reprojects through it
+    (:func:`warp_image_depth`) instead of the plane at ``depth``, which then only fills what the
+    reference never saw.
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -125,18 +234,24 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     if use_memory and num_refs != 1:
         raise ValueError("a view memory fills the warp of one reference frame per row (streaming), got "
                          f"{num_refs} reference frames")
+    def warp(image, source_c2w, target_c2w, k, with_validity):
+        if depth_net is None:
+            return warp_image(image, source_c2w, target_c2w, k, depth, fill, with_validity)
+        own = depth_net.depth(image.to(next(depth_net.parameters()).dtype))
+        return warp_image_depth(image, own, source_c2w, target_c2w, k, fill, with_validity, fill_depth=depth)
+
     if num_refs == 1:
-        warped = warp_image(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], depth,
-                            fill, validity or use_memory)
+        warped = warp(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0],
+                      validity or use_memory)
         if use_memory:
             filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
                                       memory_k, fill=fill)
             warped = torch.cat([filled.colours, filled.validity], dim=1) if validity else filled.colours
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
-        warped = warp_image(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
-                            reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
-                            intrinsics.reshape(rows, 4), depth, fill, validity)  # (B·F, 3 or 4, T, H, W)
+        warped = warp(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
+                      reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
+                      intrinsics.reshape(rows, 4), validity)  # (B·F, 3 or 4, T, H, W)
         warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
     colours = codec.pack(warped[:, :3].to(reference.dtype)).to(reference.dtype)
     if not validity:

@@ -29,6 +29,8 @@ class TrainConfig:
     model: str = arg("tiny", "model to start from: a preset name or the previous stage's model folder")
     teacher: str | None = arg(None, "stage2a/2b: the AR teacher (stage-1 model); stage3: the bidirectional "
                                     "real score (stage-0 model)")
+    depth_model: str | None = arg(None, "a depth net folder (python -m minwm_train.depth) for a model preset whose "
+                                        "warp reprojects through predicted depth; model folders carry their own")
     data: str = arg("", "dataset folder (minwm-data render/ingest, then encode) or its latents/ subfolder")
     out: str = arg("runs/stage", "output folder: checkpoints/, model/, metrics.jsonl, config.json")
     camera: str = arg("none", "camera branch added if the model has none: none, prope, plucker")
@@ -195,6 +197,10 @@ PRESETS: dict[str, dict[str, dict]] = {
                    "stage0": dict(steps=3000), "stage1": dict(steps=3000), "stage2a": dict(steps=1500),
                    "stage2b": dict(steps=1500), "stage2c": {**_V2_STAGES["stage2c"], "steps": 1000},
                    "stage3": _V2_STAGES["stage3"]},
+    # v4 (issue 18): default-v2b's recipe with the warp through the model's own predicted depth
+    # (minwm_env/depth.py) instead of one plane: measured on held-out paths with the truth's
+    # depth, +7 dB on the pixels the start frame showed (benchmarks/depth_warp_probe.py).
+    "default-v4": {"all": {**_V2_ALL, "model": "default-v4"}, **_V2_STAGES},
     # The arm world model (issue 22, docs/robots.md): the v2 recipe on the "arm" network with
     # the pusher arm's joint commands as actions and no camera branch (the camera never moves).
     # One fixed view, so far less to learn than v2's recipe; the first pass (stage 1 600 steps,

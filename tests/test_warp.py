@@ -9,6 +9,7 @@ import torch
 
 from minwm_env import camera
 from minwm_env.codec import from_uint8
+from minwm_env.depth import DepthConfig, DepthNet
 from minwm_env.generator import StreamingGenerator
 from minwm_env.models import ModelSettings, build_preset
 from minwm_env.warp import rgb_frame_poses, warp_along_actions, warp_image
@@ -120,11 +121,12 @@ def test_blank_warp_leaves_what_the_source_never_saw_empty_and_says_where(room):
         warp_image(source[None], torch.eye(4)[None], turn, intrinsics, fill="mirror")
 
 
-@pytest.mark.parametrize("preset", ["default", "default-v2", "default-v2b"])
+@pytest.mark.parametrize("preset", ["default", "default-v2", "default-v2b", "default-v4"])
 def test_streaming_reference_equals_the_training_reference(preset):
     """The reference a warp model streams with is the one stage 1 trains it with: same clip, same
-    poses (from the actions), restarted context or not, with its validity for a blank warp."""
-    model = build_preset(preset)
+    poses (from the actions), restarted context or not, with its validity for a blank warp, and
+    through the model's own depth net for default-v4."""
+    model = build_preset(preset, depth=DepthNet(DepthConfig(width=4, levels=2)) if preset == "default-v4" else None)
     assert model.settings.warp_reference and model.settings.restart_context
     randomize_(model.backbone, seed=4)
     actions = torch.tensor([[0.02, 0, 0.08, 3, 0, 0], [0, 0, 0.08, -3, 1, 0], [0, 0.01, 0, 3, 0, 0],

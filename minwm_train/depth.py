@@ -1,0 +1,161 @@
+"""Train a world model's depth net (:mod:`minwm_env.depth`) on rendered frames of the training layouts.
+
+    python -m minwm_train.depth --out runs/depth --num-frames 12000 --steps 3000
+    python -m minwm_train.depth --out runs/depth --attach runs/v4/stage2c/model
+
+Frames come from camera paths through the same worlds and layouts the world model's clips are
+drawn from (every scene kind, scene seeds 0..99), one frame per latent frame of each path, with
+the renderer's depth. The net regresses inverse depth (the quantity parallax is linear in; the
+sky is 0) with an L1 loss, on frames flipped left-right half the time. The held-out share of
+the frames gives the figures printed at the end: L1 of inverse depth and the fraction of pixels
+within 25% of the true depth. ``--attach MODEL`` copies the trained net into a world model
+folder's ``depth/`` (what ``warp_depth_source = "model"`` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from minwm_env.depth import DEPTH_DIR, DepthConfig, DepthNet, load_depth_model
+from minwm_env.threads import configure_process
+from minwm_env.world.paths import PATH_KINDS, random_path
+from minwm_env.world.renderer import WorldRenderer
+from minwm_env.world.scenes import SCENE_NAMES, make_scene
+
+FRAMES_FILE = "frames.npz"
+
+
+def render_frames(num_frames: int, seed: int = 0, num_scene_seeds: int = 100, per_path: int = 9,
+                  size: int = 64, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``num_frames`` rendered frames (N, H, W, 3) uint8 and their inverse depth (N, H, W) float32
+    (0: sky), ``per_path`` frames along each random path; reproducible from ``seed``."""
+    rng = random.Random(f"depth-frames-{seed}")
+    frames, inverse = [], []
+    renderers: dict[tuple[str, int], tuple] = {}
+    bar = tqdm(total=num_frames, desc="render", unit="frame", disable=not progress)
+    while len(frames) < num_frames:
+        key = (rng.choice(SCENE_NAMES), rng.randrange(num_scene_seeds))
+        if key not in renderers:
+            if len(renderers) > 16:
+                renderers.clear()
+            scene = make_scene(*key)
+            renderers[key] = scene, WorldRenderer(scene, size, size)
+        scene, renderer = renderers[key]
+        path = random_path(scene, per_path, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
+        for c2w in path.world_c2w()[: num_frames - len(frames)]:
+            frames.append(renderer.render(c2w))
+            inverse.append(1.0 / renderer.render_depth(c2w))  # inf → 0
+            bar.update(1)
+    bar.close()
+    return np.stack(frames), np.stack(inverse).astype(np.float32)
+
+
+def _images(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def evaluate(net: DepthNet, frames: np.ndarray, inverse: np.ndarray) -> dict[str, float]:
+    """L1 of inverse depth, and the share of non-sky pixels whose predicted depth is within 25%
+    of the truth's (sky pixels count as right when predicted as sky)."""
+    net.eval()
+    predicted = torch.cat([net(_images(frames[i:i + 64])) for i in range(0, len(frames), 64)])
+    truth = torch.from_numpy(inverse)
+    l1 = (predicted - truth).abs().mean().item()
+    sky = truth == 0
+    ratio = (predicted / truth.clamp_min(1e-6))
+    close = torch.where(sky, predicted < net.config.min_inverse_depth, (ratio > 1 / 1.25) & (ratio < 1.25))
+    return {"inverse_depth_l1": l1, "within_25pct": close.float().mean().item()}
+
+
+def train_depth(frames: np.ndarray, inverse: np.ndarray, steps: int, batch_size: int = 32, lr: float = 2e-3,
+                seed: int = 0, config: DepthConfig = DepthConfig(), progress: bool = True) -> DepthNet:
+    """A :class:`DepthNet` trained on ``frames`` and their ``inverse`` depth (L1, cosine
+    learning rate, left-right flips)."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    torch.manual_seed(seed)
+    net = DepthNet(config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(seed)
+    images, targets = _images(frames), torch.from_numpy(inverse)
+    bar = tqdm(range(steps), desc="depth", unit="step", disable=not progress)
+    for step in bar:
+        net.train()
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        x, y = images[index], targets[index]
+        flip = torch.rand(batch_size, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        loss = (net(x) - y).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return net.eval()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m minwm_train.depth", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.partition("\n\n")[2])
+    parser.add_argument("--out", default="runs/depth", help="folder: frames.npz (reused) and model/")
+    parser.add_argument("--num-frames", type=int, default=12000)
+    parser.add_argument("--held-out", type=float, default=0.05, help="share of the frames kept for the figures")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--width", type=int, default=DepthConfig.width)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attach", default=None, help="copy the trained net into this world model folder's depth/")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if not 0 < args.held_out < 1 or args.num_frames < 20:
+            raise ValueError(f"need --held-out in (0, 1) and --num-frames >= 20, got {args.held_out}, {args.num_frames}")
+        configure_process(None)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model_dir = out / "model"
+        if not (model_dir / "config.json").is_file():
+            cache = out / FRAMES_FILE
+            if cache.is_file() and len(np.load(cache)["frames"]) == args.num_frames:
+                data = np.load(cache)
+                frames, inverse = data["frames"], data["inverse"]
+            else:
+                frames, inverse = render_frames(args.num_frames, args.seed, progress=not args.no_progress)
+                np.savez(cache, frames=frames, inverse=inverse)
+            split = len(frames) - max(1, int(len(frames) * args.held_out))
+            net = train_depth(frames[:split], inverse[:split], args.steps, args.batch_size, args.lr, args.seed,
+                              DepthConfig(width=args.width), progress=not args.no_progress)
+            net.save(model_dir)
+            figures = evaluate(net, frames[split:], inverse[split:])
+            print(f"held-out frames ({len(frames) - split}): inverse-depth L1 {figures['inverse_depth_l1']:.4f}, "
+                  f"within 25% of the true depth {100 * figures['within_25pct']:.1f}% of pixels")
+        if args.attach:
+            target = Path(args.attach)
+            if not (target / "minwm.json").is_file():
+                raise FileNotFoundError(f"--attach {target}: not a world model folder (no minwm.json)")
+            load_depth_model(model_dir)  # refuse to copy a damaged net
+            shutil.rmtree(target / DEPTH_DIR, ignore_errors=True)
+            shutil.copytree(model_dir, target / DEPTH_DIR)
+            print(f"attached {model_dir} to {target / DEPTH_DIR}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"python -m minwm_train.depth: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()
