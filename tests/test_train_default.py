@@ -124,3 +124,31 @@ def test_unseen_weight_weighs_each_pixel_by_its_own_validity():
                              squared_error(model, prediction, target, reference, 5.0))
     with pytest.raises(ValueError, match="warp_validity"):
         squared_error(load_model("default"), prediction, target, None, 5.0)
+
+
+def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, default_data):
+    """default-v4's stage 1 with a depth net given by folder: it learns, the exported model carries
+    the same depth net in depth/, and the env streams it."""
+    from minwm_env.depth import DepthConfig, DepthNet, load_depth_model
+
+    net = DepthNet(DepthConfig(width=4, levels=2))
+    net.save(tmp_path / "depth")
+    with pytest.raises(ValueError, match="needs a depth net"):
+        make_stage(_config("stage1", default_data, tmp_path / "none", preset="default-v4", steps=1),
+                   torch.device("cpu"))
+    config = _config("stage1", default_data, tmp_path / "s1", preset="default-v4", steps=3,
+                     depth_model=str(tmp_path / "depth"))
+    stage = make_stage(config, torch.device("cpu"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    Trainer(config, stage, data).run()
+    before, after = _fits_one_batch(stage, data, "model")
+    assert after < 0.7 * before, (before, after)
+    exported = load_model(str(tmp_path / "s1" / "model"))
+    assert exported.settings.warp_depth_source == "model"
+    for a, b in zip(exported.depth.parameters(), load_depth_model(tmp_path / "depth").parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    env = WorldModelEnv(model=str(tmp_path / "s1" / "model"))
+    obs, _ = env.reset(seed=0)
+    for _ in range(2):
+        obs, *_ = env.step(np.array([0.0, 0, 0.08, 6, 0, 0], np.float32))
+    assert obs.shape == (64, 64, 3)
