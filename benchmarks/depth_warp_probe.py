@@ -33,6 +33,14 @@ def _psnr(mse: float) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
+def _depth_tiles(frame: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> list[np.ndarray]:
+    """The frame and two inverse-depth maps as grey images on one scale (white: near, black: sky)."""
+    def grey(depth):
+        inverse = np.clip(1.0 / depth, 0, 2.0) / 2.0
+        return np.repeat((inverse * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    return [frame, grey(predicted), grey(truth)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", nargs="+", default=["room:100", "gallery:100", "courtyard:100", "pillars:100"])
@@ -40,6 +48,8 @@ def main() -> None:
     parser.add_argument("--latent-frames", type=int, default=17)
     parser.add_argument("--depth-model", default=None, help="a depth model folder (minwm_env.depth) to score too")
     parser.add_argument("--out", default="outputs/depth_warp_probe.json")
+    parser.add_argument("--picture", default=None,
+                        help="with --depth-model: a PNG of each layout's start frame, its predicted and true inverse depth")
     args = parser.parse_args()
     predictor = None
     if args.depth_model:
@@ -50,6 +60,7 @@ def main() -> None:
     sq = {n: np.zeros(horizons) for n in names}
     count = np.zeros(horizons)
     covered = np.zeros(horizons)
+    tiles = []
     for layout in args.layouts:
         name, seed = layout.split(":")
         scene = make_scene(name, int(seed))
@@ -71,6 +82,8 @@ def main() -> None:
                 warps["truth_depth"] = truth_warp[:, :3]
                 if predictor:
                     warps["model_depth"] = warp_image_depth(image, predictor.predict(start[None]), src, tgt, k)
+                if predictor and args.picture and kind == KINDS[0] and p == 0:
+                    tiles.append(_depth_tiles(start, predictor.predict(start[None])[0].numpy(), depth[0]))
                 valid = truth_warp[0, 3].numpy() > 0.5
                 for n, w in warps.items():
                     frames = w[0].permute(1, 2, 3, 0).numpy()
@@ -79,6 +92,12 @@ def main() -> None:
                 covered += (valid & seen).sum((1, 2))
                 count += seen.sum((1, 2))
         print(f"{layout} done", flush=True)
+    if tiles:
+        import imageio.v3 as iio
+        sheet = np.concatenate([np.concatenate(t, axis=1) for t in tiles], axis=0)
+        Path(args.picture).parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(args.picture, np.repeat(np.repeat(sheet, 2, 0), 2, 1))
+        print(f"wrote {args.picture}: per layout, the frame, predicted and true inverse depth")
     result = {n: [_psnr(sq[n][h] / count[h]) for h in range(horizons)] for n in names}
     result.update({n + "_pooled": _psnr(sq[n].sum() / count.sum()) for n in names})
     result["truth_depth_coverage_of_seen"] = (covered / count).round(3).tolist()

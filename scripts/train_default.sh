@@ -3,10 +3,12 @@
 #
 #   bash scripts/train_default.sh            # render + encode the data once, run the pipeline, then ship
 #
-# Stages 0 -> 1 -> 2a -> 2c (the `default-v2b` training preset: the warped reference and its
-# validity as input channels), then runs/default-v2b/ship: stage 2c's model set to sample in one
-# step (x0 at t = 1000) with a 32-frame view memory, what minwm_env/assets/minwm-default holds.
-# (MINWM_PRESET=default trains the previous shipped model's recipe into runs/default.)
+# The depth net first (runs/depth: python -m minwm_train.depth, rendered frames of the training
+# layouts), then stages 0 -> 1 -> 2a -> 2c (the `default-v4` training preset: default-v2b's
+# warped reference and validity as input channels, warped through the depth net's depth instead
+# of one plane), then runs/default-v4/ship: stage 2c's model set to sample in one step (x0 at
+# t = 1000) with a 32-frame view memory, what minwm_env/assets/minwm-default holds.
+# (MINWM_PRESET=default-v2b trains the previous shipped model's recipe into runs/default-v2b.)
 #
 # Long-running and resumable: each stage checkpoints every few minutes into runs/default/, and
 # rerunning continues from the latest checkpoints. On a GPU add --device cuda (it is the
@@ -15,13 +17,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DATA=runs/default_data
-PRESET=${MINWM_PRESET:-default-v2b}
+PRESET=${MINWM_PRESET:-default-v4}
 OUT=runs/$PRESET
 if [ ! -f "$DATA/latents/index.json" ]; then
   "$MINWM_PYTHON" -m minwm_env.data.cli render --out "$DATA" --num-clips 2000 --num-frames 33 --height 64 --width 64 --seed 0 --no-progress
   "$MINWM_PYTHON" -m minwm_env.data.cli encode --data "$DATA" --model default
 fi
-"$MINWM_PYTHON" -m minwm_train.cli pipeline --preset "$PRESET" --data "$DATA" --out "$OUT" --until stage2c "$@"
+DEPTH=()
+if [ "$PRESET" = default-v4 ]; then
+  if [ ! -f runs/depth/model/config.json ]; then
+    "$MINWM_PYTHON" -m minwm_train.depth --out runs/depth --num-frames 8000 --steps 2500 --no-progress
+  fi
+  DEPTH=(--depth-model runs/depth/model)
+fi
+"$MINWM_PYTHON" -m minwm_train.cli pipeline --preset "$PRESET" --data "$DATA" --out "$OUT" --until stage2c "${DEPTH[@]}" "$@"
 "$MINWM_PYTHON" - "$OUT" "$PRESET" <<'EOF'
 import sys
 from minwm_env.models import load_model
