@@ -38,7 +38,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from .warp import WARP_FILLS, warp_image
+from .warp import WARP_FILLS, warp_image, warp_image_depth
 
 
 class Retrieval(NamedTuple):
@@ -435,7 +435,8 @@ class ViewMemory:
 
     @torch.no_grad()
     def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
-                  intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str) -> CompositeReference:
+                  intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str,
+                  depth_net=None) -> CompositeReference:
         """Fill the gaps of the last frame's warp with stored frames warped into the same cameras.
 
         reference (B, 3, N, H, W) and validity (B, 1, N, H, W): the last clean frame warped into
@@ -457,6 +458,12 @@ class ViewMemory:
         colours are premultiplied (never-seen pixels are zero) and the result stays so (C, and
         C starts as the reference itself); with ``"border"`` they are not, and the result is
         C / A where a stored frame added something, the border streak where none did.
+
+        ``depth_net`` (a :class:`~minwm_env.depth.DepthNet`, or any callable from frames in
+        [-1, 1] (M, 3, H, W) to z-depth (M, H, W)): the stored frames are reprojected through
+        their own depth (:func:`~minwm_env.warp.warp_image_depth`) instead of the plane, as the
+        last frame's warp of a model that warps through depth is; retrieval still ranks by the
+        plane.
 
         With an empty store, k = 0, or no gap any stored frame sees, the inputs come back as they
         are (the same tensors). Returns :class:`CompositeReference`.
@@ -491,9 +498,16 @@ class ViewMemory:
         rows = torch.arange(batch, device=self.device)[:, None]
         target_c2w = torch.as_tensor(target_c2w).to(self.device, torch.float64)
         intrinsics = torch.as_tensor(intrinsics).to(self.device, torch.float64)
-        warped = warp_image(self.frames[rows, slots].flatten(0, 1), self.c2w[rows, slots].flatten(0, 1),
-                            target_c2w.repeat_interleave(num_used, 0), intrinsics.repeat_interleave(num_used, 0),
-                            depth, fill="blank", with_validity=True)  # (B·m, 4, N, H, W), colours premultiplied
+        stored, stored_c2w = self.frames[rows, slots].flatten(0, 1), self.c2w[rows, slots].flatten(0, 1)
+        targets, stored_k = target_c2w.repeat_interleave(num_used, 0), intrinsics.repeat_interleave(num_used, 0)
+        if depth_net is None:
+            warped = warp_image(stored, stored_c2w, targets, stored_k, depth, fill="blank",
+                                with_validity=True)  # (B·m, 4, N, H, W), colours premultiplied
+        else:
+            own = depth_net.depth(stored) if hasattr(depth_net, "depth") else depth_net(stored)
+            warped = warp_image_depth(stored, own, stored_c2w, targets, stored_k, fill="blank", with_validity=True,
+                                      fill_depth=depth)
+            warped = torch.cat([warped[:, :3] * warped[:, 3:], warped[:, 3:]], dim=1)  # premultiplied
         warped = warped.reshape(batch, num_used, 4, num_targets, height, width).to(reference.device, reference.dtype)
         warped = warped * used.to(warped.device)[:, :, None, None, None, None]  # a row's missing picks add nothing
 

@@ -237,7 +237,7 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     def warp(image, source_c2w, target_c2w, k, with_validity):
         if depth_net is None:
             return warp_image(image, source_c2w, target_c2w, k, depth, fill, with_validity)
-        own = depth_net.depth(image.to(next(depth_net.parameters()).dtype))
+        own = depth_net.depth(image)
         return warp_image_depth(image, own, source_c2w, target_c2w, k, fill, with_validity, fill_depth=depth)
 
     if num_refs == 1:
@@ -245,7 +245,7 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                       validity or use_memory)
         if use_memory:
             filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
-                                      memory_k, fill=fill)
+                                      memory_k, fill=fill, depth_net=depth_net)
             warped = torch.cat([filled.colours, filled.validity], dim=1) if validity else filled.colours
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames

@@ -186,3 +186,28 @@ def test_a_model_warping_through_its_depth_net(tmp_path):
     torch.testing.assert_close(loaded.residual_reference(reference, eye, eye, step, k), ours, atol=0, rtol=0)
     plane = build_preset("default-v2b").residual_reference(reference, eye, eye, step, k)
     assert ours.shape == plane.shape and not torch.allclose(ours, plane, atol=1e-3)
+
+
+def test_memory_fills_through_stored_frames_depth(room):
+    """Coming back near a stored view after looking away: what the memory fills, reprojected
+    through the stored frame's own depth, is closer to the render than through the plane."""
+    from minwm_env.memory import ViewMemory
+
+    k = torch.from_numpy(room.intrinsics)
+    start = look_pose(0.0, 0.0, 1.0, 30.0)
+    away = start @ camera.delta_to_matrix(torch.tensor([0.0, 0, 0, 70, 0, 0])).numpy()
+    back = start @ camera.delta_to_matrix(torch.tensor([-0.3, 0, 0.2, 5, 0, 0])).numpy()
+    memory = ViewMemory(1, 4, SIZE, SIZE, dtype=torch.float64)
+    memory.add(from_uint8(torch.from_numpy(room.render(start)))[None].double(), torch.from_numpy(start)[None])
+    last = from_uint8(torch.from_numpy(room.render(away)))[None].double()
+    target = torch.from_numpy(back)[None, None]
+    warped = warp_image(last, torch.from_numpy(away)[None], target, k[None], 2.0, with_validity=True)
+    truth = from_uint8(torch.from_numpy(room.render(back))).double()
+    start_depth = torch.from_numpy(room.render_depth(start)).double()
+    results = {}
+    for name, net in (("plane", None), ("depth", lambda frames: start_depth.expand(len(frames), -1, -1))):
+        filled = memory.composite(warped[:, :3], warped[:, 3:], target, k[None], 2.0, 2, fill="border", depth_net=net)
+        added = (filled.validity > warped[:, 3:])[0, 0, 0]
+        assert float(added.float().mean()) > 0.5  # the memory fills most of the view
+        results[name] = (_psnr(filled.colours[0, :, 0].float(), truth.float(), added), added)
+    assert results["depth"][0] > results["plane"][0] + 2.0
