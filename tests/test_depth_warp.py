@@ -14,18 +14,12 @@ from minwm_env.depth import DEPTH_DIR, DepthConfig, DepthNet, load_depth_model
 from minwm_env.eval import quality
 from minwm_env.models import build_preset, load_model
 from minwm_env.warp import splat_depth, warp_image, warp_image_depth
-from minwm_env.world.renderer import WorldRenderer, look_pose
-from minwm_env.world.scenes import make_scene
+from minwm_env.world.renderer import look_pose
 from minwm_train import depth as depth_training
 
+from test_warp import room  # noqa: F401  (the room renderer fixture)
+
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def room():
-    renderer = WorldRenderer(make_scene("room", 3), SIZE, SIZE)
-    yield renderer
-    renderer.close()
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
