@@ -258,7 +258,7 @@ print(json.dumps({"wait_policy": os.environ.get("OMP_WAIT_POLICY"), "during_step
 """
 
 
-@pytest.mark.parametrize("order, environment, num_threads, expected", [
+THREAD_CASES = [
     # imported before torch: waiting threads sleep, the caller's thread count is kept
     ("minwm-first", {}, None, {"wait_policy": "PASSIVE", "during_step": 2}),
     # torch first (too late for OpenMP's settings): steps run on one thread, then the caller's again
@@ -268,13 +268,27 @@ print(json.dumps({"wait_policy": os.environ.get("OMP_WAIT_POLICY"), "during_step
     ("torch-first", {"MINWM_THREADS": "off"}, None, {"wait_policy": None, "during_step": 2}),
     ("minwm-first", {"MINWM_THREADS": "1"}, None, {"wait_policy": "PASSIVE", "during_step": 1}),
     ("torch-first", {"MINWM_THREADS": "1"}, 2, {"wait_policy": None, "during_step": 2}),
-])
-def test_thread_settings_and_overrides(order, environment, num_threads, expected):
+]
+
+
+@pytest.fixture(scope="module")
+def thread_probes():
+    """Every case's fresh interpreter started at once (each spends seconds importing torch and
+    diffusers; what they report are thread counts, which running side by side does not change)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MINWM_THREADS")}
-    proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, order, json.dumps(num_threads)], capture_output=True,
-                          text=True, timeout=600, env={**clean, **environment})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {**expected, "after_step": 2}
+    procs = [subprocess.Popen([sys.executable, "-c", THREADS_PROBE, order, json.dumps(num_threads)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean, **environment})
+             for order, environment, num_threads, _ in THREAD_CASES]
+    outputs = [proc.communicate(timeout=600) for proc in procs]  # (stdout, stderr), read as they run
+    return [(proc.returncode, *output) for proc, output in zip(procs, outputs)]
+
+
+@pytest.mark.parametrize("case", range(len(THREAD_CASES)),
+                         ids=[f"{order}-{environment}-{threads}" for order, environment, threads, _ in THREAD_CASES])
+def test_thread_settings_and_overrides(thread_probes, case):
+    returncode, stdout, stderr = thread_probes[case]
+    assert returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1]) == {**THREAD_CASES[case][3], "after_step": 2}
 
 
 def test_bad_thread_settings_raise():
