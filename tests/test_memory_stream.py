@@ -38,7 +38,7 @@ def test_memory_off_streams_exactly_as_before(shipped):
     the memory fill something)."""
     actions = [np.repeat(a[None], 4, 0) for a in (TURN, TURN, -TURN, -TURN)]
     assert shipped.settings.memory_frames > 0
-    without = WorldModel(shipped.backbone, shipped.codec, replace(shipped.settings, memory_frames=0))
+    without = WorldModel(shipped.backbone, shipped.codec, replace(shipped.settings, memory_frames=0), shipped.depth)
     plain = _rollout(WorldModelEnv(model=without, obs_mode="chunk"), actions)
     off = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk", memory=False), actions)
     on = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk"), actions)
