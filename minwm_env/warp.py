@@ -209,11 +209,11 @@ def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w
     covered = torch.isfinite(target_depth)
     # each target camera's points back into the source camera, in normalised image units; an
     # uncovered pixel's point may fall behind it: its colour is not used, its grid kept finite
-    to_source = _projection(intrinsics.to(device).repeat_interleave(num_targets, 0), target_c2w.flatten(0, 1),
+    per_target = intrinsics.to(device).repeat_interleave(num_targets, 0)  # (B·N, 4)
+    to_source = _projection(per_target, target_c2w.flatten(0, 1),
                             source_c2w.to(device)[:, None].expand(-1, num_targets, -1, -1).flatten(0, 1)[:, None],
                             height=1, width=1)
-    col, row, _ = _project_depth(target_depth.nan_to_num(posinf=1.0).flatten(0, 1)[:, None],
-                                 intrinsics.repeat_interleave(num_targets, 0), to_source)
+    col, row, _ = _project_depth(target_depth.nan_to_num(posinf=1.0).flatten(0, 1)[:, None], per_target, to_source)
     grid = torch.stack([2 * col - 1, 2 * row - 1], dim=-1).nan_to_num(2.0).clamp(-2, 2)
     grid = grid.reshape(batch * num_targets, height, width, 2)
     source = image[:, None].expand(-1, num_targets, -1, -1, -1).reshape(batch * num_targets, channels, height, width)
