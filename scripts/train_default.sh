@@ -24,7 +24,7 @@ if [ ! -f "$DATA/latents/index.json" ]; then
   "$MINWM_PYTHON" -m minwm_env.data.cli encode --data "$DATA" --model default
 fi
 DEPTH=()
-if [ "$PRESET" = default-v4 ]; then
+if [[ "$PRESET" == default-v4* ]]; then
   if [ ! -f runs/depth/model/config.json ]; then
     "$MINWM_PYTHON" -m minwm_train.depth --out runs/depth --num-frames 8000 --steps 2500 --no-progress
   fi

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minwm_env import camera
+from minwm_env.backbones.wan import CausalWan
 from minwm_env.codec import from_uint8
 from minwm_env.depth import DepthConfig, DepthNet
 from minwm_env.generator import StreamingGenerator
@@ -15,7 +16,7 @@ from minwm_env.models import ModelSettings, build_preset
 from minwm_env.warp import rgb_frame_poses, warp_along_actions, warp_image
 from minwm_env.world.renderer import WorldRenderer, look_pose
 from minwm_env.world.scenes import make_scene
-from minwm_train.stages.common import residual_references
+from minwm_train.stages.common import prompt_state, residual_references
 
 from conftest import randomize_
 
@@ -174,3 +175,40 @@ def test_warp_settings_and_inputs_are_checked(tiny_model):
     with pytest.raises(ValueError, match="codec whose latents are pixels"):
         tiny_model.residual_reference(latent, torch.eye(4)[None, None], torch.eye(4)[None, None],
                                       torch.eye(4)[None, None], torch.ones(1, 1, 4))
+
+
+def test_gated_residual_keeps_every_seen_pixel_and_draws_the_rest():
+    """default-v4g: pixels the warp saw (validity 1) come out exactly as warped, never-seen ones
+    (validity 0) are the network's; the same weights without the gate change both."""
+    model = build_preset("default-v4g", warp_depth_source="plane")  # (the gate does not care where depth comes from)
+    assert model.backbone.residual_gate == model.codec.temporal_factor == 4
+    randomize_(model.backbone, seed=5)
+    turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0.1, 25.0, 5.0, 0]).double())
+    c2w = torch.stack([turn, turn @ turn])[None].expand(2, 2, 4, 4)
+    previous = torch.cat([torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), c2w[:, :1]], dim=1)
+    start = torch.randn(2, 192, 1, 16, 16, generator=torch.Generator().manual_seed(2)).clamp(-2, 2)
+    reference = model.residual_reference(start, torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), previous, c2w,
+                                         torch.tensor(model.settings.intrinsics).expand(2, 2, 4))
+    x = torch.randn(2, 192, 2, 16, 16, generator=torch.Generator().manual_seed(3))
+    prompt = prompt_state(model, {}, 2)
+    with torch.no_grad():
+        gated = model.backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference)
+        model.backbone.residual_gate = 0
+        plain = model.backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference)
+    unpack = model.codec.unpack
+    validity = unpack(reference[:, 192:] * model.codec.scale)[:, :1]  # (B, 1, 8, 64, 64), per RGB pixel
+    seen, unseen = (validity == 1).expand(-1, 3, -1, -1, -1), (validity == 0).expand(-1, 3, -1, -1, -1)
+    assert 0.2 < float(seen.float().mean()) < 0.95 and float(unseen.float().mean()) > 0.02
+    warped = unpack(reference[:, :192])
+    assert torch.equal(unpack(gated)[seen], warped[seen])
+    assert float((unpack(gated) - warped)[unseen].abs().mean()) > 0.05
+    torch.testing.assert_close(unpack(gated)[unseen], unpack(plain)[unseen], atol=1e-6, rtol=0)
+    assert float((unpack(plain) - warped)[seen].abs().mean()) > 0.05
+
+
+def test_residual_gate_needs_the_validity():
+    with pytest.raises(ValueError, match="residual_gate needs warp_validity"):
+        ModelSettings.from_dict({"residual_reference": True, "warp_reference": True, "residual_gate": True}, "minwm.json")
+    plain = build_preset("default")  # no validity beside the latent
+    with pytest.raises(ValueError, match="residual_gate needs a residual model that takes its reference and validity"):
+        CausalWan(plain.backbone.transformer, "x0", residual_reference=True, residual_gate=4)

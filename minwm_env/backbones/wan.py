@@ -157,7 +157,8 @@ class CausalWan(CausalBackbone):
     """Wan2.1 T2V as a block-causal, streaming backbone (the adapter of docs/design.md §2, §4)."""
 
     def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v",
-                 conditioning: ConditioningConfig | None = None, residual_reference: bool = False):
+                 conditioning: ConditioningConfig | None = None, residual_reference: bool = False,
+                 residual_gate: int = 0):
         super().__init__()
         config = transformer.config
         if tuple(config.patch_size)[0] != 1:
@@ -170,6 +171,17 @@ class CausalWan(CausalBackbone):
         # The output is added to a reference latent (the last clean frame before the chunk):
         # a small model then starts from "the scene as it was" and learns the change.
         self.residual_reference = residual_reference
+        # residual_gate = G > 0: the output is scaled by 1 - validity pixel by pixel before it is
+        # added to the reference, so pixels the warp saw come through unchanged and the network
+        # draws only what it never saw. The reference is then [colours ; validity], packed as a
+        # pixel latent packs them: G groups (frames) of 3·K colour channels and K validity channels.
+        channels, extra = config.out_channels, config.in_channels - config.out_channels
+        if residual_gate and not (residual_reference and extra == channels + channels // 3
+                                  and channels % (3 * residual_gate) == 0):
+            raise ValueError(f"residual_gate needs a residual model that takes its reference and validity as input "
+                             f"({channels} + {channels // 3} channels beside the latent, in {residual_gate} groups); "
+                             f"this one takes {extra} (residual_reference={residual_reference})")
+        self.residual_gate = residual_gate
         self.rotary = FramePositionRotary(config.attention_head_dim)
         self.gradient_checkpointing = False
         self.conditioning = None
@@ -195,6 +207,12 @@ class CausalWan(CausalBackbone):
         """Input channels beyond the noisy latent: the reference (and its validity), which such
         a backbone sees beside the latent as well as adding its output to it (0: it only adds)."""
         return self.config.in_channels - self.config.out_channels
+
+    def _gate(self, validity: torch.Tensor) -> torch.Tensor:
+        """1 - validity (B, C / 3, F, h, w), spread over the three colours of every pixel → (B, C, F, h, w)."""
+        batch, _, frames, height, width = validity.shape
+        per_pixel = validity.reshape(batch, self.residual_gate, 1, -1, frames, height, width)
+        return 1 - per_pixel.expand(-1, -1, 3, -1, -1, -1, -1).reshape(batch, self.latent_channels, frames, height, width)
 
     text_length = 512  # UMT5's max_sequence_length in diffusers' WanPipeline; Wan has no text mask
     folds_writes = True  # forward takes write_frames and a streaming frame_mask (ChunkStream folds clean writes)
@@ -352,6 +370,8 @@ class CausalWan(CausalBackbone):
             frame_embedding = branches.frame_embedding(conditions, dtype)
         uniform = self._uniform(timestep, frame_embedding)
         residual = reference if self.residual_reference else None
+        if residual is not None and self.residual_gate:
+            residual = (residual[:, :self.latent_channels], self._gate(residual[:, self.latent_channels:]))
         if step is None or step.compile is None:
             out = _transform(self, hidden_states, timestep, uniform, rays, frame_embedding, prompt, context, residual)
         else:
@@ -393,7 +413,10 @@ def _transform(backbone: CausalWan, hidden_states, timestep, uniform: bool, rays
     x = model.proj_out(x)  # (B, L, C·ph·pw)
     x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
     out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-    if reference is not None:
+    if isinstance(reference, tuple):  # gated: (colours, 1 - validity)
+        colours, gate = reference
+        out = out * gate.to(out.dtype) + colours.to(out.dtype)
+    elif reference is not None:
         out = out + reference[:, :out.shape[1]].to(out.dtype)
     return out
 
