@@ -150,6 +150,11 @@ class ViewMemory:
         self.occupied = torch.zeros(batch_size, capacity, dtype=torch.bool, device=self.device)
         self.added_at = torch.zeros(batch_size, capacity, dtype=torch.int64, device=self.device)
         self.num_added = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
+        # each stored frame's depth, computed by a depth net the first time composite needs it
+        # and kept while the frame is: a frame is retrieved many times, its depth never changes
+        self.depths = torch.zeros(batch_size, capacity, height, width, device=self.device, dtype=dtype)
+        self.has_depth = torch.zeros(batch_size, capacity, dtype=torch.bool, device=self.device)
+        self._depth_net = None  # the net self.depths came from
 
     @property
     def num_frames(self) -> torch.Tensor:
@@ -159,7 +164,8 @@ class ViewMemory:
     @property
     def nbytes(self) -> int:
         """Bytes of the store's tensors (fixed at construction)."""
-        return sum(t.nbytes for t in (self.frames, self.c2w, self.places, self.occupied, self.added_at, self.num_added))
+        return sum(t.nbytes for t in (self.frames, self.c2w, self.places, self.occupied, self.added_at, self.num_added,
+                                      self.depths, self.has_depth))
 
     # ---------------------------------------------------------------- checks
 
@@ -230,6 +236,7 @@ class ViewMemory:
         self.c2w[index] = torch.eye(4, dtype=torch.float64, device=self.device)
         self.places[index] = torch.eye(4, dtype=torch.float64, device=self.device)
         self.frames[index] = 0
+        self.has_depth[index] = False
 
     @torch.no_grad()
     def add(self, frames: torch.Tensor, c2w: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None) -> None:
@@ -273,6 +280,7 @@ class ViewMemory:
         self.c2w[index, slots] = c2w
         self.places[index, slots] = torch.where(superseded[:, None, None], self.places[index, slots], c2w)
         self.occupied[index, slots] = True
+        self.has_depth[index, slots] = False
         self.added_at[index, slots] = self.num_added[index]
 
     def _slots_for(self, index: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,6 +442,21 @@ class ViewMemory:
     # ---------------------------------------------------------------- compositing
 
     @torch.no_grad()
+    def _stored_depth(self, rows: torch.Tensor, slots: torch.Tensor, used: torch.Tensor, depth_net) -> torch.Tensor:
+        """The depth (B, m, H, W) of the stored frames at ``slots`` (B, m), by ``depth_net``:
+        computed for the ``used`` ones it was not computed for yet, kept for the next time."""
+        if depth_net is not self._depth_net:  # another net: what is kept is not its depth
+            self.has_depth.zero_()
+            self._depth_net = depth_net
+        missing = used & ~self.has_depth[rows, slots]
+        if missing.any():
+            row_index, slot_index = rows.expand_as(slots)[missing], slots[missing]
+            frames = self.frames[row_index, slot_index]
+            depth = depth_net.depth(frames) if hasattr(depth_net, "depth") else depth_net(frames)
+            self.depths[row_index, slot_index] = depth.to(self.device, self.dtype)
+            self.has_depth[row_index, slot_index] = True
+        return self.depths[rows, slots]
+
     def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
                   intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str,
                   depth_net=None) -> CompositeReference:
@@ -463,7 +486,8 @@ class ViewMemory:
         [-1, 1] (M, 3, H, W) to z-depth (M, H, W)): the stored frames are reprojected through
         their own depth (:func:`~minwm_env.warp.warp_image_depth`) instead of the plane, as the
         last frame's warp of a model that warps through depth is; retrieval still ranks by the
-        plane.
+        plane. Each stored frame's depth is computed once, the first time it is used, and kept
+        with the frame (:attr:`depths`) while the same net is passed.
 
         With an empty store, k = 0, or no gap any stored frame sees, the inputs come back as they
         are (the same tensors). Returns :class:`CompositeReference`.
@@ -504,7 +528,7 @@ class ViewMemory:
             warped = warp_image(stored, stored_c2w, targets, stored_k, depth, fill="blank",
                                 with_validity=True)  # (B·m, 4, N, H, W), colours premultiplied
         else:
-            own = depth_net.depth(stored) if hasattr(depth_net, "depth") else depth_net(stored)
+            own = self._stored_depth(rows, slots, used, depth_net).flatten(0, 1)
             warped = warp_image_depth(stored, own, stored_c2w, targets, stored_k, fill="blank", with_validity=True,
                                       fill_depth=depth)
             warped = torch.cat([warped[:, :3] * warped[:, 3:], warped[:, 3:]], dim=1)  # premultiplied

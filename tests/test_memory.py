@@ -62,7 +62,7 @@ def _walk(num_poses: int) -> torch.Tensor:
 
 def _state(memory: ViewMemory) -> list[torch.Tensor]:
     return [t.clone() for t in (memory.frames, memory.c2w, memory.places, memory.occupied, memory.added_at,
-                                memory.num_added)]
+                                memory.num_added, memory.depths, memory.has_depth)]
 
 
 @pytest.mark.parametrize("fill", ["border", "blank"])
@@ -332,3 +332,41 @@ def test_the_cost_benchmark_runs_and_its_store_stays_the_same_size(capsys, monke
             line.startswith("| 64 ")]
     assert len(rows) == 4  # two measurements in each of the two modes
     assert len({row.rsplit("|", 2)[-2] for row in rows}) == 1  # the same store bytes throughout
+
+
+def test_stored_depth_is_computed_once_per_frame_and_net(room):
+    """composite through a depth net runs it on a stored frame the first time the frame is used,
+    not at every retrieval; a frame that replaces it, or another net, computes it again. The
+    result equals composite with nothing kept."""
+    seen = []
+
+    def net(frames):  # depth from the colours, so a wrong frame's depth would show
+        seen.append(len(frames))
+        return 1.5 + frames.mean(1)
+
+    start = _pose(0.0, 0.0, 30.0)
+    memory = ViewMemory(1, 4, SIZE, SIZE)
+    memory.add(_render(room, start)[None], start[None])
+    away = start @ _turn(60.0)
+    target = (start @ _turn(8.0))[None, None]
+    warped = warp_image(_render(room, away)[None], away[None], target, _intrinsics(1), DEPTH, with_validity=True)
+    def fill(depth_net):
+        return memory.composite(warped[:, :3], warped[:, 3:], target, _intrinsics(1), DEPTH, 2, fill="border",
+                                depth_net=depth_net)
+    first = fill(net)
+    assert seen == [1] and bool(memory.has_depth[0, 0])
+    again = fill(net)
+    assert seen == [1]  # kept
+    assert torch.equal(first.colours, again.colours) and torch.equal(first.validity, again.validity)
+    memory.has_depth.zero_()
+    torch.testing.assert_close(fill(net).colours, first.colours, atol=0, rtol=0)  # recomputed: the same
+    assert seen == [1, 1]
+    memory.add(_render(room, start @ _turn(1.0))[None], (start @ _turn(1.0))[None])  # supersedes (near-duplicate)
+    assert not bool(memory.has_depth[0, 0])
+    fill(net)
+    assert seen == [1, 1, 1]
+    other = lambda frames: net(frames) + 1.0  # noqa: E731
+    assert not torch.equal(fill(other).colours, fill(net).colours)
+    assert seen == [1, 1, 1, 1, 1]  # each net change recomputes
+    memory.clear()
+    assert not bool(memory.has_depth.any())
