@@ -455,7 +455,8 @@ class ViewMemory:
             depth = depth_net.depth(frames) if hasattr(depth_net, "depth") else depth_net(frames)
             self.depths[row_index, slot_index] = depth.to(self.device, self.dtype)
             self.has_depth[row_index, slot_index] = True
-        return self.depths[rows, slots]
+        # a row's unused picks (fewer frames found than the others) add nothing: any positive depth
+        return torch.where(used[:, :, None, None], self.depths[rows, slots], torch.ones((), dtype=self.dtype))
 
     def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
                   intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str,

@@ -370,3 +370,10 @@ def test_stored_depth_is_computed_once_per_frame_and_net(room):
     assert seen == [1, 1, 1, 1, 1]  # each net change recomputes
     memory.clear()
     assert not bool(memory.has_depth.any())
+    # two rows, one with nothing stored: its missing picks take no depth (and the other row's result is its own)
+    pair = ViewMemory(2, 4, SIZE, SIZE)
+    pair.add(_render(room, start)[None], start[None], rows=[0])
+    both = pair.composite(warped[:, :3].expand(2, -1, -1, -1, -1), warped[:, 3:].expand(2, -1, -1, -1, -1),
+                          target.expand(2, -1, -1, -1), _intrinsics(2), DEPTH, 2, fill="border", depth_net=net)
+    torch.testing.assert_close(both.colours[:1], first.colours, atol=1e-6, rtol=0)
+    assert torch.equal(both.colours[1:], warped[:, :3]) and seen[-1] == 1
