@@ -4,11 +4,12 @@
 #   bash scripts/train_default.sh            # render + encode the data once, run the pipeline, then ship
 #
 # The depth net first (runs/depth: python -m minwm_train.depth, rendered frames of the training
-# layouts), then stages 0 -> 1 -> 2a -> 2c (the `default-v4` training preset: default-v2b's
+# layouts), then stages 0 -> 1 -> 2a -> 2c (the `default-v4g` training preset: default-v2b's
 # warped reference and validity as input channels, warped through the depth net's depth instead
-# of one plane), then runs/default-v4/ship: stage 2c's model set to sample in one step (x0 at
-# t = 1000) with a 32-frame view memory, what minwm_env/assets/minwm-default holds.
-# (MINWM_PRESET=default-v2b trains the previous shipped model's recipe into runs/default-v2b.)
+# of one plane, the output gated to the pixels the warp never saw), then runs/default-v4g/ship:
+# stage 2c's model set to sample in one step (x0 at t = 1000) with a 32-frame view memory, what
+# minwm_env/assets/minwm-default holds. (MINWM_PRESET=default-v4 trains the previous shipped
+# model's recipe into runs/default-v4, default-v2b the one before.)
 #
 # Long-running and resumable: each stage checkpoints every few minutes into runs/default/, and
 # rerunning continues from the latest checkpoints. On a GPU add --device cuda (it is the
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DATA=runs/default_data
-PRESET=${MINWM_PRESET:-default-v4}
+PRESET=${MINWM_PRESET:-default-v4g}
 OUT=runs/$PRESET
 if [ ! -f "$DATA/latents/index.json" ]; then
   "$MINWM_PYTHON" -m minwm_env.data.cli render --out "$DATA" --num-clips 2000 --num-frames 33 --height 64 --width 64 --seed 0 --no-progress
