@@ -458,6 +458,7 @@ class ViewMemory:
         # a row's unused picks (fewer frames found than the others) add nothing: any positive depth
         return torch.where(used[:, :, None, None], self.depths[rows, slots], torch.ones((), dtype=self.dtype))
 
+    @torch.no_grad()
     def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
                   intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str,
                   depth_net=None) -> CompositeReference:
