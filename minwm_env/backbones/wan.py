@@ -370,13 +370,13 @@ class CausalWan(CausalBackbone):
             frame_embedding = branches.frame_embedding(conditions, dtype)
         uniform = self._uniform(timestep, frame_embedding)
         residual = reference if self.residual_reference else None
-        if residual is not None and self.residual_gate:
-            residual = (residual[:, :self.latent_channels], self._gate(residual[:, self.latent_channels:]))
+        gate = None if residual is None or not self.residual_gate else self._gate(residual[:, self.latent_channels:])
         if step is None or step.compile is None:
-            out = _transform(self, hidden_states, timestep, uniform, rays, frame_embedding, prompt, context, residual)
+            out = _transform(self, hidden_states, timestep, uniform, rays, frame_embedding, prompt, context, residual,
+                             gate)
         else:
             out = _compiled_transform(step.compile)(self, hidden_states, timestep, uniform, rays, frame_embedding,
-                                                    prompt, context, residual)
+                                                    prompt, context, residual, gate)
             # with CUDA graphs the output lives in the graph's memory, overwritten by its next replay
             # (the sampler's next step): a latent-sized copy keeps it
             out = out.clone()
@@ -386,9 +386,10 @@ class CausalWan(CausalBackbone):
 
 
 def _transform(backbone: CausalWan, hidden_states, timestep, uniform: bool, rays, frame_embedding, prompt, context,
-               reference) -> torch.Tensor:
+               reference, gate=None) -> torch.Tensor:
     """The tensor part of :meth:`CausalWan.forward` (patch embedding, blocks, output head): no
-    bookkeeping, so with a static-mode context it compiles to one graph per forward shape."""
+    bookkeeping, so with a static-mode context it compiles to one graph per forward shape. The
+    output is added to ``reference``'s colour channels, first scaled by ``gate`` if given."""
     model = backbone.transformer
     batch, _, num_frames, height, width = hidden_states.shape
     ph, pw = backbone.spatial_patch
@@ -413,10 +414,9 @@ def _transform(backbone: CausalWan, hidden_states, timestep, uniform: bool, rays
     x = model.proj_out(x)  # (B, L, C·ph·pw)
     x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
     out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-    if isinstance(reference, tuple):  # gated: (colours, 1 - validity)
-        colours, gate = reference
-        out = out * gate.to(out.dtype) + colours.to(out.dtype)
-    elif reference is not None:
+    if gate is not None:
+        out = out * gate.to(out.dtype)
+    if reference is not None:
         out = out + reference[:, :out.shape[1]].to(out.dtype)
     return out
 
