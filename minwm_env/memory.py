@@ -41,6 +41,14 @@ import torch.nn.functional as F
 from .warp import WARP_FILLS, warp_image, warp_image_depth
 
 
+SHARPEN_WEIGHT = 0.02
+"""How much a generation saved on a whole target weighs against filling it: 50 generations saved
+on every pixel rank like filling every gap (:meth:`ViewMemory.retrieve`)."""
+SHARPEN_MARGIN = 0.5
+"""Generations a stored frame must save on a pixel before it replaces the last frame's warp there:
+below this the bilinear generations of two warps of the same frame differ by rounding."""
+
+
 class Retrieval(NamedTuple):
     """What :meth:`ViewMemory.retrieve` found for each row, best first."""
 
@@ -53,6 +61,7 @@ class CompositeReference(NamedTuple):
 
     colours: torch.Tensor  # (B, 3, N, H, W)
     validity: torch.Tensor  # (B, 1, N, H, W) in [0, 1]
+    generation: torch.Tensor | None = None  # (B, 1, N, H, W) resamplings per pixel, when asked for
 
 
 def _invert(c2w: torch.Tensor) -> torch.Tensor:
@@ -155,6 +164,9 @@ class ViewMemory:
         self.depths = torch.zeros(batch_size, capacity, height, width, device=self.device, dtype=dtype)
         self.has_depth = torch.zeros(batch_size, capacity, dtype=torch.bool, device=self.device)
         self._depth_net = None  # the net self.depths came from
+        # how many resamplings each stored pixel has been through since it was observed or drawn
+        # (0: as observed or as the network drew it), what composite(..., generation=) ranks by
+        self.generations = torch.zeros(batch_size, capacity, height, width, device=self.device, dtype=dtype)
 
     @property
     def num_frames(self) -> torch.Tensor:
@@ -165,7 +177,7 @@ class ViewMemory:
     def nbytes(self) -> int:
         """Bytes of the store's tensors (fixed at construction)."""
         return sum(t.nbytes for t in (self.frames, self.c2w, self.places, self.occupied, self.added_at, self.num_added,
-                                      self.depths, self.has_depth))
+                                      self.depths, self.has_depth, self.generations))
 
     # ---------------------------------------------------------------- checks
 
@@ -237,11 +249,15 @@ class ViewMemory:
         self.places[index] = torch.eye(4, dtype=torch.float64, device=self.device)
         self.frames[index] = 0
         self.has_depth[index] = False
+        self.generations[index] = 0
 
     @torch.no_grad()
-    def add(self, frames: torch.Tensor, c2w: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None) -> None:
+    def add(self, frames: torch.Tensor, c2w: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None,
+            generations: torch.Tensor | None = None) -> None:
         """Store one frame per row: ``frames`` (b, channels, H, W) seen from ``c2w`` (b, 4, 4), for all
-        rows (b = B) or for the listed ``rows`` (b = len(rows)).
+        rows (b = B) or for the listed ``rows`` (b = len(rows)); ``generations`` (b, H, W), how
+        many resamplings each pixel has been through (default 0: an observed frame; see
+        :meth:`composite`'s ``generation``).
 
         The frame is always stored (never skipped); its slot is, in this order:
 
@@ -272,6 +288,14 @@ class ViewMemory:
         if not torch.isfinite(frames).all():
             raise ValueError("frames contain NaN or inf")
         c2w = self._poses(c2w, (num_rows, 4, 4), "c2w")
+        if generations is None:
+            generations = torch.zeros(num_rows, self.height, self.width)
+        generations = torch.as_tensor(generations)
+        if tuple(generations.shape) != (num_rows, self.height, self.width):
+            raise ValueError(f"generations must have shape (b, H, W) = ({num_rows}, {self.height}, {self.width}), "
+                             f"got {tuple(generations.shape)}")
+        if not torch.isfinite(generations).all() or (generations < 0).any():
+            raise ValueError("generations must be finite and >= 0")
         if num_rows == 0:
             return
         slots, superseded = self._slots_for(index, c2w)
@@ -281,6 +305,7 @@ class ViewMemory:
         self.places[index, slots] = torch.where(superseded[:, None, None], self.places[index, slots], c2w)
         self.occupied[index, slots] = True
         self.has_depth[index, slots] = False
+        self.generations[index, slots] = generations.to(self.device, self.dtype)
         self.added_at[index, slots] = self.num_added[index]
 
     def _slots_for(self, index: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,6 +390,12 @@ class ViewMemory:
 
     def _coverage(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None,
                   u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._project(target_c2w, intrinsics, depth, u, v)[0]
+
+    def _project(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None,
+                 u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rays (u, v) of the targets cut by the plane ``depth``, seen from every stored
+        camera: (seen, u_stored, v_stored), each (B, S, N, G²); seen is :meth:`coverage`'s."""
         fx, fy, cx, cy = (intrinsics[:, i, None, None] for i in range(4))  # (B, 1, 1)
         x, y = (u - cx) / fx, (v - cy) / fy  # (B, N or 1, G²)
         num_targets = target_c2w.shape[1]
@@ -381,11 +412,21 @@ class ViewMemory:
         margin_u, margin_v = 0.5 / self.width - 1e-9, 0.5 / self.height - 1e-9
         inside = ((u_stored >= margin_u) & (u_stored <= 1 - margin_u) & (v_stored >= margin_v)
                   & (v_stored <= 1 - margin_v))
-        return in_front & inside & self.occupied[:, :, None, None]
+        return in_front & inside & self.occupied[:, :, None, None], u_stored, v_stored
+
+    def _generations_at(self, u_stored: torch.Tensor, v_stored: torch.Tensor) -> torch.Tensor:
+        """The stored generations (bilinear) where rays land in each stored image: u, v (B, S, N,
+        G²) normalised positions → (B, S, N, G²) float64."""
+        batch, slots = u_stored.shape[:2]
+        grid = torch.stack([2 * u_stored - 1, 2 * v_stored - 1], dim=-1).flatten(0, 1)  # (B·S, N, G², 2)
+        maps = self.generations.flatten(0, 1)[:, None].to(torch.float64)  # (B·S, 1, H, W)
+        sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return sampled.reshape(batch, slots, *u_stored.shape[2:])
 
     @torch.no_grad()
     def retrieve(self, target_c2w: torch.Tensor, intrinsics: torch.Tensor, k: int, depth: float | None,
-                 *, gaps: torch.Tensor | None = None) -> Retrieval:
+                 *, gaps: torch.Tensor | None = None, generation: torch.Tensor | None = None,
+                 sharpen_distance: float = math.inf) -> Retrieval:
         """Up to ``k`` stored frames per row that best cover the targets' view, best first.
 
         target_c2w (B, N, 4, 4): the cameras of the new chunk's frames; intrinsics (B, 4);
@@ -407,12 +448,23 @@ class ViewMemory:
         Returns :class:`Retrieval`: indices (B, k) slots, -1 where the row has no (more) frame
         that adds coverage; scores (B, k) as above, 0 at -1. The cost is O(k · capacity · N ·
         grid_size²) plus pooling the gaps, bounded however long the episode.
+
+        ``generation`` (B, N, H, W), with ``gaps``: how many resamplings each target pixel that
+        is not a gap has been through (the last frame's warp's, :meth:`composite`). A stored
+        frame whose camera centre is within ``sharpen_distance`` of the targets' (mean) then
+        also gains, on one ray per cell centre that it sees, ``SHARPEN_WEIGHT`` times the
+        generations it saves there (the pixel's generation less the stored one + 1, less
+        ``SHARPEN_MARGIN``, times the share of the cell that is not a gap); a pick lowers the
+        generations of the rays it sees.
         """
         self._check_k_depth(k, depth)
         target_c2w = self._targets(target_c2w)
         num_targets = target_c2w.shape[1]
         intrinsics = self._intrinsics(intrinsics)
-        need, u, v = self._rays(self._gaps(gaps, num_targets))
+        gaps = self._gaps(gaps, num_targets)
+        if generation is not None and gaps is None:
+            raise ValueError("generation needs gaps (the pixels that are not gaps are the ones a pick may sharpen)")
+        need, u, v = self._rays(gaps)
         if need is None:
             need = torch.ones(self.batch_size, num_targets, self.grid_size ** 2, dtype=torch.float64,
                               device=self.device)
@@ -426,8 +478,16 @@ class ViewMemory:
         discount = 1 + distance / self.parallax_scale
         available = self.occupied.clone()
         rows = torch.arange(self.batch_size, device=self.device)
+        sharpening = None
+        if generation is not None:
+            sharpening = self._sharpening(target_c2w, intrinsics, depth, gaps, self._check_generation(
+                generation, (self.batch_size, num_targets, self.height, self.width)), distance <= sharpen_distance)
         for rank in range(min(k, self.capacity)):
             gain = (covered * need[:, None]).mean(dim=(2, 3))  # (B, S) share of all target pixels
+            if sharpening is not None:
+                sees, brings, current, share = sharpening
+                saved = (current[:, None] - brings - SHARPEN_MARGIN).clamp_min(0) * share[:, None] * sees
+                gain = gain + SHARPEN_WEIGHT * saved.mean(dim=(2, 3))
             key = torch.where(available & (gain > 0), gain / discount, -math.inf)
             best_key, best = key.max(1)
             found = torch.isfinite(best_key)
@@ -437,7 +497,34 @@ class ViewMemory:
             scores[:, rank] = torch.where(found, gain[rows, best], 0.0)
             available[rows[found], best[found]] = False
             need = need * (1 - covered[rows, best] * found[:, None, None])
+            if sharpening is not None:
+                picked = sees[rows, best] & found[:, None, None]
+                sharpening = (sees, brings, torch.where(picked, torch.minimum(current, brings[rows, best]), current),
+                              share)
         return Retrieval(indices, scores)
+
+    def _sharpening(self, target_c2w, intrinsics, depth, gaps, generation, near):
+        """What :meth:`retrieve` ranks sharpening by, on one ray per cell centre: (sees (B, S, N,
+        G²) bool: a near stored frame sees the ray; brings (B, S, N, G²): the generation its
+        warp would give there; current (B, N, G²): the mean generation of the cell's pixels that
+        are not gaps; share (B, N, G²): their share of the cell)."""
+        _, centre_u, centre_v = self._rays(None)
+        sees, u_stored, v_stored = self._project(target_c2w, intrinsics, depth, centre_u, centre_v)
+        brings = self._generations_at(u_stored, v_stored) + 1
+        kept = (~gaps).to(torch.float64).flatten(0, 1)  # (B·N, H, W)
+        grid = self.grid_size
+        share = F.adaptive_avg_pool2d(kept, grid).reshape(*gaps.shape[:2], -1)  # (B, N, G²)
+        summed = F.adaptive_avg_pool2d(kept * generation.flatten(0, 1).to(torch.float64), grid)
+        current = summed.reshape(share.shape) / share.clamp_min(1e-12)
+        return sees & near[:, :, None, None], brings, current, share
+
+    def _check_generation(self, generation: torch.Tensor, shape: tuple) -> torch.Tensor:
+        generation = torch.as_tensor(generation)
+        if tuple(generation.shape) != shape:
+            raise ValueError(f"generation must have shape {shape}, got {tuple(generation.shape)}")
+        if not torch.isfinite(generation).all() or (generation < 0).any():
+            raise ValueError("generation must be finite and >= 0")
+        return generation.to(self.device)
 
     # ---------------------------------------------------------------- compositing
 
@@ -461,7 +548,8 @@ class ViewMemory:
     @torch.no_grad()
     def composite(self, reference: torch.Tensor, validity: torch.Tensor, target_c2w: torch.Tensor,
                   intrinsics: torch.Tensor, depth: float | None, k: int, *, fill: str,
-                  depth_net=None) -> CompositeReference:
+                  depth_net=None, generation: torch.Tensor | None = None,
+                  sharpen_distance: float = math.inf) -> CompositeReference:
         """Fill the gaps of the last frame's warp with stored frames warped into the same cameras.
 
         reference (B, 3, N, H, W) and validity (B, 1, N, H, W): the last clean frame warped into
@@ -491,6 +579,23 @@ class ViewMemory:
         plane. Each stored frame's depth is computed once, the first time it is used, and kept
         with the frame (:attr:`depths`) while the same net is passed.
 
+        ``generation`` (B, 1, N, H, W): how many resamplings each pixel of the last frame's warp
+        has been through, counting that warp (the stored frame's own, :attr:`generations`, plus
+        one). Each bilinear resampling softens the image a little, and a stream that warps its
+        last frame into the next camera chunk after chunk resamples what it has seen once per
+        chunk: measured on the shipped model's held-out paths, seen pixels kept 0.55–0.65 of the
+        truth's detail after 16 chunks where one warp of the start frame keeps 0.8. With
+        ``generation`` the stored frames also *sharpen*: retrieval (:meth:`retrieve`) also ranks
+        the frames within ``sharpen_distance`` (world units, camera centre to the targets') by
+        the generations they save, and after compositing, every pixel that such a frame's warp
+        covers fully (validity ≥ ``valid_threshold``) takes that warp's colour wherever it has
+        been resampled at least ``SHARPEN_MARGIN`` fewer times than what is there, the fewest
+        first. The distance cap is there because a far camera's warp carries the depth's error
+        times the distance (measured: on forward walks of 16 chunks one warp of the start frame
+        scored 1.8–3.8 dB below the chained warps). The result then carries ``generation`` (the
+        chosen warp's, blended by weight where frames are composited) and, unlike without it, may
+        change pixels the last frame's warp sees.
+
         With an empty store, k = 0, or no gap any stored frame sees, the inputs come back as they
         are (the same tensors). Returns :class:`CompositeReference`.
         """
@@ -513,38 +618,70 @@ class ViewMemory:
             raise ValueError(f"target_c2w must have shape (B, N, 4, 4) = ({batch}, {num_targets}, 4, 4), got "
                              f"{tuple(torch.as_tensor(target_c2w).shape)}")
         self._check_k_depth(k, depth)
+        sharpen = generation is not None
+        if sharpen:
+            generation = self._check_generation(generation, tuple(validity.shape)).to(reference.device, reference.dtype)
+        if not sharpen_distance >= 0:
+            raise ValueError(f"sharpen_distance must be >= 0 (world units), got {sharpen_distance!r}")
         gaps = validity < self.valid_threshold  # (B, 1, N, H, W)
-        found = self.retrieve(target_c2w, intrinsics, k, depth, gaps=gaps[:, 0])
+        found = self.retrieve(target_c2w, intrinsics, k, depth, gaps=gaps[:, 0],
+                              generation=generation[:, 0] if sharpen else None, sharpen_distance=sharpen_distance)
         num_used = int((found.indices >= 0).sum(1).max()) if k else 0
         if num_used == 0:
-            return CompositeReference(reference, validity)
+            return CompositeReference(reference, validity, generation)
 
         used = found.indices[:, :num_used] >= 0  # (B, m)
         slots = found.indices[:, :num_used].clamp_min(0)
         rows = torch.arange(batch, device=self.device)[:, None]
         target_c2w = torch.as_tensor(target_c2w).to(self.device, torch.float64)
         intrinsics = torch.as_tensor(intrinsics).to(self.device, torch.float64)
-        stored, stored_c2w = self.frames[rows, slots].flatten(0, 1), self.c2w[rows, slots].flatten(0, 1)
+        stored, stored_c2w = self.frames[rows, slots], self.c2w[rows, slots].flatten(0, 1)
+        if sharpen:  # the generations travel as a fourth channel
+            stored = torch.cat([stored, self.generations[rows, slots][:, :, None]], dim=2)
+        stored = stored.flatten(0, 1)
+        channels = stored.shape[1]
         targets, stored_k = target_c2w.repeat_interleave(num_used, 0), intrinsics.repeat_interleave(num_used, 0)
         if depth_net is None:
             warped = warp_image(stored, stored_c2w, targets, stored_k, depth, fill="blank",
-                                with_validity=True)  # (B·m, 4, N, H, W), colours premultiplied
+                                with_validity=True)  # (B·m, channels + 1, N, H, W), premultiplied
         else:
             own = self._stored_depth(rows, slots, used, depth_net).flatten(0, 1)
             warped = warp_image_depth(stored, own, stored_c2w, targets, stored_k, fill="blank", with_validity=True,
                                       fill_depth=depth)
-            warped = torch.cat([warped[:, :3] * warped[:, 3:], warped[:, 3:]], dim=1)  # premultiplied
-        warped = warped.reshape(batch, num_used, 4, num_targets, height, width).to(reference.device, reference.dtype)
+            warped = torch.cat([warped[:, :channels] * warped[:, channels:], warped[:, channels:]], dim=1)
+        warped = warped.reshape(batch, num_used, channels + 1, num_targets, height, width).to(reference.device,
+                                                                                              reference.dtype)
         warped = warped * used.to(warped.device)[:, :, None, None, None, None]  # a row's missing picks add nothing
 
         alpha = validity.to(reference.dtype)
         colour = reference * alpha if fill == "border" else reference
+        if sharpen:  # premultiplied like the colours; each stored frame's warp adds one resampling
+            weighted = generation * alpha
+            warped_generation = warped[:, :, 3:4] + warped[:, :, 4:]
         for rank in range(num_used):
             uncovered = 1 - alpha
             colour = colour + uncovered * warped[:, rank, :3]
-            alpha = alpha + uncovered * warped[:, rank, 3:]
+            if sharpen:
+                weighted = weighted + uncovered * warped_generation[:, rank]
+            alpha = alpha + uncovered * warped[:, rank, -1:]
         added = gaps.to(reference.device) & (alpha > validity)
         if fill == "border":
             colour = colour / alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
-        return CompositeReference(torch.where(added, colour, reference),
-                                  torch.where(added, alpha.clamp(max=1), validity))
+        tiny = torch.finfo(alpha.dtype).tiny
+        colours, validity = torch.where(added, colour, reference), torch.where(added, alpha.clamp(max=1), validity)
+        if not sharpen:
+            return CompositeReference(colours, validity)
+        generation = torch.where(added, weighted / alpha.clamp_min(tiny), generation)
+        distance = (self.c2w[rows, slots][:, :, None, :3, 3] - target_c2w[:, None, :, :3, 3]).norm(dim=-1).mean(2)
+        near = (used & (distance <= sharpen_distance)).to(reference.device)  # (B, m)
+        for rank in range(num_used):
+            weight = warped[:, rank, -1:]
+            full = weight >= self.valid_threshold
+            candidate = warped_generation[:, rank] / weight.clamp_min(tiny)
+            current = torch.where(validity >= self.valid_threshold, generation, torch.full_like(generation, math.inf))
+            better = full & near[:, rank, None, None, None, None] & (candidate < current - SHARPEN_MARGIN)
+            candidate_colours = warped[:, rank, :3] / weight.clamp_min(tiny) if fill == "border" else warped[:, rank, :3]
+            colours = torch.where(better, candidate_colours, colours)
+            validity = torch.where(better, weight.clamp(max=1), validity)
+            generation = torch.where(better, candidate, generation)
+        return CompositeReference(colours, validity, generation)

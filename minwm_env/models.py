@@ -99,6 +99,10 @@ class ModelSettings:
     """past frames a stream keeps by place (the env's ``memory`` default; 0: no memory)"""
     memory_k: int = 2
     """stored frames at most that one chunk retrieves"""
+    memory_sharpen: float | None = None
+    """world units: stored frames whose camera is this near the new one replace the last frame's
+    warp wherever they have been resampled fewer times (:meth:`~minwm_env.memory.ViewMemory.composite`);
+    None: memory only fills what the last frame never saw (needs memory_mode="reference")"""
     vae_attention_window: int | None = None
     """latent frames the HunyuanVideo-1.5 decoder's mid-block attention keeps while streaming
     (None: all, exact but growing with the stream; N: the last N, flat, exact for N frames)"""
@@ -144,6 +148,10 @@ class ModelSettings:
         if settings.memory_frames and settings.memory_mode == "reference" and not settings.warp_reference:
             raise ValueError(f"{source}: memory_frames with memory_mode='reference' needs warp_reference (memory "
                              f"fills the warped reference); memory_mode='context' reads memory from the KV cache")
+        if settings.memory_sharpen is not None and not (settings.memory_sharpen >= 0 and
+                                                        settings.memory_mode == "reference"):
+            raise ValueError(f"{source}: memory_sharpen must be >= 0 (world units) or null, and needs "
+                             f"memory_mode='reference', got {settings.memory_sharpen} with {settings.memory_mode!r}")
         if settings.warp_depth is not None and not settings.warp_depth > 0:
             raise ValueError(f"{source}: warp_depth must be positive or null (infinitely far), got {settings.warp_depth}")
         return settings
@@ -326,7 +334,8 @@ class WorldModel:
         return self.backbone.transformer.proj_out.weight.device  # (Wan and HunyuanVideo-1.5 alike)
 
     def residual_reference(self, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
-                           c2w: torch.Tensor, intrinsics: torch.Tensor, memory=None, memory_k: int = 0) -> torch.Tensor:
+                           c2w: torch.Tensor, intrinsics: torch.Tensor, memory=None, memory_k: int = 0,
+                           generation: torch.Tensor | None = None):
         """What a residual backbone adds its output to, for F new latent frames.
 
         reference (B, C, 1 or F, h, w): the last clean latent frame before each new frame, its
@@ -336,7 +345,10 @@ class WorldModel:
         ``warp_reference`` it is reprojected into every new frame's cameras (B, C, F, h, w), and
         with ``warp_validity`` each pixel's validity follows the colours (B, C + C / 3, F, h, w).
         A ``memory`` (:class:`~minwm_env.memory.ViewMemory`) fills what the last frame never saw
-        from up to ``memory_k`` stored frames.
+        from up to ``memory_k`` stored frames. ``generation`` (B, 1, H, W), with a memory and
+        ``memory_sharpen`` set: the last RGB frame's resamplings per pixel; the memory then also
+        sharpens, and the call returns ``(reference, (generation, validity))``
+        (:func:`~minwm_env.warp.warped_reference`).
         """
         if not self.settings.warp_reference:
             return reference
@@ -347,7 +359,8 @@ class WorldModel:
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
                                 self.settings.warp_fill, self.settings.warp_validity, memory, memory_k,
-                                depth_net=self.depth if self.settings.warp_depth_source == "model" else None)
+                                depth_net=self.depth if self.settings.warp_depth_source == "model" else None,
+                                generation=generation, sharpen_distance=self.settings.memory_sharpen or 0.0)
 
     @property
     def dtype(self) -> torch.dtype:

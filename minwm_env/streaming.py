@@ -128,6 +128,7 @@ class ChunkPlan:
     conditions: FrameConditions | None  # the branches' inputs, one row per batch row; None without branches
     reference: torch.Tensor  # (B, C, 1 or chunk, h, w) what a residual backbone adds its output to
     memory: MemoryPlan | None = None  # memory frames to attend to ("context" memory); None: none
+    generation: torch.Tensor | None = None  # (B, 1, H, W) resamplings per pixel of the chunk's last frame
 
 
 class ChunkStream:
@@ -223,6 +224,9 @@ class ChunkStream:
         # (B, C, 1, h, w): the last clean frame, what the next chunk's residual reference is made of
         self.reference = torch.zeros(self.batch_size, self.model.backbone.latent_channels, 1, self.latent_height,
                                      self.latent_width, device=self.model.device, dtype=self.model.dtype)
+        # (B, 1, H, W): how many resamplings each pixel of the last frame has been through (memory_sharpen)
+        self.generation = torch.zeros(self.batch_size, 1, self.model.settings.height, self.model.settings.width,
+                                      device=self.model.device)
 
     # -- episodes ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -265,6 +269,7 @@ class ChunkStream:
                     self.prompt.select(branch_rows))
         self.next_position = max(self.next_position, 1)
         self.reference[rows] = start
+        self.generation[rows] = 0
         if self.memory is not None:
             self.memory.clear(rows)
             self._remember(start, self.c2w[rows], rows)
@@ -321,9 +326,21 @@ class ChunkStream:
         intrinsics = torch.tensor(self.model.settings.intrinsics, dtype=torch.float64).expand(*c2w.shape[:2], 4)
         fills = None if self.memory_in_cache else self.memory
         reference = self.model.residual_reference(self.reference, self.c2w[:, None], previous, c2w, intrinsics,
-                                                  fills, self.model.settings.memory_k)
+                                                  fills, self.model.settings.memory_k,
+                                                  generation=self.generation if self.sharpens else None)
+        generation = None
+        if self.sharpens:  # the chunk's last frame: what the network draws anew has not been resampled
+            reference, (generation, validity) = reference
+            generation = (generation * validity)[:, :, -1].to(self.generation.device, self.generation.dtype)
         memory = self._recall(c2w, intrinsics[:, 0]) if self.memory_in_cache else None
-        return ChunkPlan(positions, c2w, actions, self.conditions(c2w, actions), reference, memory)
+        return ChunkPlan(positions, c2w, actions, self.conditions(c2w, actions), reference, memory, generation)
+
+    @property
+    def sharpens(self) -> bool:
+        """Whether the view memory sharpens the warp (``memory_sharpen``), tracking each pixel's resamplings."""
+        settings = self.model.settings
+        return (self.memory is not None and not self.memory_in_cache and settings.memory_sharpen is not None
+                and settings.memory_k > 0)
 
     def _recall(self, c2w: torch.Tensor, intrinsics: torch.Tensor) -> MemoryPlan:
         """The memory frames of a chunk posed ``c2w`` (B, chunk, 4, 4) in ``memory_mode="context"``:
@@ -474,17 +491,21 @@ class ChunkStream:
             self.reference = context_frame(self.model, latents)
         self.next_position = int(plan.positions[-1]) + 1
         self.c2w = plan.c2w[:, -1]
-        self._remember(latents, self.c2w)
+        if plan.generation is not None:
+            self.generation = plan.generation
+        self._remember(latents, self.c2w, generations=plan.generation)
 
-    def _remember(self, latents: torch.Tensor, c2w: torch.Tensor, rows: list[int] | None = None) -> None:
-        """Store the last RGB frame of ``latents`` (b, C, n, h, w), seen from ``c2w`` (b, 4, 4), in the memory."""
+    def _remember(self, latents: torch.Tensor, c2w: torch.Tensor, rows: list[int] | None = None,
+                  generations: torch.Tensor | None = None) -> None:
+        """Store the last RGB frame of ``latents`` (b, C, n, h, w), seen from ``c2w`` (b, 4, 4), in the
+        memory, with its resamplings per pixel ``generations`` (b, 1, H, W; None: 0)."""
         if self.memory is None:
             return
         if self.memory_in_cache:
             self.memory.add(context_frame(self.model, latents)[:, :, 0], c2w, rows)
         else:
             last = self.model.codec.unpack(latents[:, :, -1:])[:, :, -1]  # (b, 3, H, W)
-            self.memory.add(last.float(), c2w, rows)
+            self.memory.add(last.float(), c2w, rows, None if generations is None else generations[:, 0])
 
     @torch.no_grad()
     def flush(self) -> None:

@@ -227,7 +227,8 @@ def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w
 def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
                      fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0,
-                     depth_net=None) -> torch.Tensor:
+                     depth_net=None, generation: torch.Tensor | None = None,
+                     sharpen_distance: float = math.inf):
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
@@ -242,6 +243,12 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     predicts each reference frame's depth, and the warp reprojects through it
     (:func:`warp_image_depth`) instead of the plane at ``depth``, which then only fills what the
     reference never saw.
+
+    ``generation`` (B, 1, H, W), with a memory: how many resamplings each pixel of the
+    reference's last RGB frame has been through. It is warped with the colours (plus one), the
+    memory sharpens with it (:meth:`~minwm_env.memory.ViewMemory.composite`, stored frames
+    within ``sharpen_distance``), and the call returns ``(reference, (generation, validity))``,
+    the filled warp's per-pixel generation and validity (B, 1, F·T, H, W) in RGB frames.
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -255,18 +262,33 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     if use_memory and num_refs != 1:
         raise ValueError("a view memory fills the warp of one reference frame per row (streaming), got "
                          f"{num_refs} reference frames")
+    if generation is not None and not use_memory:
+        raise ValueError("generation is what a view memory sharpens by: pass a memory and memory_k > 0")
     def warp(image, source_c2w, target_c2w, k, with_validity):
         if depth_net is None:
             return warp_image(image, source_c2w, target_c2w, k, depth, fill, with_validity)
-        own = depth_net.depth(image)
+        own = depth_net.depth(image[:, :3])
         return warp_image_depth(image, own, source_c2w, target_c2w, k, fill, with_validity, fill_depth=depth)
 
+    generations = None
     if num_refs == 1:
-        warped = warp(images[:, :, 0], reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0],
-                      validity or use_memory)
+        image = images[:, :, 0]
+        if generation is not None:
+            if tuple(generation.shape) != (batch, 1, *image.shape[2:]):
+                raise ValueError(f"generation must have shape (B, 1, H, W) = ({batch}, 1, {image.shape[2]}, "
+                                 f"{image.shape[3]}), got {tuple(generation.shape)}")
+            image = torch.cat([image, generation.to(image.device, image.dtype)], dim=1)
+        warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], validity or use_memory)
+        if generation is not None:  # the warp is one more resampling
+            warped = torch.cat([warped[:, :3], warped[:, 4:]], dim=1), warped[:, 3:4] + 1
+            warped, warped_generation = warped
         if use_memory:
             filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
-                                      memory_k, fill=fill, depth_net=depth_net)
+                                      memory_k, fill=fill, depth_net=depth_net,
+                                      generation=None if generation is None else warped_generation.clamp_min(0),
+                                      sharpen_distance=sharpen_distance)
+            if generation is not None:
+                generations = (filled.generation, filled.validity)
             warped = torch.cat([filled.colours, filled.validity], dim=1) if validity else filled.colours
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
@@ -275,10 +297,10 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                       intrinsics.reshape(rows, 4), validity)  # (B·F, 3 or 4, T, H, W)
         warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
     colours = codec.pack(warped[:, :3].to(reference.dtype)).to(reference.dtype)
-    if not validity:
-        return colours
-    validity = codec.pack(warped[:, 3:].to(reference.dtype)).to(reference.dtype) / codec.scale.to(reference.dtype)
-    return torch.cat([colours, validity], dim=1)
+    if validity:
+        packed = codec.pack(warped[:, 3:].to(reference.dtype)).to(reference.dtype) / codec.scale.to(reference.dtype)
+        colours = torch.cat([colours, packed], dim=1)
+    return colours if generations is None else (colours, generations)
 
 
 def warp_along_actions(image: torch.Tensor, actions: torch.Tensor, intrinsics: torch.Tensor, temporal_factor: int,

@@ -62,7 +62,7 @@ def _walk(num_poses: int) -> torch.Tensor:
 
 def _state(memory: ViewMemory) -> list[torch.Tensor]:
     return [t.clone() for t in (memory.frames, memory.c2w, memory.places, memory.occupied, memory.added_at,
-                                memory.num_added, memory.depths, memory.has_depth)]
+                                memory.num_added, memory.depths, memory.has_depth, memory.generations)]
 
 
 @pytest.mark.parametrize("fill", ["border", "blank"])
@@ -291,6 +291,17 @@ def _bad_calls():
                               "target_c2w must have shape"),
         "fill": (lambda m: m.composite(colours, validity, targets, k4, DEPTH, 2, fill="zeros"), "fill must be one of"),
         "composite-k": (lambda m: m.composite(colours, validity, targets, k4, DEPTH, -2, fill="blank"), "k .* >= 0"),
+        "generations": (lambda m: m.add(frame, eye.expand(2, 4, 4), generations=torch.zeros(2, 8, 7)),
+                        "generations must have shape"),
+        "generations-negative": (lambda m: m.add(frame, eye.expand(2, 4, 4), generations=-torch.ones(2, 8, 8)),
+                                 "generations must be finite and >= 0"),
+        "generation-gaps": (lambda m: m.retrieve(targets, k4, 2, DEPTH, generation=torch.ones(2, 2, 8, 8)),
+                            "generation needs gaps"),
+        "generation-shape": (lambda m: m.composite(colours, validity, targets, k4, DEPTH, 2, fill="border",
+                                                   generation=torch.ones(2, 1, 1, 8, 8)), "generation must have shape"),
+        "sharpen-distance": (lambda m: m.composite(colours, validity, targets, k4, DEPTH, 2, fill="border",
+                                                   generation=torch.ones(2, 1, 2, 8, 8), sharpen_distance=-1.0),
+                             "sharpen_distance must be >= 0"),
     }
 
 
@@ -377,3 +388,50 @@ def test_stored_depth_is_computed_once_per_frame_and_net(room):
                           target.expand(2, -1, -1, -1), _intrinsics(2), DEPTH, 2, fill="border", depth_net=net)
     torch.testing.assert_close(both.colours[:1], first.colours, atol=1e-6, rtol=0)
     assert torch.equal(both.colours[1:], warped[:, :3]) and seen[-1] == 1
+
+
+@pytest.mark.parametrize("fill", ["border", "blank"])
+def test_sharpening_takes_each_pixel_from_the_least_resampled_near_frame(room, fill):
+    """P (observed, generation 0) and Q = P turned 12° (generation 3, as if warped thrice) are
+    stored; the last frame is Q. Warped to P turned 6°, Q's warp covers most of the view at
+    generation 4. Sharpening takes every pixel P's warp covers fully from P (generation 1),
+    keeps Q's elsewhere, and changes nothing when P's camera is farther than sharpen_distance."""
+    p = _pose(0.0, 0.0, 30.0)
+    q = p @ _turn(12.0)
+    target = (p @ _turn(6.0))[None, None]
+    images = {name: _render(room, pose) for name, pose in (("p", p), ("q", q))}
+    warped = warp_image(images["q"][None], q[None], target, _intrinsics(1), DEPTH, fill, with_validity=True)
+    colours, validity = warped[:, :3], warped[:, 3:]
+    generation = torch.full_like(validity, 4.0)
+    from_p = warp_image(images["p"][None], p[None], target, _intrinsics(1), DEPTH, "blank", with_validity=True)
+    p_full = from_p[:, 3:] >= 0.999
+
+    def composite(p_pose, sharpen_distance):
+        memory = ViewMemory(1, 4, SIZE, SIZE)
+        memory.add(images["p"][None], p_pose[None])
+        memory.add(images["q"][None], q[None], generations=torch.full((1, SIZE, SIZE), 3.0))
+        plain = memory.composite(colours, validity, target, _intrinsics(1), DEPTH, 2, fill=fill)
+        sharp = memory.composite(colours, validity, target, _intrinsics(1), DEPTH, 2, fill=fill,
+                                 generation=generation, sharpen_distance=sharpen_distance)
+        return plain, sharp
+
+    plain, sharp = composite(p, 0.5)
+    assert plain.generation is None and sharp.generation is not None
+    both = p_full & (validity >= 0.999)  # (a few pixels Q's warp sees in part are blended first, by validity)
+    assert float(both.float().mean()) > 0.6  # measured 0.72
+    assert torch.allclose(sharp.generation[both], torch.ones(()), atol=1e-4)
+    assert float(sharp.generation[p_full].max()) < 1.5
+    expected = from_p[:, :3] / from_p[:, 3:].clamp_min(1e-12) if fill == "border" else from_p[:, :3]
+    mask = both.expand_as(colours)
+    assert torch.allclose(sharp.colours[mask], expected[mask], atol=1e-5)
+    assert float((sharp.colours[mask] - colours[mask]).abs().max()) > 0.05  # it did change pixels Q's warp saw
+    # where P's warp is not full, Q's pixels (or the plain fill) stay
+    rest = (~p_full).expand_as(colours)
+    assert torch.equal(sharp.colours[rest], plain.colours[rest])
+    kept = ~p_full & (validity >= 0.999)
+    assert torch.equal(sharp.generation[kept], generation[kept])
+
+    p_far = p.clone()
+    p_far[:3, 3] += torch.tensor([1.0, 0.0, 0.0], dtype=p.dtype)  # P's camera one unit to the side
+    plain_far, sharp_far = composite(p_far, 0.5)
+    assert torch.equal(sharp_far.colours, plain_far.colours) and torch.equal(sharp_far.validity, plain_far.validity)
