@@ -259,12 +259,16 @@ class ViewMemory:
         many resamplings each pixel has been through (default 0: an observed frame; see
         :meth:`composite`'s ``generation``).
 
-        The frame is always stored (never skipped); its slot is, in this order:
+        The frame is stored in, in this order:
 
         1. the slot whose place (the pose of the first frame stored there) is nearest in
            :func:`pose_distance`, if nearer than ``duplicate_distance``: a near-duplicate is
            superseded, the newest wins (it is the latest picture of that view), and the slot
-           keeps its place. Why the place and not the stored pose: a slow walk in steps below
+           keeps its place; unless the new frame has been resampled more (a higher mean
+           generation): then the stored one is the sharper picture of the view and stays, and
+           the new frame is not stored (nothing changes for that row; without generations
+           all are 0 and the newest always wins). Standing still would otherwise replace the
+           start frame by ever more resampled copies of it. Why the place and not the stored pose: a slow walk in steps below
            the threshold would otherwise supersede its way along the whole path and leave one
            frame; with fixed places a walk keeps one frame every ``duplicate_distance``;
         2. a free slot;
@@ -299,13 +303,18 @@ class ViewMemory:
         if num_rows == 0:
             return
         slots, superseded = self._slots_for(index, c2w)
+        generations = generations.to(self.device, self.dtype)
+        sharper_kept = superseded & (generations.mean(dim=(1, 2)) > self.generations[index, slots].mean(dim=(1, 2)))
+        if sharper_kept.any():
+            index, slots, frames, c2w, generations, superseded = (
+                t[~sharper_kept] for t in (index, slots, torch.as_tensor(frames), c2w, generations, superseded))
         self.num_added[index] += 1
         self.frames[index, slots] = frames.to(self.device, self.dtype)
         self.c2w[index, slots] = c2w
         self.places[index, slots] = torch.where(superseded[:, None, None], self.places[index, slots], c2w)
         self.occupied[index, slots] = True
         self.has_depth[index, slots] = False
-        self.generations[index, slots] = generations.to(self.device, self.dtype)
+        self.generations[index, slots] = generations
         self.added_at[index, slots] = self.num_added[index]
 
     def _slots_for(self, index: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -435,3 +435,16 @@ def test_sharpening_takes_each_pixel_from_the_least_resampled_near_frame(room, f
     p_far[:3, 3] += torch.tensor([1.0, 0.0, 0.0], dtype=p.dtype)  # P's camera one unit to the side
     plain_far, sharp_far = composite(p_far, 0.5)
     assert torch.equal(sharp_far.colours, plain_far.colours) and torch.equal(sharp_far.validity, plain_far.validity)
+
+
+def test_a_near_duplicate_supersedes_only_when_it_is_not_more_resampled():
+    memory = ViewMemory(1, 4, 8, 8)
+    pose = _pose(0.0, 0.0, 10.0)[None]
+    frames = [torch.full((1, 3, 8, 8), value) for value in (0.1, 0.2, 0.3)]
+    memory.add(frames[0], pose, generations=torch.full((1, 8, 8), 1.0))
+    memory.add(frames[1], pose, generations=torch.full((1, 8, 8), 2.0))  # more resampled: the stored one stays
+    assert int(memory.num_frames) == 1 and int(memory.num_added) == 1
+    assert torch.equal(memory.frames[0, 0], frames[0][0])
+    memory.add(frames[2], pose, generations=torch.full((1, 8, 8), 1.0))  # as sharp: the newest wins
+    assert int(memory.num_frames) == 1 and int(memory.num_added) == 2
+    assert torch.equal(memory.frames[0, 0], frames[2][0])
