@@ -138,8 +138,15 @@ def _project_depth(depth: torch.Tensor, intrinsics: torch.Tensor, projection: to
     return out[0] / out[2], out[1] / out[2], out[2]
 
 
+BLOCK_PIXELS = 1 << 16
+"""Target pixels (rows × targets × H × W) :func:`warp_image_depth` warps at once; a larger batch
+goes a block of rows at a time. Measured on 2 CPU cores (the shipped model, 16 targets of 64 × 64
+a row, one row a block): a batch of 8 rows splatted at once ran each call 40× slower than one
+row, not 8×, as its intermediates (tens of MB) left the cache."""
+
+
 def splat_depth(source_depth: torch.Tensor, source_c2w: torch.Tensor, target_c2w: torch.Tensor,
-                intrinsics: torch.Tensor, supersample: int = 3, fill_cracks: int = 1) -> torch.Tensor:
+                intrinsics: torch.Tensor, supersample: int = 2, fill_cracks: int = 1) -> torch.Tensor:
     """The depth map each target camera sees of the source frame's surface → (B, N, H, W) float32.
 
     source_depth (B, H, W): the source frame's z-depth (``inf`` or large for the sky); poses
@@ -149,6 +156,9 @@ def splat_depth(source_depth: torch.Tensor, source_c2w: torch.Tensor, target_c2w
     point lands on are ``inf``; cracks of one pixel inside a surface (an empty pixel between
     covered ones) are closed with the nearest neighbour's depth, ``fill_cracks`` times; a wider
     hole stays open: it is what the source frame never saw, or what its foreground hid.
+    Why 2: measured on the shipped model's held-out paths (room and gallery, 16 chunks, memory
+    sharpening), seen-pixel PSNR with 2 was within 0.2 dB of 3's on every path, in 4/9 of the
+    points; 1 with two crack passes lost up to 6 dB (zigzags, where cracks are wider than 2 px).
     The points are projected in float32 after composing the poses in float64: a point's place
     moves by far less than a pixel, and a batched env step runs several times faster.
     """
@@ -203,6 +213,11 @@ def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w
                          f"{tuple(source_depth.shape)}")
     if torch.isnan(source_depth).any() or (source_depth <= 0).any():
         raise ValueError("source_depth must be positive (inf for the sky), got NaN or values <= 0")
+    rows = max(1, BLOCK_PIXELS // (num_targets * height * width))
+    if batch > rows:  # a block at a time: the splat's intermediates stay in the CPU's cache
+        return torch.cat([warp_image_depth(image[i:i + rows], source_depth[i:i + rows], source_c2w[i:i + rows],
+                                           target_c2w[i:i + rows], intrinsics[i:i + rows], fill, with_validity,
+                                           fill_depth) for i in range(0, batch, rows)])
     plane = warp_image(image, source_c2w, target_c2w, intrinsics, fill_depth, fill, with_validity=False)
     device = image.device
     target_depth = splat_depth(source_depth, source_c2w, target_c2w, intrinsics)  # (B, N, H, W)

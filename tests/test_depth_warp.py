@@ -96,7 +96,9 @@ def test_never_seen_pixels_take_the_plane_fill_and_validity_zero():
         warped = warp_image_depth(image, depth, torch.eye(4)[None], turn, k, fill=fill, with_validity=True)
         plane = warp_image(image, torch.eye(4)[None], turn, k, 2.0, fill=fill)
         new = warped[0, 3, 0] < 0.5
-        assert new[:, -4:].all() and not new[:, :16].any()  # the strip turned into
+        # the strip turned into; after a yaw the far side shrinks (keystone), so the top and bottom
+        # rows' ends past the middle lie just out of the source's view (2 points a pixel side)
+        assert new[:, -4:].all() and not new[1:-1, :20].any() and not new[:, :15].any()
         torch.testing.assert_close(warped[0, :3, 0][:, new], plane[0, :, 0][:, new], atol=0, rtol=0)
 
 
