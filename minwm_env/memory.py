@@ -253,11 +253,13 @@ class ViewMemory:
 
     @torch.no_grad()
     def add(self, frames: torch.Tensor, c2w: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None,
-            generations: torch.Tensor | None = None) -> None:
+            generations: torch.Tensor | None = None, depths: torch.Tensor | None = None, depth_net=None) -> None:
         """Store one frame per row: ``frames`` (b, channels, H, W) seen from ``c2w`` (b, 4, 4), for all
         rows (b = B) or for the listed ``rows`` (b = len(rows)); ``generations`` (b, H, W), how
         many resamplings each pixel has been through (default 0: an observed frame; see
-        :meth:`composite`'s ``generation``).
+        :meth:`composite`'s ``generation``); ``depths`` (b, H, W), the frames' depth by
+        ``depth_net``, kept as if :meth:`composite` had computed it (a stream that has just
+        computed it for its own warp saves the depth net a call).
 
         The frame is stored in, in this order:
 
@@ -300,6 +302,13 @@ class ViewMemory:
                              f"got {tuple(generations.shape)}")
         if not torch.isfinite(generations).all() or (generations < 0).any():
             raise ValueError("generations must be finite and >= 0")
+        if depths is not None:
+            depths = torch.as_tensor(depths)
+            if tuple(depths.shape) != (num_rows, self.height, self.width):
+                raise ValueError(f"depths must have shape (b, H, W) = ({num_rows}, {self.height}, {self.width}), "
+                                 f"got {tuple(depths.shape)}")
+            if torch.isnan(depths).any() or (depths <= 0).any() or depth_net is None:
+                raise ValueError("depths must be positive (inf for the sky) and come with the depth_net that made them")
         if num_rows == 0:
             return
         slots, superseded = self._slots_for(index, c2w)
@@ -308,6 +317,7 @@ class ViewMemory:
         if sharper_kept.any():
             index, slots, frames, c2w, generations, superseded = (
                 t[~sharper_kept] for t in (index, slots, torch.as_tensor(frames), c2w, generations, superseded))
+            depths = None if depths is None else depths[~sharper_kept]
         self.num_added[index] += 1
         self.frames[index, slots] = frames.to(self.device, self.dtype)
         self.c2w[index, slots] = c2w
@@ -315,6 +325,12 @@ class ViewMemory:
         self.occupied[index, slots] = True
         self.has_depth[index, slots] = False
         self.generations[index, slots] = generations
+        if depths is not None:
+            if depth_net is not self._depth_net:  # what is kept was another net's
+                self.has_depth.zero_()
+                self._depth_net = depth_net
+            self.depths[index, slots] = depths.to(self.device, self.dtype)
+            self.has_depth[index, slots] = True
         self.added_at[index, slots] = self.num_added[index]
 
     def _slots_for(self, index: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -335,7 +335,7 @@ class WorldModel:
 
     def residual_reference(self, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                            c2w: torch.Tensor, intrinsics: torch.Tensor, memory=None, memory_k: int = 0,
-                           generation: torch.Tensor | None = None):
+                           generation: torch.Tensor | None = None, reference_depth: torch.Tensor | None = None):
         """What a residual backbone adds its output to, for F new latent frames.
 
         reference (B, C, 1 or F, h, w): the last clean latent frame before each new frame, its
@@ -348,7 +348,8 @@ class WorldModel:
         from up to ``memory_k`` stored frames. ``generation`` (B, 1, H, W), with a memory and
         ``memory_sharpen`` set: the last RGB frame's resamplings per pixel; the memory then also
         sharpens, and the call returns ``(reference, (generation, validity))``
-        (:func:`~minwm_env.warp.warped_reference`).
+        (:func:`~minwm_env.warp.warped_reference`). ``reference_depth`` (B, H, W): the depth
+        net's depth of the reference's last RGB frame, when the caller has computed it.
         """
         if not self.settings.warp_reference:
             return reference
@@ -360,7 +361,8 @@ class WorldModel:
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
                                 self.settings.warp_fill, self.settings.warp_validity, memory, memory_k,
                                 depth_net=self.depth if self.settings.warp_depth_source == "model" else None,
-                                generation=generation, sharpen_distance=self.settings.memory_sharpen or 0.0)
+                                generation=generation, sharpen_distance=self.settings.memory_sharpen or 0.0,
+                                reference_depth=reference_depth)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -227,6 +227,7 @@ class ChunkStream:
         # (B, 1, H, W): how many resamplings each pixel of the last frame has been through (memory_sharpen)
         self.generation = torch.zeros(self.batch_size, 1, self.model.settings.height, self.model.settings.width,
                                       device=self.model.device)
+        self.reference_depth = None  # (B, H, W): the depth net's depth of the reference's last RGB frame
 
     # -- episodes ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -272,7 +273,7 @@ class ChunkStream:
         self.generation[rows] = 0
         if self.memory is not None:
             self.memory.clear(rows)
-            self._remember(start, self.c2w[rows], rows)
+        self._remember(start, self.c2w[rows], rows)
 
     def _start_conditions(self, num_rows: int) -> FrameConditions | None:
         eye = torch.eye(4, dtype=torch.float64).expand(num_rows, 1, 4, 4)
@@ -327,7 +328,8 @@ class ChunkStream:
         fills = None if self.memory_in_cache else self.memory
         reference = self.model.residual_reference(self.reference, self.c2w[:, None], previous, c2w, intrinsics,
                                                   fills, self.model.settings.memory_k,
-                                                  generation=self.generation if self.sharpens else None)
+                                                  generation=self.generation if self.sharpens else None,
+                                                  reference_depth=self.reference_depth)
         generation = None
         if self.sharpens:  # the chunk's last frame: what the network draws anew has not been resampled
             reference, (generation, validity) = reference
@@ -497,15 +499,30 @@ class ChunkStream:
 
     def _remember(self, latents: torch.Tensor, c2w: torch.Tensor, rows: list[int] | None = None,
                   generations: torch.Tensor | None = None) -> None:
-        """Store the last RGB frame of ``latents`` (b, C, n, h, w), seen from ``c2w`` (b, 4, 4), in the
-        memory, with its resamplings per pixel ``generations`` (b, 1, H, W; None: 0)."""
+        """After the reference (of ``rows``, all by default) became ``latents``' (b, C, n, h, w)
+        context frame, seen from ``c2w`` (b, 4, 4): store the frame the next warp reprojects in
+        the memory, with its resamplings per pixel ``generations`` (b, 1, H, W; None: 0), and
+        compute its depth once, for that warp and for the memory, when the warp uses the depth net."""
+        settings = self.model.settings
+        depth = image = None
+        if settings.warp_reference and settings.warp_depth_source == "model":
+            reference = self.reference if rows is None else self.reference[rows]
+            factor = self.model.codec.temporal_factor
+            image = self.model.codec.unpack(reference)[:, :, factor - 1]  # as warped_reference reads it
+            depth = self.model.depth.depth(image)
+            if rows is None:
+                self.reference_depth = depth
+            elif self.reference_depth is not None:
+                self.reference_depth[rows] = depth
         if self.memory is None:
             return
         if self.memory_in_cache:
             self.memory.add(context_frame(self.model, latents)[:, :, 0], c2w, rows)
-        else:
-            last = self.model.codec.unpack(latents[:, :, -1:])[:, :, -1]  # (b, 3, H, W)
-            self.memory.add(last.float(), c2w, rows, None if generations is None else generations[:, 0])
+            return
+        if image is None:
+            image = self.model.codec.unpack(latents[:, :, -1:])[:, :, -1]  # (b, 3, H, W)
+        self.memory.add(image.float(), c2w, rows, None if generations is None else generations[:, 0],
+                        depths=depth, depth_net=None if depth is None else self.model.depth)
 
     @torch.no_grad()
     def flush(self) -> None:

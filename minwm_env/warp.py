@@ -243,7 +243,7 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
                      fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0,
                      depth_net=None, generation: torch.Tensor | None = None,
-                     sharpen_distance: float = math.inf):
+                     sharpen_distance: float = math.inf, reference_depth: torch.Tensor | None = None):
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
@@ -264,6 +264,8 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     memory sharpens with it (:meth:`~minwm_env.memory.ViewMemory.composite`, stored frames
     within ``sharpen_distance``), and the call returns ``(reference, (generation, validity))``,
     the filled warp's per-pixel generation and validity (B, 1, F·T, H, W) in RGB frames.
+    ``reference_depth`` (B, H, W): ``depth_net``'s depth of the reference's last RGB frame,
+    when the caller has it already (one reference frame per row).
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -279,10 +281,11 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                          f"{num_refs} reference frames")
     if generation is not None and not use_memory:
         raise ValueError("generation is what a view memory sharpens by: pass a memory and memory_k > 0")
-    def warp(image, source_c2w, target_c2w, k, with_validity):
+    def warp(image, source_c2w, target_c2w, k, with_validity, own=None):
         if depth_net is None:
             return warp_image(image, source_c2w, target_c2w, k, depth, fill, with_validity)
-        own = depth_net.depth(image[:, :3])
+        if own is None:
+            own = depth_net.depth(image[:, :3])
         return warp_image_depth(image, own, source_c2w, target_c2w, k, fill, with_validity, fill_depth=depth)
 
     generations = None
@@ -293,7 +296,8 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                 raise ValueError(f"generation must have shape (B, 1, H, W) = ({batch}, 1, {image.shape[2]}, "
                                  f"{image.shape[3]}), got {tuple(generation.shape)}")
             image = torch.cat([image, generation.to(image.device, image.dtype)], dim=1)
-        warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], validity or use_memory)
+        warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], validity or use_memory,
+                      reference_depth)
         if generation is not None:  # the warp is one more resampling
             warped = torch.cat([warped[:, :3], warped[:, 4:]], dim=1), warped[:, 3:4] + 1
             warped, warped_generation = warped

@@ -163,3 +163,20 @@ def test_sharpening_memory_brings_a_view_back_closer_than_filling_alone(shipped)
                                               start_pose=start, seed=3)
         scores[name] = float(metrics.psnr(model_run.all_frames()[-1:], truth_run.all_frames()[-1:])[0])
     assert scores["sharpen"] > scores["fill"] + 1.0, scores  # measured: exact (inf) against 36.9 dB
+
+
+def test_each_frame_s_depth_is_computed_once(shipped):
+    """The depth net runs once a frame the stream keeps (the start frame, each chunk's last):
+    the warp of the next chunk and the memory share it, on a path that turns back so the memory
+    is used."""
+    model = _sharpening(shipped)
+    calls = []
+    hook = model.depth.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        env = WorldModelEnv(model=model, obs_mode="chunk")
+        env.reset(seed=2)
+        for action in (TURN, TURN, -TURN, -TURN):
+            env.step(np.repeat(action[None], 4, 0))
+    finally:
+        hook.remove()
+    assert calls == [1] * 5, calls
