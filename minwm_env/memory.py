@@ -672,7 +672,7 @@ class ViewMemory:
         else:
             own = self._stored_depth(rows, slots, used, depth_net).flatten(0, 1)
             warped = warp_image_depth(stored, own, stored_c2w, targets, stored_k, fill="blank", with_validity=True,
-                                      fill_depth=depth)
+                                      fill_depth=depth, plane_fill=False)  # uncovered: zero, premultiplied
             warped = torch.cat([warped[:, :channels] * warped[:, channels:], warped[:, channels:]], dim=1)
         warped = warped.reshape(batch, num_used, channels + 1, num_targets, height, width).to(reference.device,
                                                                                               reference.dtype)

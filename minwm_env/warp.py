@@ -192,7 +192,8 @@ def splat_depth(source_depth: torch.Tensor, source_c2w: torch.Tensor, target_c2w
 
 def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w: torch.Tensor,
                      target_c2w: torch.Tensor, intrinsics: torch.Tensor, fill: str = "border",
-                     with_validity: bool = False, fill_depth: float | None = 2.0) -> torch.Tensor:
+                     with_validity: bool = False, fill_depth: float | None = 2.0, *,
+                     plane_fill: bool = True) -> torch.Tensor:
     """Reproject ``image`` (B, C, H, W) into the cameras ``target_c2w`` (B, N, 4, 4) through the
     source frame's own depth ``source_depth`` (B, H, W) → (B, C or C + 1, N, H, W), as
     :func:`warp_image` but with per-pixel depth instead of one plane.
@@ -202,7 +203,8 @@ def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w
     stay as sharp as :func:`warp_image`'s. Pixels it does not cover (out of the source view, or
     behind a foreground object the camera moved past) are what the source never saw: they take
     the plane warp's colour at ``fill_depth`` (its border streak, or zero with ``fill="blank"``)
-    and validity 0. Validity is 1 on covered pixels.
+    and validity 0. Validity is 1 on covered pixels. ``plane_fill=False`` leaves them zero
+    instead (a caller that multiplies by validity anyway saves the plane warp).
     """
     if fill not in WARP_FILLS:
         raise ValueError(f"warp fill must be one of {WARP_FILLS}, got {fill!r}")
@@ -217,8 +219,9 @@ def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w
     if batch > rows:  # a block at a time: the splat's intermediates stay in the CPU's cache
         return torch.cat([warp_image_depth(image[i:i + rows], source_depth[i:i + rows], source_c2w[i:i + rows],
                                            target_c2w[i:i + rows], intrinsics[i:i + rows], fill, with_validity,
-                                           fill_depth) for i in range(0, batch, rows)])
-    plane = warp_image(image, source_c2w, target_c2w, intrinsics, fill_depth, fill, with_validity=False)
+                                           fill_depth, plane_fill=plane_fill) for i in range(0, batch, rows)])
+    plane = warp_image(image, source_c2w, target_c2w, intrinsics, fill_depth, fill, with_validity=False) \
+        if plane_fill else 0.0
     device = image.device
     target_depth = splat_depth(source_depth, source_c2w, target_c2w, intrinsics)  # (B, N, H, W)
     covered = torch.isfinite(target_depth)

@@ -207,3 +207,19 @@ def test_memory_fills_through_stored_frames_depth(room):
         assert float(added.float().mean()) > 0.5  # the memory fills most of the view
         results[name] = (_psnr(filled.colours[0, :, 0].float(), truth.float(), added), added)
     assert results["depth"][0] > results["plane"][0] + 2.0
+
+
+def test_without_the_plane_fill_never_seen_pixels_are_zero_and_the_rest_is_the_same():
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0.3, 20, 0, 0]))[None, None].expand(2, 1, 4, 4)
+    k = torch.tensor([[0.87, 0.87, 0.5, 0.5]]).expand(2, 4)
+    depth = torch.rand(2, 32, 32) * 3 + 1
+    full = warp_image_depth(image, depth, torch.eye(4)[None].expand(2, 4, 4), turn, k, fill="border",
+                            with_validity=True)
+    bare = warp_image_depth(image, depth, torch.eye(4)[None].expand(2, 4, 4), turn, k, fill="border",
+                            with_validity=True, plane_fill=False)
+    seen = full[:, 3:] > 0.5
+    assert 0 < float(seen.float().mean()) < 1
+    assert torch.equal(bare[:, 3:], full[:, 3:])
+    assert torch.equal(bare[:, :3][seen.expand(-1, 3, -1, -1, -1)], full[:, :3][seen.expand(-1, 3, -1, -1, -1)])
+    assert float(bare[:, :3][~seen.expand(-1, 3, -1, -1, -1)].abs().max()) == 0
