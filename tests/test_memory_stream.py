@@ -47,14 +47,15 @@ def test_memory_off_streams_exactly_as_before(shipped):
 
 
 def test_memory_brings_back_a_view_after_looking_away(shipped):
-    """Turn 96° away and back on a held-out layout: with memory the last frame is closer to the
-    truth (which returns exactly to its first frame) than without, and the way out is the same."""
+    """Turn 96° away and back on a held-out layout: with a memory that only fills the last frame's
+    gaps (no sharpening) the last frame is closer to the truth (which returns exactly to its first
+    frame) than without, and the way out is the same."""
     truth = GroundTruthEnv(scene="room", scene_seed=100, obs_mode="chunk")
     deltas = np.repeat(np.array([TURN] * 4 + [-TURN] * 4), 4, axis=0)  # per latent frame
     start = random_start(truth.unwrapped.scene, random.Random(3))
     results = {}
     for memory in (False, True):
-        env = WorldModelEnv(model=shipped, obs_mode="chunk", memory=memory)
+        env = WorldModelEnv(model=_sharpening(shipped, None), obs_mode="chunk", memory=memory)
         model_run, truth_run = paired_rollout(env, truth, deltas, start_pose=start, seed=3)
         results[memory] = (model_run.all_frames(), truth_run.all_frames())
     (without, truth_frames), (with_memory, _) = results[False], results[True]
@@ -147,7 +148,8 @@ def test_sharpening_memory_warps_a_still_view_from_the_start_frame_alone(shipped
         frames = env.step(np.zeros(6, np.float32))[0]
     assert torch.allclose(stream.generation, torch.ones(())), stream.generation.unique()
     assert np.abs(frames.astype(int) - first[-1].astype(int)).max() <= 1
-    plain = WorldModelEnv(model=shipped, obs_mode="chunk").unwrapped._world.generator.stream
+    assert shipped.settings.memory_sharpen is not None  # the shipped model sharpens
+    plain = WorldModelEnv(model=_sharpening(shipped, None), obs_mode="chunk").unwrapped._world.generator.stream
     assert not plain.sharpens
 
 
@@ -158,7 +160,7 @@ def test_sharpening_memory_brings_a_view_back_closer_than_filling_alone(shipped)
     deltas = np.repeat(np.array([TURN] * 4 + [-TURN] * 4), 4, axis=0)
     start = random_start(truth.unwrapped.scene, random.Random(3))
     scores = {}
-    for name, model in (("fill", shipped), ("sharpen", _sharpening(shipped))):
+    for name, model in (("fill", _sharpening(shipped, None)), ("sharpen", _sharpening(shipped))):
         model_run, truth_run = paired_rollout(WorldModelEnv(model=model, obs_mode="chunk"), truth, deltas,
                                               start_pose=start, seed=3)
         scores[name] = float(metrics.psnr(model_run.all_frames()[-1:], truth_run.all_frames()[-1:])[0])
