@@ -301,9 +301,9 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
             image = torch.cat([image, generation.to(image.device, image.dtype)], dim=1)
         warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], validity or use_memory,
                       reference_depth)
-        if generation is not None:  # the warp is one more resampling
-            warped = torch.cat([warped[:, :3], warped[:, 4:]], dim=1), warped[:, 3:4] + 1
-            warped, warped_generation = warped
+        if generation is not None:  # split the generation channel off; the warp is one more resampling
+            warped_generation = warped[:, 3:4] + 1
+            warped = torch.cat([warped[:, :3], warped[:, 4:]], dim=1)
         if use_memory:
             filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
                                       memory_k, fill=fill, depth_net=depth_net,
