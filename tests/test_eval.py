@@ -293,7 +293,7 @@ def test_minwm_eval_quick_writes_the_report(tmp_path):
     # envs with known answers (they add two minutes here and no other code path of the command).
     suites = ["adherence", "drift", "consistency", "controllability", "idle", "recovery", "novel_view"]
     proc = subprocess.run([sys.executable, "-m", "minwm_env.eval.cli", "--model", "tiny", "--against", "ground-truth",
-                           "--out", str(out), "--quick", "--fd-paths", "12", "--suites", *suites],
+                           "--out", str(out), "--quick", "--fd-paths", "8", "--suites", *suites],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "metrics.json").read_text())
@@ -326,7 +326,7 @@ def test_minwm_eval_quick_writes_the_report(tmp_path):
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50 and image.std() > 20  # markers, lines, text
     assert report.index("![frechet](frechet.png)") > report.index("Fréchet distance references")
     assert report.count("frechet.png") == 1
-    assert results["config"]["fd_paths"] == 12 and "revisit/short_psnr_db" not in summary  # as asked
+    assert results["config"]["fd_paths"] == 8 and "revisit/short_psnr_db" not in summary  # as asked
 
 
 def test_report_verdict_names_the_baselines_beaten_and_lost_to():
