@@ -74,6 +74,12 @@ def _invert(c2w: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+def _centre_distance(stored_c2w: torch.Tensor, target_c2w: torch.Tensor) -> torch.Tensor:
+    """Mean distance (world units) from each stored camera's centre (B, S, 4, 4) to the target
+    cameras' centres (B, N, 4, 4) → (B, S)."""
+    return (stored_c2w[:, :, None, :3, 3] - target_c2w[:, None, :, :3, 3]).norm(dim=-1).mean(2)
+
+
 def pose_distance(a: torch.Tensor, b: torch.Tensor, translation_weight: float) -> torch.Tensor:
     """How different two camera poses are: the angle of the rotation between them (radians)
     plus ``translation_weight`` (radians per world unit) times the distance between their
@@ -270,9 +276,10 @@ class ViewMemory:
            generation): then the stored one is the sharper picture of the view and stays, and
            the new frame is not stored (nothing changes for that row; without generations
            all are 0 and the newest always wins). Standing still would otherwise replace the
-           start frame by ever more resampled copies of it. Why the place and not the stored pose: a slow walk in steps below
-           the threshold would otherwise supersede its way along the whole path and leave one
-           frame; with fixed places a walk keeps one frame every ``duplicate_distance``;
+           start frame by ever more resampled copies of it. Why the place and not the stored
+           pose: a slow walk in steps below the threshold would otherwise supersede its way
+           along the whole path and leave one frame; with fixed places a walk keeps one frame
+           every ``duplicate_distance``;
         2. a free slot;
         3. in a full row, a frame of the *pool*, the frames older than the ``num_recent`` newest:
            the one whose place is the most crowded, i.e. has the smallest sum of
@@ -316,7 +323,7 @@ class ViewMemory:
         sharper_kept = superseded & (generations.mean(dim=(1, 2)) > self.generations[index, slots].mean(dim=(1, 2)))
         if sharper_kept.any():
             index, slots, frames, c2w, generations, superseded = (
-                t[~sharper_kept] for t in (index, slots, torch.as_tensor(frames), c2w, generations, superseded))
+                t[~sharper_kept] for t in (index, slots, frames, c2w, generations, superseded))
             depths = None if depths is None else depths[~sharper_kept]
         self.num_added[index] += 1
         self.frames[index, slots] = frames.to(self.device, self.dtype)
@@ -499,18 +506,17 @@ class ViewMemory:
         if k == 0 or not self.occupied.any():
             return Retrieval(indices, scores)
         covered = self._coverage(target_c2w, intrinsics, depth, u, v).double()  # (B, S, N, G²)
-        distance = (self.c2w[:, :, None, :3, 3] - target_c2w[:, None, :, :3, 3]).norm(dim=-1).mean(2)  # (B, S)
+        distance = _centre_distance(self.c2w, target_c2w)  # (B, S)
         discount = 1 + distance / self.parallax_scale
         available = self.occupied.clone()
         rows = torch.arange(self.batch_size, device=self.device)
-        sharpening = None
-        if generation is not None:
-            sharpening = self._sharpening(target_c2w, intrinsics, depth, gaps, self._check_generation(
+        sharpen = generation is not None
+        if sharpen:
+            sees, brings, current, share = self._sharpening(target_c2w, intrinsics, depth, gaps, self._check_generation(
                 generation, (self.batch_size, num_targets, self.height, self.width)), distance <= sharpen_distance)
         for rank in range(min(k, self.capacity)):
             gain = (covered * need[:, None]).mean(dim=(2, 3))  # (B, S) share of all target pixels
-            if sharpening is not None:
-                sees, brings, current, share = sharpening
+            if sharpen:
                 saved = (current[:, None] - brings - SHARPEN_MARGIN).clamp_min(0) * share[:, None] * sees
                 gain = gain + SHARPEN_WEIGHT * saved.mean(dim=(2, 3))
             key = torch.where(available & (gain > 0), gain / discount, -math.inf)
@@ -522,10 +528,9 @@ class ViewMemory:
             scores[:, rank] = torch.where(found, gain[rows, best], 0.0)
             available[rows[found], best[found]] = False
             need = need * (1 - covered[rows, best] * found[:, None, None])
-            if sharpening is not None:
+            if sharpen:
                 picked = sees[rows, best] & found[:, None, None]
-                sharpening = (sees, brings, torch.where(picked, torch.minimum(current, brings[rows, best]), current),
-                              share)
+                current = torch.where(picked, torch.minimum(current, brings[rows, best]), current)
         return Retrieval(indices, scores)
 
     def _sharpening(self, target_c2w, intrinsics, depth, gaps, generation, near):
@@ -679,6 +684,7 @@ class ViewMemory:
         warped = warped * used.to(warped.device)[:, :, None, None, None, None]  # a row's missing picks add nothing
 
         alpha = validity.to(reference.dtype)
+        tiny = torch.finfo(alpha.dtype).tiny
         colour = reference * alpha if fill == "border" else reference
         if sharpen:  # premultiplied like the colours; each stored frame's warp adds one resampling
             weighted = generation * alpha
@@ -691,21 +697,22 @@ class ViewMemory:
             alpha = alpha + uncovered * warped[:, rank, -1:]
         added = gaps.to(reference.device) & (alpha > validity)
         if fill == "border":
-            colour = colour / alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
-        tiny = torch.finfo(alpha.dtype).tiny
+            colour = colour / alpha.clamp_min(tiny)
         colours, validity = torch.where(added, colour, reference), torch.where(added, alpha.clamp(max=1), validity)
         if not sharpen:
             return CompositeReference(colours, validity)
         generation = torch.where(added, weighted / alpha.clamp_min(tiny), generation)
-        distance = (self.c2w[rows, slots][:, :, None, :3, 3] - target_c2w[:, None, :, :3, 3]).norm(dim=-1).mean(2)
-        near = (used & (distance <= sharpen_distance)).to(reference.device)  # (B, m)
+        near = used & (_centre_distance(self.c2w[rows, slots], target_c2w) <= sharpen_distance)  # (B, m)
+        near = near.to(reference.device)
         for rank in range(num_used):
             weight = warped[:, rank, -1:]
             full = weight >= self.valid_threshold
             candidate = warped_generation[:, rank] / weight.clamp_min(tiny)
             current = torch.where(validity >= self.valid_threshold, generation, torch.full_like(generation, math.inf))
             better = full & near[:, rank, None, None, None, None] & (candidate < current - SHARPEN_MARGIN)
-            candidate_colours = warped[:, rank, :3] / weight.clamp_min(tiny) if fill == "border" else warped[:, rank, :3]
+            candidate_colours = warped[:, rank, :3]  # premultiplied, as a "blank" reference is
+            if fill == "border":
+                candidate_colours = candidate_colours / weight.clamp_min(tiny)
             colours = torch.where(better, candidate_colours, colours)
             validity = torch.where(better, weight.clamp(max=1), validity)
             generation = torch.where(better, candidate, generation)

@@ -307,7 +307,7 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
         if use_memory:
             filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
                                       memory_k, fill=fill, depth_net=depth_net,
-                                      generation=None if generation is None else warped_generation.clamp_min(0),
+                                      generation=None if generation is None else warped_generation,
                                       sharpen_distance=sharpen_distance)
             if generation is not None:
                 generations = (filled.generation, filled.validity)
