@@ -182,3 +182,20 @@ def test_each_frame_s_depth_is_computed_once(shipped):
     finally:
         hook.remove()
     assert calls == [1] * 5, calls
+
+
+def test_sharpening_inputs_are_checked(shipped):
+    base = {"residual_reference": True, "warp_reference": True, "memory_frames": 4}
+    for bad in ({"memory_sharpen": -1.0}, {"memory_sharpen": 0.5, "memory_mode": "context", "warp_reference": False}):
+        with pytest.raises(ValueError, match="memory_sharpen must be >= 0"):
+            ModelSettings.from_dict({**base, **bad}, "minwm.json")
+    assert ModelSettings.from_dict({**base, "memory_sharpen": 0.5}, "minwm.json").memory_sharpen == 0.5
+    stream = WorldModelEnv(model=_sharpening(shipped), obs_mode="chunk").unwrapped._world.generator.stream
+    c2w = torch.eye(4, dtype=torch.float64)[None, None].repeat(1, 4, 1, 1)
+    k = torch.tensor(shipped.settings.intrinsics, dtype=torch.float64).expand(1, 4, 4)
+    reference = torch.zeros(1, shipped.backbone.latent_channels, 1, 16, 16)
+    with pytest.raises(ValueError, match="generation must have shape"):
+        shipped.residual_reference(reference, c2w[:, :1], c2w, c2w, k, stream.memory, 2,
+                                   generation=torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="generation is what a view memory sharpens by"):
+        shipped.residual_reference(reference, c2w[:, :1], c2w, c2w, k, None, 0, generation=torch.zeros(1, 1, 64, 64))
