@@ -152,3 +152,41 @@ def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, de
     for _ in range(2):
         obs, *_ = env.step(np.array([0.0, 0, 0.08, 6, 0, 0], np.float32))
     assert obs.shape == (64, 64, 3)
+
+
+def _adversarial_experiment():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "experiments" / "adversarial_stage2c.py"
+    spec = importlib.util.spec_from_file_location("adversarial_stage2c", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_adversarial_experiment_runs_and_weighs_only_never_seen_cells(tmp_path, default_data):
+    """scripts/experiments/adversarial_stage2c.py (issue 18's documented experiment) trains the
+    shipped model with its critic end to end and exports a model the env streams; its weights
+    count a cell by its never-seen share, so a fully seen frame adds nothing to either loss."""
+    experiment = _adversarial_experiment()
+    out = tmp_path / "adv"
+    model = tmp_path / "start"
+    load_model("minwm-default").save_pretrained(model)
+    experiment.main(["--model", str(model), "--data", str(default_data), "--out", str(out), "--steps", "2",
+                     "--batch-size", "2"])
+    import json
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert records[-1]["step"] == 1
+    assert all(np.isfinite(records[-1][key]) for key in ("loss/flow", "loss/adversarial", "loss/critic"))
+    env = WorldModelEnv(model=str(out / "model"))
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([0.0, 0, 0.08, 6, 0, 0], np.float32))
+    assert obs.shape == (64, 64, 3)
+
+    validity = torch.ones(2, 1, 64, 64)
+    validity[1, :, :, :8] = 0  # two columns of cells never seen
+    weights = experiment.AdversarialRolloutStage._weights(validity)
+    assert weights.shape == (2, 16, 16)
+    assert float(weights[0].abs().max()) == 0.0
+    assert torch.equal(weights[1, :, :2], torch.ones(16, 2)) and float(weights[1, :, 2:].abs().max()) == 0.0
