@@ -94,7 +94,10 @@ class SelfRolloutStage(TeacherForcingStage):
             out["prompt_embeds"] = batch["prompt_embeds"]
         return out
 
-    def loss(self, optimizer, batch, step, generator):
+    def learnt_window(self, batch: dict, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+        """The step's rollout (1 .. ``rollout_context_chunks`` chunks, drawn) and the one-chunk
+        clip the model then learns (:meth:`window`, with the memory's reference when the rollout
+        keeps one) → (that clip, the squared error of the generated context against the truth's)."""
         latents = batch["latents"]
         if latents.shape[2] < self.needed_frames():
             raise ValueError(f"stage2c with rollout_context_chunks={self.config.rollout_context_chunks} needs clips "
@@ -109,6 +112,9 @@ class SelfRolloutStage(TeacherForcingStage):
         window = self.window(batch, context, num_chunks)
         if self.config.rollout_memory_frames:
             window["reference"] = self.memory_reference(batch, context, num_chunks)
+        return window, (generated - latents[:, :, first:first + 1]).float().square().mean()
+
+    def loss(self, optimizer, batch, step, generator):
+        window, drift = self.learnt_window(batch, generator)
         loss, logs = super().loss(optimizer, window, step, generator)
-        drift = (generated - latents[:, :, first:first + 1]).float().square().mean()
         return loss, {**logs, "rollout/context_mse": drift}

@@ -29,7 +29,6 @@ from minwm_train.data import LatentClips
 from minwm_train.engine import Trainer
 from minwm_train.stages.common import prompt_state, randn, teacher_forcing_layout
 from minwm_train.stages.stage2c_rollout import SelfRolloutStage
-from minwm_env.streaming import context_frame
 
 
 class PatchCritic(nn.Module):
@@ -87,15 +86,7 @@ class AdversarialRolloutStage(SelfRolloutStage):
             hinge = (F.relu(1 - self.critic(real, validity)) + F.relu(1 + self.critic(fake, validity))) * weights
             loss = hinge.sum() / total
             return loss, {"loss/critic": loss.detach(), "adv/unseen_share": weights.mean()}
-        latents = batch["latents"]
-        num_chunks = int(torch.randint(1, self.config.rollout_context_chunks + 1, (1,), generator=generator))
-        generated = self.rollout_context(batch, generator, num_chunks)
-        first = num_chunks * self.config.chunk_frames
-        keep_truth = torch.rand(latents.shape[0], generator=generator) < self.config.rollout_clean_fraction
-        context = torch.where(keep_truth.view(-1, 1, 1, 1, 1).to(latents.device), latents[:, :, first:first + 1],
-                              generated)
-        context = context_frame(self.model, context)
-        window = self.window(batch, context, num_chunks)
+        window, _ = self.learnt_window(batch, generator)
         regression, logs = super(SelfRolloutStage, self).loss(optimizer, window, step, generator)
         # the one-step sample the shipped model draws: x0 from pure noise at sigma 1
         clean = window["latents"]
