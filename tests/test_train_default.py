@@ -7,7 +7,10 @@ few steps on rendered 64×64 clips, learns, and exports a model the env streams 
 settings.
 """
 
+import importlib.util
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,9 +158,6 @@ def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, de
 
 
 def _adversarial_experiment():
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).parents[1] / "scripts" / "experiments" / "adversarial_stage2c.py"
     spec = importlib.util.spec_from_file_location("adversarial_stage2c", path)
     module = importlib.util.module_from_spec(spec)
@@ -175,7 +175,6 @@ def test_adversarial_experiment_runs_and_weighs_only_never_seen_cells(tmp_path, 
     load_model("minwm-default").save_pretrained(model)
     experiment.main(["--model", str(model), "--data", str(default_data), "--out", str(out), "--steps", "2",
                      "--batch-size", "2"])
-    import json
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert records[-1]["step"] == 1
     assert all(np.isfinite(records[-1][key]) for key in ("loss/flow", "loss/adversarial", "loss/critic"))
