@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -7,7 +9,9 @@ from minwm_env.models import build_preset
 @pytest.fixture(scope="session", autouse=True)
 def _fp32_and_threads():
     torch.set_default_dtype(torch.float32)
-    torch.set_num_threads(2)
+    # the cores shared among pytest-xdist's workers (scripts/test.sh runs two), at least one each
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.fixture

@@ -134,6 +134,7 @@ def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, de
     the same depth net in depth/, and the env streams it."""
     from minwm_env.depth import DepthConfig, DepthNet, load_depth_model
 
+    torch.manual_seed(0)  # the depth net's own initialisation, so the test is the same every run
     net = DepthNet(DepthConfig(width=4, levels=2))
     net.save(tmp_path / "depth")
     with pytest.raises(ValueError, match="needs a depth net"):
@@ -144,7 +145,9 @@ def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, de
     stage = make_stage(config, torch.device("cpu"))
     data = LatentClips(config.data, config.num_latent_frames)
     Trainer(config, stage, data).run()
-    before, after = _fits_one_batch(stage, data, "model")
+    # 20 steps: the depth net's extra inputs make 10 too few for a clear margin (0.73 at 10, below 0.5
+    # at 20 for three initialisations)
+    before, after = _fits_one_batch(stage, data, "model", steps=20)
     assert after < 0.7 * before, (before, after)
     exported = load_model(str(tmp_path / "s1" / "model"))
     assert exported.settings.warp_depth_source == "model"
