@@ -3,6 +3,7 @@ renders, the depth net (minwm_env/depth.py) and its training (minwm_train/depth.
 model whose warp reads its own depth net."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -223,3 +224,49 @@ def test_without_the_plane_fill_never_seen_pixels_are_zero_and_the_rest_is_the_s
     assert torch.equal(bare[:, 3:], full[:, 3:])
     assert torch.equal(bare[:, :3][seen.expand(-1, 3, -1, -1, -1)], full[:, :3][seen.expand(-1, 3, -1, -1, -1)])
     assert float(bare[:, :3][~seen.expand(-1, 3, -1, -1, -1)].abs().max()) == 0
+
+
+def test_blocks_in_threads_equal_the_plain_loop_and_keep_the_grad_mode(monkeypatch):
+    """A batch larger than a block is warped a block per thread (``parallel_map``): the same
+    values as one block after another, bit for bit, and the same gradient; each thread runs
+    under the caller's grad and inference modes (torch keeps them per thread)."""
+    from minwm_env import warp as warp_module
+
+    generator = torch.Generator().manual_seed(3)
+    rows, size = 5, 32
+    image = torch.rand(rows, 3, size, size, generator=generator) * 2 - 1
+    depth = torch.rand(rows, size, size, generator=generator) * 3 + 1
+    deltas = torch.zeros(rows, 2, 6, dtype=torch.float64)
+    deltas[..., 2], deltas[..., 3] = 0.2, torch.linspace(-15, 15, rows * 2).reshape(rows, 2)
+    turn = camera.delta_to_matrix(deltas)
+    eye = torch.eye(4, dtype=torch.float64).expand(rows, 4, 4)
+    k = torch.tensor([[0.87, 0.87, 0.5, 0.5]]).expand(rows, 4)
+    monkeypatch.setattr(warp_module, "BLOCK_PIXELS", 2 * size * size)  # one row (2 targets) a block
+
+    def warp_both_ways():
+        source = image.clone().requires_grad_(True)
+        with torch.no_grad():
+            quiet = warp_image_depth(source, depth, eye, turn, k, with_validity=True)
+        out = warp_image_depth(source, depth, eye, turn, k, with_validity=True)
+        out[:, :3].square().sum().backward()
+        return quiet, out.detach(), source.grad
+
+    def modes(_):
+        return torch.is_grad_enabled(), torch.is_inference_mode_enabled(), threading.current_thread().name
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            quiet_modes = warp_module.parallel_map(modes, range(4))
+        with torch.inference_mode():
+            inference_modes = warp_module.parallel_map(modes, range(4))
+        quiet, threaded, grad = warp_both_ways()
+        monkeypatch.setattr(warp_module, "parallel_map", lambda function, items: [function(i) for i in items])
+        _, plain, plain_grad = warp_both_ways()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(not grad and not inference and name != "MainThread" for grad, inference, name in quiet_modes)
+    assert all(inference for _, inference, _ in inference_modes)
+    assert torch.equal(quiet, plain) and torch.equal(threaded, plain)
+    assert float(grad.abs().sum()) > 0 and torch.equal(grad, plain_grad)
