@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from minwm_env.depth import DEPTH_DIR, DepthConfig, DepthNet, load_depth_model
 from minwm_env.threads import configure_process
 from minwm_env.world.paths import PATH_KINDS, random_path
-from minwm_env.world.renderer import WorldRenderer
-from minwm_env.world.scenes import SCENE_NAMES, make_scene
+from minwm_env.world.renderer import SceneRenderers
+from minwm_env.world.scenes import SCENE_NAMES
 
 FRAMES_FILE = "frames.npz"
 
@@ -40,16 +40,10 @@ def render_frames(num_frames: int, seed: int = 0, num_scene_seeds: int = 100, pe
     (0: sky), ``per_path`` frames along each random path; reproducible from ``seed``."""
     rng = random.Random(f"depth-frames-{seed}")
     frames, inverse = [], []
-    renderers: dict[tuple[str, int], tuple] = {}
+    renderers = SceneRenderers(size, capacity=17)
     bar = tqdm(total=num_frames, desc="render", unit="frame", disable=not progress)
     while len(frames) < num_frames:
-        key = (rng.choice(SCENE_NAMES), rng.randrange(num_scene_seeds))
-        if key not in renderers:
-            if len(renderers) > 16:
-                renderers.clear()
-            scene = make_scene(*key)
-            renderers[key] = scene, WorldRenderer(scene, size, size)
-        scene, renderer = renderers[key]
+        scene, renderer = renderers(rng.choice(SCENE_NAMES), rng.randrange(num_scene_seeds))
         path = random_path(scene, per_path, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
         for c2w in path.world_c2w()[: num_frames - len(frames)]:
             frames.append(renderer.render(c2w))

@@ -38,3 +38,18 @@ def test_labels_name_what_each_pixel_shows_and_leave_rgb_alone(room):
     # looking straight down shows the floor only
     down = look_pose(0, 0, 0.5, 30, -89)
     assert (room.render_labels(down)[0] == LABELS.index("floor")).all()
+
+
+def test_scene_renderers_build_each_layout_once_and_stay_bounded():
+    from minwm_env.world.renderer import SceneRenderers
+
+    renderers = SceneRenderers(size=16, capacity=2)
+    scene, renderer = renderers("room", 3)
+    assert renderers("room", 3)[1] is renderer and scene.name == make_scene("room", 3).name
+    pose = look_pose(0.0, 0.0, 1.0, 30.0)
+    np.testing.assert_array_equal(renderer.render(pose), WorldRenderer(make_scene("room", 3), 16, 16).render(pose))
+    renderers("gallery", 3)
+    renderers("room", 4)  # a third layout: the cache starts afresh
+    assert renderers("room", 3)[1] is not renderer
+    with pytest.raises(ValueError, match="capacity"):
+        SceneRenderers(capacity=0)

@@ -174,3 +174,27 @@ class WorldRenderer:
             self.close()
         except Exception:
             pass
+
+
+class SceneRenderers:
+    """Renderers of the built-in scenes by (kind, scene seed), each built on its first use, for
+    code that draws frames from many layouts in turn. A scene and its renderer cost tens of
+    milliseconds to build and hold a MuJoCo context, so at most ``capacity`` are kept; beyond
+    that the cache starts afresh."""
+
+    def __init__(self, size: int = 64, capacity: int = 16):
+        if size < 1 or capacity < 1:
+            raise ValueError(f"size and capacity must be >= 1, got {size} and {capacity}")
+        self.size, self.capacity = size, capacity
+        self._built: dict[tuple[str, int], tuple[Scene, WorldRenderer]] = {}
+
+    def __call__(self, kind: str, seed: int) -> tuple[Scene, WorldRenderer]:
+        from .scenes import make_scene
+
+        key = (kind, int(seed))
+        if key not in self._built:
+            if len(self._built) >= self.capacity:
+                self._built.clear()
+            scene = make_scene(*key)
+            self._built[key] = scene, WorldRenderer(scene, self.size, self.size)
+        return self._built[key]
