@@ -215,6 +215,7 @@ def test_fill_net_probe_trains_draws_only_never_seen_pixels_and_resumes(tmp_path
     seen = warp[:, 3:4].expand(-1, 3, -1, -1) == 1
     assert torch.equal(drawn[seen], warp[:, :3][seen]) and not torch.equal(drawn[~seen], warp[:, :3][~seen])
     again = tmp_path / "again"
-    experiment.main(["--out", str(again), "--init", str(out / "fill_net.pt"), "--steps", "1", "--batch-size", "2",
-                     "--width", "8", "--adversarial", "0.1"])
+    experiment.main(["--out", str(again), "--init", str(out / "fill_net.pt"), "--pairs-from", str(out / "pairs.pt"),
+                     "--steps", "1", "--batch-size", "2", "--width", "8", "--adversarial", "0.1"])
+    assert not (again / "pairs.pt").exists()
     assert json.loads((again / "metrics.jsonl").read_text().splitlines()[0])["step"] == 0

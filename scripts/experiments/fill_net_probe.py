@@ -141,14 +141,15 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--adversarial", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", default=None, help="start from this fill_net.pt (e.g. an L1 run's)")
+    parser.add_argument("--init", default=None, help="start from this fill_net.pt (and the critic.pt beside it)")
+    parser.add_argument("--pairs-from", default=None, help="train on this pairs.pt (another run's) instead of rendering")
     args = parser.parse_args(argv)
     configure_process()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "pairs.pt"
-    if not cache.exists() and args.init and (Path(args.init).parent / "pairs.pt").exists():
-        cache = Path(args.init).parent / "pairs.pt"  # the same pairs as the run it starts from
+    cache = Path(args.pairs_from) if args.pairs_from else out / "pairs.pt"
+    if args.pairs_from and not cache.exists():
+        raise FileNotFoundError(f"--pairs-from {cache}: no such file")
     if cache.exists():
         data = torch.load(cache)
     else:
