@@ -270,3 +270,29 @@ def test_blocks_in_threads_equal_the_plain_loop_and_keep_the_grad_mode(monkeypat
     assert all(inference for _, inference, _ in inference_modes)
     assert torch.equal(quiet, plain) and torch.equal(threaded, plain)
     assert float(grad.abs().sum()) > 0 and torch.equal(grad, plain_grad)
+
+
+def test_blocks_in_threads_work_in_a_forked_child():
+    """A process forked after the block threads started (SubprocVecEnv may fork) still maps
+    over threads of its own rather than waiting on threads it did not inherit."""
+    import multiprocessing
+
+    from minwm_env import warp as warp_module
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert warp_module.parallel_map(abs, [-1, -2]) == [1, 2]  # the parent's pool exists
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            result = pool.apply_async(_map_in_child).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert result == [1, 2, 3]
+
+
+def _map_in_child():
+    from minwm_env import warp as warp_module
+
+    torch.set_num_threads(2)
+    return warp_module.parallel_map(abs, [-1, -2, -3])
