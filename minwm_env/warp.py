@@ -19,6 +19,7 @@ streaming (poses from actions) build the same references.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -139,7 +140,7 @@ def _project_depth(depth: torch.Tensor, intrinsics: torch.Tensor, projection: to
     return out[0] / out[2], out[1] / out[2], out[2]
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (workers, process id, pool)
 
 
 def parallel_map(function, items) -> list:
@@ -156,17 +157,18 @@ def parallel_map(function, items) -> list:
     workers = min(torch.get_num_threads(), len(items))
     if workers <= 1:
         return [function(item) for item in items]
-    if _POOL is None or _POOL[0] != workers:
-        if _POOL is not None:
-            _POOL[1].shutdown(wait=False)
-        _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="minwm-blocks"))
+    if _POOL is None or _POOL[:2] != (workers, os.getpid()):
+        if _POOL is not None and _POOL[1] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        # a forked child inherits the pool without its threads: it builds its own
+        _POOL = (workers, os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minwm-blocks"))
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def run(item):
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return function(item)
 
-    return list(_POOL[1].map(run, items))
+    return list(_POOL[2].map(run, items))
 
 
 BLOCK_PIXELS = 1 << 16

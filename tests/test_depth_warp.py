@@ -273,8 +273,8 @@ def test_blocks_in_threads_equal_the_plain_loop_and_keep_the_grad_mode(monkeypat
 
 
 def test_blocks_in_threads_work_in_a_forked_child():
-    """A process forked after the block threads started (SubprocVecEnv may fork) still maps
-    over threads of its own rather than waiting on threads it did not inherit."""
+    """A process forked after the block threads started (SubprocVecEnv may fork) builds threads
+    of its own rather than waiting on threads it did not inherit."""
     import multiprocessing
 
     from minwm_env import warp as warp_module
@@ -294,5 +294,5 @@ def test_blocks_in_threads_work_in_a_forked_child():
 def _map_in_child():
     from minwm_env import warp as warp_module
 
-    torch.set_num_threads(2)
+    assert torch.get_num_threads() == 2  # inherited: the child maps over threads too
     return warp_module.parallel_map(abs, [-1, -2, -3])
