@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from minwm_env import camera
+from minwm_env.codec import from_uint8, to_uint8
 from minwm_env.threads import configure_process
 from minwm_env.warp import warp_image_depth
 from minwm_env.world.paths import PATH_KINDS, random_path
@@ -51,13 +52,13 @@ def render_pairs(num_pairs: int, seed: int, scene_seeds: range, size: int = 64, 
         angle = rng.uniform(*turns) * rng.choice((-1, 1))
         delta = torch.tensor([0.0, 0.0, rng.uniform(0.0, 0.3), angle, rng.uniform(-8, 8), 0.0])
         target_c2w = (torch.as_tensor(source_c2w, dtype=torch.float64) @ camera.delta_to_matrix(delta)).numpy()
-        source = torch.as_tensor(renderer.render(source_c2w)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        source = from_uint8(torch.as_tensor(renderer.render(source_c2w)))[None]
         depth = torch.as_tensor(renderer.render_depth(source_c2w), dtype=torch.float32)[None]
         depth = depth.nan_to_num(posinf=1e4).clamp(min=1e-3)
         warped = warp_image_depth(source, depth, torch.as_tensor(source_c2w)[None],
                                   torch.as_tensor(target_c2w)[None, None], k, fill="blank", with_validity=True)
         warps.append(warped[0, :, 0])
-        truths.append(torch.as_tensor(renderer.render(target_c2w)).permute(2, 0, 1).float() / 127.5 - 1)
+        truths.append(from_uint8(torch.as_tensor(renderer.render(target_c2w))))
         angles.append(abs(angle))
     return {"warp": torch.stack(warps), "truth": torch.stack(truths), "angle": torch.tensor(angles)}
 
@@ -126,7 +127,7 @@ def picture(net, pairs, out: Path, columns: int = 8) -> None:
         drawn = net(pairs["warp"][order])
     rows = [pairs["warp"][order][:, :3], row_mean_fill(pairs["warp"][order]), drawn, pairs["truth"][order]]
     grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
-    image = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    image = to_uint8(grid[None, :, None])[0, 0].numpy()  # (H, W, 3)
     iio.imwrite(out, np.kron(image, np.ones((2, 2, 1), np.uint8)))
 
 
