@@ -16,20 +16,17 @@ manifest), loaded with the rest of the model.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .integrity import check_files, write_manifest
+from .integrity import load_small_net, save_small_net
 from .warp import FAR_DEPTH
 
 DEPTH_DIR = "depth"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -101,30 +98,10 @@ class DepthNet(nn.Module):
         return self.depth(images.to(self.head.weight.device))
 
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        safetensors.torch.save_file({k: v.detach().float().contiguous() for k, v in self.state_dict().items()},
-                                    folder / WEIGHTS_FILE)
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        write_manifest(folder, [WEIGHTS_FILE])
+        save_small_net(self, self.config, folder)
 
 
 def load_depth_model(folder: str | Path) -> DepthNet:
     """A :class:`DepthNet` saved by :meth:`DepthNet.save` (weights checked against the folder's
     manifest and the config's shapes)."""
-    folder = Path(folder)
-    config_path, weights = folder / "config.json", folder / WEIGHTS_FILE
-    if not config_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{folder} is not a depth model folder (needs config.json and {WEIGHTS_FILE})")
-    try:
-        config = DepthConfig(**json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{config_path} is not a valid depth config ({err})") from err
-    check_files(folder, [weights])
-    net = DepthNet(config)
-    state = safetensors.torch.load_file(weights)
-    expected = net.state_dict()
-    if state.keys() != expected.keys() or any(state[k].shape != expected[k].shape for k in expected):
-        raise ValueError(f"the weights in {weights} do not match {config_path}")
-    net.load_state_dict(state)
-    return net.eval()
+    return load_small_net(folder, DepthConfig, DepthNet, "depth")

@@ -25,11 +25,15 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 MANIFEST_FILE = "weights.sha256.json"
+WEIGHTS_FILE = "model.safetensors"
+"""the weights file of a small net's folder (:func:`save_small_net`)"""
 WEIGHT_SUFFIXES = (".safetensors", ".pt")
 
 
@@ -123,6 +127,39 @@ def check_finite(tensors: Mapping[str, torch.Tensor], source: str | Path) -> Non
     if counts:
         raise ValueError(f"{source} holds NaN or inf in {describe_non_finite(tensors, counts)}: it is damaged "
                          f"or was saved from a diverged run, and is not loaded")
+
+
+def save_small_net(net: torch.nn.Module, config, folder: str | Path) -> None:
+    """A small pixel-space net (the depth net, the fill net) into ``folder``: float32 safetensors,
+    its dataclass ``config`` as config.json, and the sha256 manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.detach().float().contiguous() for k, v in net.state_dict().items()},
+                                folder / WEIGHTS_FILE)
+    (folder / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    write_manifest(folder, [WEIGHTS_FILE])
+
+
+def load_small_net(folder: str | Path, config_class, net_class, kind: str) -> torch.nn.Module:
+    """The net :func:`save_small_net` saved in ``folder`` (``kind`` names it in errors), its
+    weights checked against the manifest and the config's shapes; in eval mode."""
+    folder = Path(folder)
+    config_path, weights = folder / "config.json", folder / WEIGHTS_FILE
+    if not config_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{folder} is not a {kind} model folder (needs config.json and {WEIGHTS_FILE})")
+    try:
+        config = config_class(**json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{config_path} is not a valid {kind} config ({err})") from err
+    check_files(folder, [weights])
+    net = net_class(config)
+    state = safetensors.torch.load_file(weights)
+    expected = net.state_dict()
+    if state.keys() != expected.keys() or any(state[k].shape != expected[k].shape for k in expected):
+        raise ValueError(f"the weights in {weights} do not match {config_path}")
+    check_finite(state, weights)
+    net.load_state_dict(state)
+    return net.eval()
 
 
 def bless_model_folder(folder: str | Path) -> list[Path]:

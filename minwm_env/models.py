@@ -29,7 +29,10 @@ from .integrity import check_files, check_finite, describe_non_finite, non_finit
 from .jsonfile import read_json
 from .streaming import MEMORY_MODES, ChunkStream
 from .depth import DEPTH_DIR, DepthNet, load_depth_model
+from .fill import FILL_DIR, FillNet, load_fill_model
 from .warp import WARP_DEPTH_SOURCES, WARP_FILLS, warped_reference
+
+MODEL_WARP_FILLS = (*WARP_FILLS, "net")
 
 SETTINGS_FILE = "minwm.json"
 SAMPLER_KINDS = ("few-step", "euler")
@@ -88,7 +91,8 @@ class ModelSettings:
     :mod:`minwm_env.depth`; never-seen pixels are filled through the plane)"""
     warp_fill: str = "border"
     """what a warp puts where the reference never looked: "border" (its nearest border pixel,
-    stretched) or "blank" (zero, mid-grey)"""
+    stretched), "blank" (zero, mid-grey) or "net" (what the model folder's fill net draws,
+    ``fill/``, :mod:`minwm_env.fill`)"""
     warp_validity: bool = False
     """the validity of every warped pixel (1 seen, 0 never seen) travels with the reference, as
     input channels beside the noisy latent (the backbone's in_channels say so)"""
@@ -129,8 +133,8 @@ class ModelSettings:
                              f"{settings.warp_depth_source!r}")
         if settings.warp_depth_source == "model" and not settings.warp_reference:
             raise ValueError(f"{source}: warp_depth_source='model' needs warp_reference")
-        if settings.warp_fill not in WARP_FILLS:
-            raise ValueError(f"{source}: warp_fill must be one of {WARP_FILLS}, got {settings.warp_fill!r}")
+        if settings.warp_fill not in MODEL_WARP_FILLS:
+            raise ValueError(f"{source}: warp_fill must be one of {MODEL_WARP_FILLS}, got {settings.warp_fill!r}")
         if (settings.warp_fill != "border" or settings.warp_validity) and not settings.warp_reference:
             raise ValueError(f"{source}: warp_fill={settings.warp_fill!r} and warp_validity="
                              f"{settings.warp_validity} need warp_reference")
@@ -313,11 +317,16 @@ class WorldModel:
     settings: ModelSettings
     depth: DepthNet | None = None
     """the depth net a ``warp_depth_source="model"`` warp reprojects through (frozen)"""
+    fill: FillNet | None = None
+    """the fill net that draws what a ``warp_fill="net"`` warp never saw (frozen)"""
 
     def __post_init__(self):
         if self.settings.warp_depth_source == "model" and self.depth is None:
             raise ValueError("warp_depth_source='model' needs a depth net: train one (python -m minwm_train.depth) "
                              "and attach it to the model folder (--attach), or build the model with depth=")
+        if self.settings.warp_fill == "net" and self.fill is None:
+            raise ValueError("warp_fill='net' needs a fill net: train one (python -m minwm_train.fill) and attach it "
+                             "to the model folder (--attach), or build the model with fill=")
         extra = getattr(self.backbone, "reference_channels", 0)
         if not extra:
             return
@@ -359,10 +368,12 @@ class WorldModel:
         device = reference.device
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
-                                self.settings.warp_fill, self.settings.warp_validity, memory, memory_k,
+                                "blank" if self.settings.warp_fill == "net" else self.settings.warp_fill,
+                                self.settings.warp_validity, memory, memory_k,
                                 depth_net=self.depth if self.settings.warp_depth_source == "model" else None,
                                 generation=generation, sharpen_distance=self.settings.memory_sharpen or 0.0,
-                                reference_depth=reference_depth)
+                                reference_depth=reference_depth,
+                                fill_net=self.fill if self.settings.warp_fill == "net" else None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -381,7 +392,7 @@ class WorldModel:
                            fold_writes=fold_writes, static_shapes=static_shapes, compile=compile)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "WorldModel":
-        for module in (self.backbone, self.codec.module, self.depth):
+        for module in (self.backbone, self.codec.module, self.depth, self.fill):
             if module is not None:
                 torch.nn.Module.to(module, device=device)
         if dtype is not None:
@@ -393,8 +404,9 @@ class WorldModel:
     def eval(self) -> "WorldModel":
         self.backbone.eval()
         self.codec.module.eval()
-        if self.depth is not None:
-            self.depth.eval()
+        for net in (self.depth, self.fill):
+            if net is not None:
+                net.eval()
         return self
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -413,6 +425,8 @@ class WorldModel:
             self.save_conditioning(path / CONDITIONING_DIR)
         if self.depth is not None:
             self.depth.save(path / DEPTH_DIR)
+        if self.fill is not None:
+            self.fill.save(path / FILL_DIR)
 
     def save_conditioning(self, folder: str | Path) -> None:
         """The conditioning branches alone (safetensors + JSON spec), apart from the backbone."""
@@ -443,9 +457,11 @@ def _cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | None = None,
-                 depth: DepthNet | str | Path | None = None, **settings_overrides) -> WorldModel:
+                 depth: DepthNet | str | Path | None = None, fill: FillNet | str | Path | None = None,
+                 **settings_overrides) -> WorldModel:
     """A new model of a preset (random weights, seeded). ``depth``: the depth net (or its
-    folder) of a preset whose warp reprojects through predicted depth."""
+    folder) of a preset whose warp reprojects through predicted depth; ``fill``: the fill net
+    (or its folder) of one whose warp fill is "net"."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
     preset = PRESETS[name]
@@ -464,9 +480,14 @@ def build_preset(name: str, seed: int = 0, conditioning: ConditioningConfig | No
     if settings.residual_reference:  # a new residual model starts as "nothing changes"
         torch.nn.init.zeros_(transformer.proj_out.weight)
         torch.nn.init.zeros_(transformer.proj_out.bias)
-    if isinstance(depth, (str, Path)):
-        depth = load_depth_model(depth)
-    return WorldModel(backbone, codec, settings, depth).eval()
+    depth, fill = _small_nets(depth, fill)
+    return WorldModel(backbone, codec, settings, depth, fill).eval()
+
+
+def _small_nets(depth, fill) -> tuple[DepthNet | None, FillNet | None]:
+    """The depth and fill nets given as nets, folders or None, loaded."""
+    return (load_depth_model(depth) if isinstance(depth, (str, Path)) else depth,
+            load_fill_model(fill) if isinstance(fill, (str, Path)) else fill)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -530,7 +551,8 @@ def load_component(folder: Path, cls):
 
 def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                seed: int = 0, conditioning: ConditioningConfig | str | Path | None = None,
-               depth: DepthNet | str | Path | None = None, **settings_overrides) -> WorldModel:
+               depth: DepthNet | str | Path | None = None, fill: FillNet | str | Path | None = None,
+               **settings_overrides) -> WorldModel:
     """A shipped model (see :data:`SHIPPED_MODELS`), a preset name (see :data:`PRESETS`; random
     weights) or a local diffusers-format folder.
 
@@ -538,15 +560,15 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
     folder saved by :meth:`WorldModel.save_conditioning` (trained weights). By default a
     folder's own ``conditioning/`` subfolder is used when it has one. ``depth``: a depth net
     (or its folder) for the warp, in place of the folder's own ``depth/``; a preset that warps
-    through predicted depth needs it.
+    through predicted depth needs it. ``fill``: likewise the fill net, in place of ``fill/``.
     """
-    if isinstance(depth, (str, Path)):
-        depth = load_depth_model(depth)
+    depth, fill = _small_nets(depth, fill)
     branch_weights = None
     if isinstance(conditioning, (str, Path)):
         branch_weights, conditioning = Path(conditioning), read_conditioning_config(conditioning)
     if isinstance(source, str) and source in PRESETS:
-        model = build_preset(source, seed=seed, conditioning=conditioning, depth=depth, **settings_overrides)
+        model = build_preset(source, seed=seed, conditioning=conditioning, depth=depth, fill=fill,
+                             **settings_overrides)
     else:
         folder = SHIPPED_MODELS.get(source, Path(source)) if isinstance(source, str) else Path(source)
         if not folder.is_dir():
@@ -571,7 +593,9 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
             backbone = _backbone(backbone_class, transformer, settings, conditioning, codec)
         if depth is None and (folder / DEPTH_DIR).is_dir():
             depth = load_depth_model(folder / DEPTH_DIR)
-        model = WorldModel(backbone, codec, settings, depth)
+        if fill is None and (folder / FILL_DIR).is_dir():
+            fill = load_fill_model(folder / FILL_DIR)
+        model = WorldModel(backbone, codec, settings, depth, fill)
     if branch_weights is not None:
         model.backbone.conditioning.load_weights(branch_weights)
     return model.to(device, dtype).eval()

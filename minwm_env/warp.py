@@ -281,7 +281,8 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
                      fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0,
                      depth_net=None, generation: torch.Tensor | None = None,
-                     sharpen_distance: float = math.inf, reference_depth: torch.Tensor | None = None):
+                     sharpen_distance: float = math.inf, reference_depth: torch.Tensor | None = None,
+                     fill_net=None):
     """The residual reference of F latent frames: the last RGB frame of ``reference`` warped
     into every RGB frame of each latent frame, packed back into latents.
 
@@ -303,7 +304,9 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     within ``sharpen_distance``), and the call returns ``(reference, (generation, validity))``,
     the filled warp's per-pixel generation and validity (B, 1, F·T, H, W) in RGB frames.
     ``reference_depth`` (B, H, W): ``depth_net``'s depth of the reference's last RGB frame,
-    when the caller has it already (one reference frame per row).
+    when the caller has it already (one reference frame per row). A ``fill_net``
+    (:class:`~minwm_env.fill.FillNet`) draws, RGB frame by RGB frame, what is still never seen
+    after the memory (docs/design.md §6); the validity stays that of the warp (and memory).
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -334,8 +337,8 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                 raise ValueError(f"generation must have shape (B, 1, H, W) = ({batch}, 1, {image.shape[2]}, "
                                  f"{image.shape[3]}), got {tuple(generation.shape)}")
             image = torch.cat([image, generation.to(image.device, image.dtype)], dim=1)
-        warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0], validity or use_memory,
-                      reference_depth)
+        warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0],
+                      validity or use_memory or fill_net is not None, reference_depth)
         if generation is not None:  # split the generation channel off; the warp is one more resampling
             warped_generation = warped[:, 3:4] + 1
             warped = torch.cat([warped[:, :3], warped[:, 4:]], dim=1)
@@ -346,13 +349,15 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                                       sharpen_distance=sharpen_distance)
             if generation is not None:
                 generations = (filled.generation, filled.validity)
-            warped = torch.cat([filled.colours, filled.validity], dim=1) if validity else filled.colours
+            warped = torch.cat([filled.colours, filled.validity], dim=1)
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
         warped = warp(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
                       reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
-                      intrinsics.reshape(rows, 4), validity)  # (B·F, 3 or 4, T, H, W)
+                      intrinsics.reshape(rows, 4), validity or fill_net is not None)  # (B·F, 3 or 4, T, H, W)
         warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
+    if fill_net is not None:
+        warped = torch.cat([fill_net.fill(warped[:, :3], warped[:, 3:4]), warped[:, 3:4]], dim=1)
     colours = codec.pack(warped[:, :3].to(reference.dtype)).to(reference.dtype)
     if validity:
         packed = codec.pack(warped[:, 3:].to(reference.dtype)).to(reference.dtype) / codec.scale.to(reference.dtype)

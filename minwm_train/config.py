@@ -31,6 +31,8 @@ class TrainConfig:
                                     "real score (stage-0 model)")
     depth_model: str | None = arg(None, "a depth net folder (python -m minwm_train.depth) for a model preset whose "
                                         "warp reprojects through predicted depth; model folders carry their own")
+    fill_model: str | None = arg(None, "a fill net folder (python -m minwm_train.fill) for a model preset whose warp "
+                                       "fill is 'net'; model folders carry their own")
     data: str = arg("", "dataset folder (minwm-data render/ingest, then encode) or its latents/ subfolder")
     out: str = arg("runs/stage", "output folder: checkpoints/, model/, metrics.jsonl, config.json")
     camera: str = arg("none", "camera branch added if the model has none: none, prope, plucker")

@@ -192,30 +192,3 @@ def test_adversarial_experiment_runs_and_weighs_only_never_seen_cells(tmp_path, 
     assert weights.shape == (2, 16, 16)
     assert float(weights[0].abs().max()) == 0.0
     assert torch.equal(weights[1, :, :2], torch.ones(16, 2)) and float(weights[1, :, 2:].abs().max()) == 0.0
-
-
-def test_fill_net_probe_trains_draws_only_never_seen_pixels_and_resumes(tmp_path):
-    """scripts/experiments/fill_net_probe.py (issue 18's pixel-space probe) renders its pairs,
-    trains with its critic, writes its figures and picture, and starts again from its own
-    weights; its net leaves every seen pixel exactly as warped."""
-    experiment = _experiment("fill_net_probe")
-    out = tmp_path / "probe"
-    experiment.main(["--out", str(out), "--pairs", "6", "--held-out", "8", "--steps", "2", "--batch-size", "2",
-                     "--width", "8", "--adversarial", "0.1"])
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 1 and 0 < records[-1]["held_l1"] and 0 < records[-1]["row_mean_l1"]
-    assert (out / "held_out.png").stat().st_size > 0 and (out / "critic.pt").exists()
-    pairs = torch.load(out / "pairs.pt")
-    warp = pairs["held_out"]["warp"]
-    assert warp.shape[1:] == (4, 64, 64) and 0 < float(warp[:, 3].mean()) < 1  # the turns do reveal new content
-    net = experiment.FillNet(8)
-    net.load_state_dict(torch.load(out / "fill_net.pt"))
-    with torch.no_grad():
-        drawn = net(warp)
-    seen = warp[:, 3:4].expand(-1, 3, -1, -1) == 1
-    assert torch.equal(drawn[seen], warp[:, :3][seen]) and not torch.equal(drawn[~seen], warp[:, :3][~seen])
-    again = tmp_path / "again"
-    experiment.main(["--out", str(again), "--init", str(out / "fill_net.pt"), "--pairs-from", str(out / "pairs.pt"),
-                     "--steps", "1", "--batch-size", "2", "--width", "8", "--adversarial", "0.1"])
-    assert not (again / "pairs.pt").exists()
-    assert json.loads((again / "metrics.jsonl").read_text().splitlines()[0])["step"] == 0

@@ -33,15 +33,16 @@ def build_model(config: TrainConfig, source: str, device: torch.device, trainabl
                          f"--actions is {wanted.describe()}: use --camera none (a fixed camera)")
     if not has_branches and (config.camera != "none" or wanted is not None):
         conditioning = ConditioningConfig(camera=config.camera, action_spec=wanted)
-    depth = config.depth_model if is_preset else None
-    model = load_model(source, device=device, conditioning=conditioning, depth=depth, **overrides)
+    depth, fill = (config.depth_model, config.fill_model) if is_preset else (None, None)
+    model = load_model(source, device=device, conditioning=conditioning, depth=depth, fill=fill, **overrides)
     if has_branches and (config.camera != "none" or wanted is not None):
         have = model.backbone.conditioning_config
         differs = have.camera != config.camera or not (wanted is None and have.action_spec is None or (
             wanted is not None and have.action_spec is not None and wanted.same_space(have.action_spec)))
         if differs and config.new_branches and trainable and source == config.model:
             model = load_model(source, device=device, conditioning=ConditioningConfig(camera=config.camera,
-                                                                                     action_spec=wanted), depth=depth)
+                                                                                     action_spec=wanted),
+                               depth=depth, fill=fill)
         elif wanted is not None:
             try:
                 check_same_space(wanted, have.action_spec, f"--actions {config.actions}", f"the model {source}")
@@ -57,8 +58,9 @@ def build_model(config: TrainConfig, source: str, device: torch.device, trainabl
         model.backbone.requires_grad_(False)
         model.backbone.conditioning.requires_grad_(True)
     model.codec.module.requires_grad_(False)
-    if model.depth is not None:
-        model.depth.requires_grad_(False).eval()
+    for net in (model.depth, model.fill):
+        if net is not None:
+            net.requires_grad_(False).eval()
     model.backbone.train(trainable)
     return model
 

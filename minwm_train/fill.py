@@ -1,0 +1,309 @@
+"""Train a world model's fill net (:mod:`minwm_env.fill`) on rendered turns of the training layouts.
+
+    python -m minwm_train.fill --out runs/fill --num-pairs 3000 --l1-steps 2000 --steps 20000
+    python -m minwm_train.fill --out runs/fill --attach runs/v6/stage2c/model
+
+Pairs of frames rendered in the worlds and layouts the world model's clips come from (every
+scene kind, scene seeds 0..99): a source view, and a target view from the same place turned
+10–60° (with a small step and tilt). The source is warped into the target through its true
+depth, never-seen pixels blank (:func:`~minwm_env.warp.warp_image_depth`), and the net learns
+to draw the target's never-seen pixels from that warp and its validity: an L1 term alone for
+``--l1-steps``, then with a hinge patch critic that sees (image, validity) and is scored on the
+8×8-pixel cells that hold never-seen pixels (``--adversarial``, the generator's weight of it).
+L1 alone draws each row's average; the critic is what makes it draw walls, floor, sky and
+objects (docs/default_model.md). Frames are flipped left-right half the time.
+
+Resumable: ``checkpoint/`` (the net, the critic, both optimisers, the step) is written every
+``--checkpoint-every`` steps and read back on the next run with the same ``--out``; the pairs
+are rendered once (``pairs.npz``). ``model/`` (what ``--attach`` copies into a world model
+folder's ``fill/``) follows every checkpoint. Held-out layouts (100..115) give the figures and
+the picture (``held_out.png``: warp, the row-mean baseline, the net, the truth): L1 on never-seen
+pixels against each row's mean colour of its seen pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from minwm_env import camera
+from minwm_env.codec import from_uint8, to_uint8
+from minwm_env.fill import FILL_DIR, FillConfig, FillNet, load_fill_model
+from minwm_env.threads import configure_process
+from minwm_env.warp import warp_image_depth
+from minwm_env.world.paths import PATH_KINDS, random_path
+from minwm_env.world.renderer import SceneRenderers
+from minwm_env.world.scenes import SCENE_NAMES
+
+from .engine import load_torch_file
+
+PAIRS_FILE = "pairs.npz"
+CHECKPOINT_DIR = "checkpoint"
+INTRINSICS = (0.8660254037844386, 0.8660254037844386, 0.5, 0.5)
+"""the renderer's 60° field of view, normalised (the default model's intrinsics)"""
+HELD_OUT_SEEDS = range(100, 116)
+
+
+def render_pairs(num_pairs: int, seed: int, scene_seeds: range, size: int = 64, turns=(10.0, 60.0),
+                 progress: bool = True) -> dict[str, np.ndarray]:
+    """``num_pairs`` turns: ``warp`` (N, H, W, 3) uint8 (never-seen pixels 0), ``seen`` (N, H, W)
+    bool, ``truth`` (N, H, W, 3) uint8 and ``angle`` (N,) degrees; reproducible from ``seed``."""
+    rng = random.Random(f"fill-pairs-{seed}")
+    out = {"warp": [], "seen": [], "truth": [], "angle": []}
+    renderers = SceneRenderers(size)
+    k = torch.tensor([INTRINSICS], dtype=torch.float32)
+    for _ in tqdm(range(num_pairs), desc="render pairs", unit="pair", disable=not progress):
+        scene, renderer = renderers(rng.choice(SCENE_NAMES), rng.choice(scene_seeds))
+        path = random_path(scene, 2, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
+        source_c2w = path.world_c2w()[0]
+        angle = rng.uniform(*turns) * rng.choice((-1, 1))
+        delta = torch.tensor([0.0, 0.0, rng.uniform(0.0, 0.3), angle, rng.uniform(-8, 8), 0.0])
+        target_c2w = (torch.as_tensor(source_c2w, dtype=torch.float64) @ camera.delta_to_matrix(delta)).numpy()
+        source = from_uint8(torch.as_tensor(renderer.render(source_c2w)))[None]
+        depth = torch.as_tensor(renderer.render_depth(source_c2w), dtype=torch.float32)[None]
+        warped = warp_image_depth(source, depth.nan_to_num(posinf=1e4).clamp(min=1e-3),
+                                  torch.as_tensor(source_c2w)[None], torch.as_tensor(target_c2w)[None, None], k,
+                                  fill="blank", with_validity=True)[0, :, 0]
+        out["warp"].append(to_uint8(warped[None, :3, None])[0, 0].numpy())
+        out["seen"].append(warped[3].numpy() > 0.5)
+        out["truth"].append(renderer.render(target_c2w))
+        out["angle"].append(abs(angle))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def as_tensors(pairs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Pairs as the net reads them: ``warp`` (N, 4, H, W) in [-1, 1] with validity (never-seen
+    pixels 0 in every channel), ``truth`` (N, 3, H, W) in [-1, 1], ``angle`` (N,)."""
+    seen = torch.from_numpy(pairs["seen"]).float()[:, None]
+    warp = from_uint8(torch.from_numpy(pairs["warp"])) * seen
+    return {"warp": torch.cat([warp, seen], 1), "truth": from_uint8(torch.from_numpy(pairs["truth"])),
+            "angle": torch.from_numpy(pairs["angle"]).float()}
+
+
+class Critic(nn.Module):
+    """A patch critic on (image, validity): one logit per 8 × 8-pixel cell."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(nn.Conv2d(4, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, 2 * w, 4, 2, 1),
+                                 nn.LeakyReLU(0.2), nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(4 * w, 1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor, validity: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, validity], 1))[:, 0]
+
+
+def row_mean_fill(warp: torch.Tensor) -> torch.Tensor:
+    """The free baseline: each never-seen pixel takes the mean colour of its row's seen pixels."""
+    validity = warp[:, 3:4]
+    seen = (warp[:, :3] * validity).sum(-1, keepdim=True) / validity.sum(-1, keepdim=True).clamp_min(1e-6)
+    return validity * warp[:, :3] + (1 - validity) * seen
+
+
+def unseen_l1(a: torch.Tensor, b: torch.Tensor, validity: torch.Tensor) -> float:
+    """Mean absolute difference of ``a`` and ``b`` (N, 3, H, W) over never-seen pixels."""
+    weight = 1 - validity
+    return float(((a - b).abs() * weight).sum() / (3 * weight.sum()).clamp_min(1e-6))
+
+
+@torch.no_grad()
+def evaluate(net: FillNet, held: dict[str, torch.Tensor]) -> dict[str, float]:
+    drawn = torch.cat([net(held["warp"][i:i + 64]) for i in range(0, len(held["warp"]), 64)])
+    validity = held["warp"][:, 3:4]
+    return {"held_l1": unseen_l1(drawn, held["truth"], validity),
+            "row_mean_l1": unseen_l1(row_mean_fill(held["warp"]), held["truth"], validity)}
+
+
+@torch.no_grad()
+def picture(net: FillNet, held: dict[str, torch.Tensor], path: Path, columns: int = 8, scale: int = 2) -> None:
+    """Held-out turns of growing size, one column each: warp, row-mean fill, the net's, truth."""
+    import imageio.v3 as iio
+    order = torch.argsort(held["angle"])[torch.linspace(0, len(held["angle"]) - 1, columns).long()]
+    warp = held["warp"][order]
+    rows = [warp[:, :3], row_mean_fill(warp), net(warp), held["truth"][order]]
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, 4H, columns·W)
+    image = to_uint8(grid[None, :, None])[0, 0].numpy()
+    iio.imwrite(path, np.kron(image, np.ones((scale, scale, 1), np.uint8)))
+
+
+class FillTrainer:
+    """The fill net, its critic and their optimisers, stepped and checkpointed."""
+
+    def __init__(self, config: FillConfig, lr: float, critic_lr: float, adversarial: float, l1_steps: int,
+                 seed: int):
+        torch.manual_seed(seed)
+        self.net, self.critic = FillNet(config), Critic()
+        self.adversarial, self.l1_steps, self.seed = adversarial, l1_steps, seed
+        # beta1 0.5 once the critic plays (the usual GAN setting); the L1 phase uses Adam's default
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, betas=(0.5, 0.999))
+        self.step = 0
+
+    def train_step(self, train: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        index = torch.randint(len(train["warp"]), (batch_size,), generator=generator)
+        warp, truth = train["warp"][index], train["truth"][index]
+        flip = (torch.rand(batch_size, generator=generator) < 0.5)[:, None, None, None]
+        warp, truth = torch.where(flip, warp.flip(-1), warp), torch.where(flip, truth.flip(-1), truth)
+        validity = warp[:, 3:4]
+        unseen = 1 - validity
+        self.net.train()
+        drawn = self.net(warp)
+        loss = ((drawn - truth).abs() * unseen).sum() / (3 * unseen.sum()).clamp_min(1)
+        record = {"l1": float(loss.detach())}
+        playing = self.adversarial > 0 and self.step >= self.l1_steps
+        if playing:
+            for group in self.optimizer.param_groups:
+                group["betas"] = (0.5, 0.999)
+            weight = F.avg_pool2d(unseen, 8)[:, 0]  # the share of each critic cell never seen
+            adversarial = -(self.critic(drawn, validity) * weight).sum() / weight.sum().clamp_min(1)
+            loss = loss + self.adversarial * adversarial
+            record["adversarial"] = float(adversarial.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if playing:
+            real, fake = self.critic(truth, validity), self.critic(drawn.detach(), validity)
+            hinge = ((F.relu(1 - real) + F.relu(1 + fake)) * weight).sum() / weight.sum().clamp_min(1)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            hinge.backward()
+            self.critic_optimizer.step()
+            record["critic"] = float(hinge.detach())
+        self.step += 1
+        record["step"] = self.step  # steps done
+        return record
+
+    def save(self, folder: Path) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, module in (("net", self.net), ("critic", self.critic)):
+            safetensors.torch.save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+                                        tmp / f"{name}.safetensors")
+        torch.save({"net": self.optimizer.state_dict(), "critic": self.critic_optimizer.state_dict()},
+                   tmp / "optimizers.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "width": self.net.config.width}) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def load(self, folder: Path) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        if state["width"] != self.net.config.width:
+            raise ValueError(f"{folder} holds a fill net of width {state['width']}, this run asks for "
+                             f"{self.net.config.width}: pass --width {state['width']} or another --out")
+        self.net.load_state_dict(safetensors.torch.load_file(folder / "net.safetensors"))
+        self.critic.load_state_dict(safetensors.torch.load_file(folder / "critic.safetensors"))
+        optimizers = load_torch_file(folder / "optimizers.pt")
+        self.optimizer.load_state_dict(optimizers["net"])
+        self.critic_optimizer.load_state_dict(optimizers["critic"])
+        self.step = int(state["step"])
+
+
+def train(out: Path, pairs: dict[str, np.ndarray], held: dict[str, np.ndarray], *, steps: int, l1_steps: int,
+          batch_size: int = 16, lr: float = 2e-4, critic_lr: float = 2e-4, adversarial: float = 0.05,
+          width: int = FillConfig.width, seed: int = 0, checkpoint_every: int = 500, progress: bool = True) -> FillNet:
+    """Train (or go on training) the fill net in ``out`` up to ``steps`` steps; returns it."""
+    if steps < 1 or batch_size < 1 or l1_steps < 0 or checkpoint_every < 1 or adversarial < 0:
+        raise ValueError(f"need steps, batch_size, checkpoint_every >= 1 and l1_steps, adversarial >= 0; got "
+                         f"{steps}, {batch_size}, {checkpoint_every}, {l1_steps}, {adversarial}")
+    trainer = FillTrainer(FillConfig(width), lr, critic_lr, adversarial, l1_steps, seed)
+    checkpoint = out / CHECKPOINT_DIR
+    if (checkpoint / "state.json").is_file():
+        trainer.load(checkpoint)
+        print(f"resuming from {checkpoint} at step {trainer.step}")
+    train_t, held_t = as_tensors(pairs), as_tensors(held)
+    start = time.time()
+    with open(out / "metrics.jsonl", "a") as log:
+        bar = tqdm(total=steps, initial=min(trainer.step, steps), desc="fill net", unit="step", disable=not progress)
+        while trainer.step < steps:
+            record = trainer.train_step(train_t, batch_size)
+            bar.update(1)
+            last = trainer.step == steps
+            if trainer.step % 100 == 0 or last:
+                trainer.net.eval()
+                record.update(evaluate(trainer.net, held_t), seconds=round(time.time() - start, 1))
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(held_l1=f"{record['held_l1']:.3f}")
+            if trainer.step % checkpoint_every == 0 or last:
+                trainer.save(checkpoint)
+                trainer.net.eval().save(out / "model")
+                picture(trainer.net, held_t, out / "held_out.png")
+        bar.close()
+    return trainer.net.eval()
+
+
+def load_or_render_pairs(out: Path, num_pairs: int, num_held_out: int, seed: int, progress: bool):
+    """``pairs.npz`` in ``out`` (rendered on the first run): the training and held-out pairs."""
+    cache = out / PAIRS_FILE
+    if cache.is_file():
+        data = np.load(cache)
+        if len(data["train_warp"]) == num_pairs and len(data["held_warp"]) == num_held_out:
+            return ({k[6:]: data[k] for k in data.files if k.startswith("train_")},
+                    {k[5:]: data[k] for k in data.files if k.startswith("held_")})
+    pairs = render_pairs(num_pairs, seed, range(100), progress=progress)
+    held = render_pairs(num_held_out, seed + 1, HELD_OUT_SEEDS, progress=progress)
+    np.savez(cache, **{f"train_{k}": v for k, v in pairs.items()}, **{f"held_{k}": v for k, v in held.items()})
+    return pairs, held
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m minwm_train.fill", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.partition("\n\n")[2])
+    parser.add_argument("--out", default="runs/fill", help="folder: pairs.npz, checkpoint/, model/, metrics.jsonl")
+    parser.add_argument("--num-pairs", type=int, default=3000)
+    parser.add_argument("--held-out", type=int, default=256, help="pairs on held-out layouts (100..115)")
+    parser.add_argument("--steps", type=int, default=20000, help="total steps (a rerun goes on up to this)")
+    parser.add_argument("--l1-steps", type=int, default=2000, help="steps before the critic plays")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--critic-lr", type=float, default=2e-4)
+    parser.add_argument("--adversarial", type=float, default=0.05, help="the critic's weight (0: L1 only)")
+    parser.add_argument("--width", type=int, default=FillConfig.width)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attach", default=None, help="copy the trained net into this world model folder's fill/")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.num_pairs < 1 or args.held_out < 1:
+            raise ValueError(f"need --num-pairs and --held-out >= 1, got {args.num_pairs}, {args.held_out}")
+        configure_process(None)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        pairs, held = load_or_render_pairs(out, args.num_pairs, args.held_out, args.seed, not args.no_progress)
+        net = train(out, pairs, held, steps=args.steps, l1_steps=args.l1_steps, batch_size=args.batch_size,
+                    lr=args.lr, critic_lr=args.critic_lr, adversarial=args.adversarial, width=args.width,
+                    seed=args.seed, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+        figures = evaluate(net, as_tensors(held))
+        print(f"held-out pairs ({len(held['warp'])}): never-seen L1 {figures['held_l1']:.4f} "
+              f"(row-mean fill {figures['row_mean_l1']:.4f}); picture {out / 'held_out.png'}")
+        if args.attach:
+            target = Path(args.attach)
+            if not (target / "minwm.json").is_file():
+                raise FileNotFoundError(f"--attach {target}: not a world model folder (no minwm.json)")
+            load_fill_model(out / "model")  # refuse to copy a damaged net
+            shutil.rmtree(target / FILL_DIR, ignore_errors=True)
+            shutil.copytree(out / "model", target / FILL_DIR)
+            print(f"attached {out / 'model'} to {target / FILL_DIR}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"python -m minwm_train.fill: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()
