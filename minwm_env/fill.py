@@ -62,6 +62,12 @@ class FillNet(nn.Module):
         self.out = nn.Conv2d(w, 3, 1)
 
     def forward(self, warp: torch.Tensor) -> torch.Tensor:
+        drawn = self.draw(warp)
+        validity = warp[:, 3:4]
+        return validity * warp[:, :3] + (1 - validity) * drawn
+
+    def draw(self, warp: torch.Tensor) -> torch.Tensor:
+        """What the net draws for every pixel of ``warp`` (B, 4, H, W) → (B, 3, H, W) in [-1, 1]."""
         batch, channels, height, width = warp.shape
         scale = 2 ** LEVELS
         if channels != 4 or height % scale or width % scale:
@@ -76,25 +82,24 @@ class FillNet(nn.Module):
         x = x + self.globe(x.mean((2, 3)))[:, :, None, None]
         for layer, skip in zip(self.up, reversed(skips[:-1])):
             x = layer(torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], 1))
-        drawn = torch.tanh(self.out(x))
-        validity = warp[:, 3:4]
-        return validity * warp[:, :3] + (1 - validity) * drawn
+        return torch.tanh(self.out(x))
 
     @torch.no_grad()
     def fill(self, colours: torch.Tensor, validity: torch.Tensor) -> torch.Tensor:
-        """``colours`` (B, 3, N, H, W) in [-1, 1] with ``validity`` (B, 1, N, H, W) → the same
-        colours with what they never saw drawn (frames that saw everything are left alone, and
-        skip the net)."""
+        """``colours`` (B, 3, N, H, W) in [-1, 1], not premultiplied (a border-fill warp's), with
+        ``validity`` (B, 1, N, H, W) → ``validity · colours + (1 − validity) · drawn``, what they
+        never saw drawn. The net reads the colours blanked by validity, as in training, whatever
+        a never-seen pixel carried (a border streak); frames that saw everything skip the net."""
         batch, _, frames, height, width = colours.shape
-        dtype = self.out.weight.dtype
         flat = torch.cat([colours, validity], 1).transpose(1, 2).reshape(batch * frames, 4, height, width)
         todo = (flat[:, 3] < 1).flatten(1).any(1).nonzero()[:, 0]
         if not len(todo):
             return colours
-        seen_blank = flat[todo].to(dtype)
-        seen_blank = torch.cat([seen_blank[:, :3] * seen_blank[:, 3:], seen_blank[:, 3:]], 1)
+        picked = flat[todo]
+        seen = picked[:, 3:]
+        drawn = self.draw(torch.cat([picked[:, :3] * seen, seen], 1).to(self.out.weight.dtype)).to(flat.dtype)
         filled = flat[:, :3].clone()
-        filled[todo] = self(seen_blank).to(filled.dtype)
+        filled[todo] = seen * picked[:, :3] + (1 - seen) * drawn
         return filled.reshape(batch, frames, 3, height, width).transpose(1, 2)
 
     def save(self, folder: str | Path) -> None:

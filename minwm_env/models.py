@@ -366,9 +366,11 @@ class WorldModel:
             raise ValueError(f"warp_reference needs a codec whose latents are pixels (space-to-depth); this model's "
                              f"codec is {type(self.codec).__name__}")
         device = reference.device
+        # a fill net composites over the border-fill warp: its colours (and the memory's) are
+        # not premultiplied by validity, so a seam pixel is validity · colour + the rest drawn
         return warped_reference(self.codec, reference, reference_c2w.to(device), previous_c2w.to(device),
                                 c2w.to(device), intrinsics.to(device), self.settings.warp_depth,
-                                "blank" if self.settings.warp_fill == "net" else self.settings.warp_fill,
+                                "border" if self.settings.warp_fill == "net" else self.settings.warp_fill,
                                 self.settings.warp_validity, memory, memory_k,
                                 depth_net=self.depth if self.settings.warp_depth_source == "model" else None,
                                 generation=generation, sharpen_distance=self.settings.memory_sharpen or 0.0,
