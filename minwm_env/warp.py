@@ -277,6 +277,36 @@ def warp_image_depth(image: torch.Tensor, source_depth: torch.Tensor, source_c2w
     return torch.cat([warped, mask], dim=1) if with_validity else warped
 
 
+def fill_views(fill_net, warped: torch.Tensor, target_c2w: torch.Tensor, intrinsics: torch.Tensor,
+               depth: float | None, depth_net=None) -> torch.Tensor:
+    """What one frame's warp into N cameras never saw, drawn once and seen from every camera.
+
+    warped (R, 4, N, H, W): border-fill colours (not premultiplied) and validity of one source
+    frame warped into the cameras ``target_c2w`` (R, N, 4, 4), intrinsics (R, 4). The fill net
+    (:class:`~minwm_env.fill.FillNet`) draws the never-seen pixels of the last camera's frame,
+    the widest new view of a chunk; that frame is warped into the other cameras (through
+    ``depth_net``'s depth of it, else the plane at ``depth``, border fill) and fills their
+    never-seen pixels: validity · colour + (1 − validity) · that warp. So what is drawn is drawn
+    once and moves with the camera inside a chunk instead of being drawn anew in every frame
+    (one net call per row, not N). Validity is returned unchanged → (R, 4, N, H, W).
+    """
+    colours, validity = warped[:, :3], warped[:, 3:4]
+    last = fill_net.fill(colours[:, :, -1:], validity[:, :, -1:])  # (R, 3, 1, H, W)
+    earlier = validity[:, :, :-1]
+    if earlier.shape[2] == 0 or bool((earlier >= 1).all()):  # nothing else to fill
+        return torch.cat([torch.cat([colours[:, :, :-1], last], dim=2), validity], dim=1)
+    image = last[:, :, 0].float()
+    source_c2w, targets = target_c2w[:, -1], target_c2w[:, :-1]
+    if depth_net is None:
+        seen_from_last = warp_image(image, source_c2w, targets, intrinsics, depth, "border")
+    else:
+        seen_from_last = warp_image_depth(image, depth_net.depth(image), source_c2w, targets, intrinsics, "border",
+                                          fill_depth=depth)
+    seen_from_last = seen_from_last.to(colours.dtype)
+    filled = earlier * colours[:, :, :-1] + (1 - earlier) * seen_from_last
+    return torch.cat([torch.cat([filled, last], dim=2), validity], dim=1)
+
+
 def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor, previous_c2w: torch.Tensor,
                      c2w: torch.Tensor, intrinsics: torch.Tensor, depth: float | None = None,
                      fill: str = "border", validity: bool = False, memory=None, memory_k: int = 0,
@@ -350,14 +380,17 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
             if generation is not None:
                 generations = (filled.generation, filled.validity)
             warped = torch.cat([filled.colours, filled.validity], dim=1)
+        if fill_net is not None:
+            warped = fill_views(fill_net, warped, targets.flatten(1, 2), intrinsics[:, 0], depth, depth_net)
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
         warped = warp(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
                       reference_c2w.reshape(rows, 4, 4), targets.reshape(rows, factor, 4, 4),
                       intrinsics.reshape(rows, 4), validity or fill_net is not None)  # (B·F, 3 or 4, T, H, W)
+        if fill_net is not None:
+            warped = fill_views(fill_net, warped, targets.reshape(rows, factor, 4, 4), intrinsics.reshape(rows, 4),
+                                depth, depth_net)
         warped = warped.reshape(batch, num_frames, *warped.shape[1:]).transpose(1, 2).flatten(2, 3)
-    if fill_net is not None:
-        warped = torch.cat([fill_net.fill(warped[:, :3], warped[:, 3:4]), warped[:, 3:4]], dim=1)
     colours = codec.pack(warped[:, :3].to(reference.dtype)).to(reference.dtype)
     if validity:
         packed = codec.pack(warped[:, 3:].to(reference.dtype)).to(reference.dtype) / codec.scale.to(reference.dtype)

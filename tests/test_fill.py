@@ -162,3 +162,34 @@ def test_fill_training_learns_resumes_and_attaches(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fill_training.main([*common, "--steps", "5", "--width", "16"])
     assert "width 8" in capsys.readouterr().err
+
+
+def test_what_is_drawn_is_drawn_once_per_row_and_seen_from_every_camera():
+    """``fill_views`` runs the net on the last camera's frame only; from cameras at the same
+    pose the earlier frames show exactly that drawing, and a turn moves it as the camera moves."""
+    from minwm_env.warp import fill_views, warp_image
+
+    calls = []
+
+    class Counting(FillNet):
+        def draw(self, warp):
+            calls.append(warp.shape[0])
+            return super().draw(warp)
+
+    net = Counting(FillConfig(width=8))
+    frame = _warp(batch=2)  # (2, 4, H, W): two rows
+    warped = frame[:, :, None].expand(-1, -1, 4, -1, -1)  # four cameras at one pose
+    same = torch.eye(4, dtype=torch.float64).expand(2, 4, 4, 4)
+    k = torch.tensor([[0.87, 0.87, 0.5, 0.5]]).expand(2, 4)
+    out = fill_views(net, warped, same, k, depth=2.0)
+    assert calls == [2] and out.shape == (2, 4, 4, 16, 16)
+    for i in range(3):
+        torch.testing.assert_close(out[:, :3, i], out[:, :3, 3], atol=1e-5, rtol=0)
+    assert torch.equal(out[:, 3:], warped[:, 3:])
+    # a camera turned 10° from the last one sees the last frame's drawing warped into it
+    turned = same.clone()
+    turned[:, :3] = camera.delta_to_matrix(torch.tensor([0.0, 0, 0, 10, 0, 0]))
+    out = fill_views(net, warped, turned, k, depth=2.0)
+    expected = warp_image(out[:, :3, 3], turned[:, 3], turned[:, :3], k, 2.0, "border")
+    unseen = warped[:, 3:, :3].expand(-1, 3, -1, -1, -1) == 0
+    torch.testing.assert_close(out[:, :3, :3][unseen], expected[unseen].float(), atol=1e-5, rtol=0)
