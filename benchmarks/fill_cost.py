@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -24,16 +22,9 @@ import torch
 
 from minwm_env.envs.world_model import WorldModelEnv
 from minwm_env.models import load_model
+from minwm_env.profiling import median_ms
 from minwm_env.threads import configure_process
 
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ is preallocated and every call scans ``capacity`` slots, not the episode.
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -63,15 +62,6 @@ def walk(num_frames: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(poses))
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
 
 def run(args: Args, add_every: int) -> list[dict]:
     """One walk, adding a frame every ``add_every`` frames; a row of figures every ``args.every``."""
@@ -104,9 +94,9 @@ def run(args: Args, add_every: int) -> list[dict]:
         rows.append({
             "frames": frame, "adds": num_adds, "stored": int(memory.num_frames[0]),
             "add_ms": 1000 * add_seconds / max(num_adds, 1),
-            "warp_ms": median_ms(last_warp, args.repeats),
-            "retrieve_ms": median_ms(lambda: memory.retrieve(targets, intrinsics, args.k, args.depth), args.repeats),
-            "composite_ms": median_ms(lambda: memory.composite(colours, validity, targets, intrinsics, args.depth,
+            "warp_ms": profiling.median_ms(last_warp, args.repeats),
+            "retrieve_ms": profiling.median_ms(lambda: memory.retrieve(targets, intrinsics, args.k, args.depth), args.repeats),
+            "composite_ms": profiling.median_ms(lambda: memory.composite(colours, validity, targets, intrinsics, args.depth,
                                                                args.k, fill="border"), args.repeats),
             "used": int(used.sum()),
             "gaps_before": float((validity < memory.valid_threshold).float().mean()),

@@ -162,6 +162,20 @@ def load_small_net(folder: str | Path, config_class, net_class, kind: str) -> to
     return net.eval()
 
 
+
+def attach_small_net(net_folder: str | Path, model_folder: str | Path, subdir: str, load) -> Path:
+    """Copy a small net's folder into a world model folder's ``subdir`` (``depth/``, ``fill/``)
+    after loading it with ``load`` (a damaged net is refused before anything is replaced)."""
+    import shutil
+
+    target = Path(model_folder)
+    if not (target / "minwm.json").is_file():
+        raise FileNotFoundError(f"--attach {target}: not a world model folder (no minwm.json)")
+    load(net_folder)
+    shutil.rmtree(target / subdir, ignore_errors=True)
+    shutil.copytree(net_folder, target / subdir)
+    return target / subdir
+
 def bless_model_folder(folder: str | Path) -> list[Path]:
     """Write the manifests of a model folder that has none, after loading it with every content
     check (each tensor finite, the weights fitting their configs). Returns the manifests written.

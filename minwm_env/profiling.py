@@ -168,3 +168,14 @@ def now_utc() -> str:
 
 __all__ = ["FirstChunk", "Streaming", "count_flops", "first_chunk_autoregressive", "first_chunk_bidirectional",
            "machine_description", "now_utc", "measure_streaming", "peak_memory_gb", "reset_peak_memory"]
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minwm_env.depth import DEPTH_DIR, DepthConfig, DepthNet, load_depth_model
+from minwm_env.integrity import attach_small_net
 from minwm_env.threads import configure_process
 from minwm_env.world.paths import PATH_KINDS, random_path
 from minwm_env.world.renderer import SceneRenderers
@@ -139,13 +139,8 @@ def main(argv=None) -> None:
             print(f"held-out frames ({len(frames) - split}): inverse-depth L1 {figures['inverse_depth_l1']:.4f}, "
                   f"within 25% of the true depth {100 * figures['within_25pct']:.1f}% of pixels")
         if args.attach:
-            target = Path(args.attach)
-            if not (target / "minwm.json").is_file():
-                raise FileNotFoundError(f"--attach {target}: not a world model folder (no minwm.json)")
-            load_depth_model(model_dir)  # refuse to copy a damaged net
-            shutil.rmtree(target / DEPTH_DIR, ignore_errors=True)
-            shutil.copytree(model_dir, target / DEPTH_DIR)
-            print(f"attached {model_dir} to {target / DEPTH_DIR}")
+            attached = attach_small_net(model_dir, args.attach, DEPTH_DIR, load_depth_model)
+            print(f"attached {model_dir} to {attached}")
     except (ValueError, FileNotFoundError) as err:
         print(f"python -m minwm_train.depth: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from minwm_env import camera
 from minwm_env.codec import from_uint8, to_uint8
 from minwm_env.fill import FILL_DIR, FillConfig, FillNet, load_fill_model
+from minwm_env.integrity import attach_small_net
 from minwm_env.threads import configure_process
 from minwm_env.warp import warp_image_depth
 from minwm_env.world.paths import PATH_KINDS, random_path
@@ -293,13 +294,9 @@ def main(argv=None) -> None:
         print(f"held-out pairs ({len(held['warp'])}): never-seen L1 {figures['held_l1']:.4f} "
               f"(row-mean fill {figures['row_mean_l1']:.4f}); picture {out / 'held_out.png'}")
         if args.attach:
-            target = Path(args.attach)
-            if not (target / "minwm.json").is_file():
-                raise FileNotFoundError(f"--attach {target}: not a world model folder (no minwm.json)")
-            load_fill_model(out / "model")  # refuse to copy a damaged net
-            shutil.rmtree(target / FILL_DIR, ignore_errors=True)
-            shutil.copytree(out / "model", target / FILL_DIR)
-            print(f"attached {out / 'model'} to {target / FILL_DIR}")
+            model_dir = out / "model"
+            attached = attach_small_net(model_dir, args.attach, FILL_DIR, load_fill_model)
+            print(f"attached {model_dir} to {attached}")
     except (ValueError, FileNotFoundError) as err:
         print(f"python -m minwm_train.fill: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
