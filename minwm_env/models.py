@@ -285,6 +285,11 @@ PRESETS: dict[str, ModelPreset] = {
     # start frame showed lose what v4's network corrected there (+1.13 → +0.71 dB pooled).
     "default-v4g": _default_family("default-v4 whose output is gated to the pixels its warp never saw",
                                    validity=True, depth_source="model", gate=True),
+    # v6 candidate (issue 18): default-v4g whose never-seen pixels are drawn by a pixel-space fill
+    # net (minwm_env/fill.py) before the transformer refines them, instead of the border streak.
+    "default-v4f": _default_family("default-v4g with a fill net drawing what the warp never saw (needs a depth "
+                                   "net and a fill net)", validity=True, depth_source="model", gate=True,
+                                   fill="net"),
     # A robot arm seen by a fixed camera (issue 22, docs/robots.md): nothing to warp, so the
     # reference is the last frame itself, seen beside the noisy latent and what the output is
     # added to; the arm's joint commands enter through the action branch.

@@ -205,6 +205,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     "default-v4": {"all": {**_V2_ALL, "model": "default-v4"}, **_V2_STAGES},
     # v4 with its output gated to never-seen pixels (ModelSettings.residual_gate): the same recipe
     "default-v4g": {"all": {**_V2_ALL, "model": "default-v4g"}, **_V2_STAGES},
+    # v4g with the fill net in its reference (issue 18; give --depth-model and --fill-model)
+    "default-v4f": {"all": {**_V2_ALL, "model": "default-v4f"}, **_V2_STAGES},
     # The arm world model (issue 22, docs/robots.md): the v2 recipe on the "arm" network with
     # the pusher arm's joint commands as actions and no camera branch (the camera never moves).
     # One fixed view, so far less to learn than v2's recipe; the first pass (stage 1 600 steps,

@@ -192,3 +192,29 @@ def test_adversarial_experiment_runs_and_weighs_only_never_seen_cells(tmp_path, 
     assert weights.shape == (2, 16, 16)
     assert float(weights[0].abs().max()) == 0.0
     assert torch.equal(weights[1, :, :2], torch.ones(16, 2)) and float(weights[1, :, 2:].abs().max()) == 0.0
+
+
+def test_fill_net_recipe_trains_with_its_fill_net_and_exports_it(tmp_path, default_data):
+    """default-v4f's stage 1 with depth and fill nets given by folder: it refuses to start
+    without the fill net, learns, and the exported model carries the same fill net in fill/."""
+    from minwm_env.depth import DepthConfig, DepthNet
+    from minwm_env.fill import FillConfig, FillNet, load_fill_model
+
+    torch.manual_seed(0)
+    DepthNet(DepthConfig(width=4, levels=2)).save(tmp_path / "depth")
+    FillNet(FillConfig(width=8)).save(tmp_path / "fill")
+    with pytest.raises(ValueError, match="needs a fill net"):
+        make_stage(_config("stage1", default_data, tmp_path / "none", preset="default-v4f", steps=1,
+                           depth_model=str(tmp_path / "depth")), torch.device("cpu"))
+    config = _config("stage1", default_data, tmp_path / "s1", preset="default-v4f", steps=2,
+                     depth_model=str(tmp_path / "depth"), fill_model=str(tmp_path / "fill"))
+    stage = make_stage(config, torch.device("cpu"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    Trainer(config, stage, data).run()
+    assert not any(p.requires_grad for p in stage.model.fill.parameters())  # frozen
+    before, after = _fits_one_batch(stage, data, "model", steps=20)
+    assert after < 0.7 * before, (before, after)
+    exported = load_model(str(tmp_path / "s1" / "model"))
+    assert exported.settings.warp_fill == "net"
+    for a, b in zip(exported.fill.parameters(), load_fill_model(tmp_path / "fill").parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
