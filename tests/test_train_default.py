@@ -129,6 +129,21 @@ def test_unseen_weight_weighs_each_pixel_by_its_own_validity():
         squared_error(load_model("default"), prediction, target, None, 5.0)
 
 
+def _trains_learns_and_exports(config, frozen: str | None = None):
+    """Run the stage of ``config``, check it fits one batch (and that the model's ``frozen`` net
+    took no gradient), and return its exported model."""
+    stage = make_stage(config, torch.device("cpu"))
+    data = LatentClips(config.data, config.num_latent_frames)
+    Trainer(config, stage, data).run()
+    if frozen is not None:
+        assert not any(p.requires_grad for p in getattr(stage.model, frozen).parameters())
+    # 20 steps: a depth net's extra inputs make 10 too few for a clear margin (0.73 at 10, below 0.5
+    # at 20 for three initialisations)
+    before, after = _fits_one_batch(stage, data, "model", steps=20)
+    assert after < 0.7 * before, (before, after)
+    return load_model(str(Path(config.out) / "model"))
+
+
 def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, default_data):
     """default-v4's stage 1 with a depth net given by folder: it learns, the exported model carries
     the same depth net in depth/, and the env streams it."""
@@ -142,14 +157,7 @@ def test_depth_warp_recipe_trains_exports_its_depth_net_and_streams(tmp_path, de
                    torch.device("cpu"))
     config = _config("stage1", default_data, tmp_path / "s1", preset="default-v4", steps=3,
                      depth_model=str(tmp_path / "depth"))
-    stage = make_stage(config, torch.device("cpu"))
-    data = LatentClips(config.data, config.num_latent_frames)
-    Trainer(config, stage, data).run()
-    # 20 steps: the depth net's extra inputs make 10 too few for a clear margin (0.73 at 10, below 0.5
-    # at 20 for three initialisations)
-    before, after = _fits_one_batch(stage, data, "model", steps=20)
-    assert after < 0.7 * before, (before, after)
-    exported = load_model(str(tmp_path / "s1" / "model"))
+    exported = _trains_learns_and_exports(config, frozen="depth")
     assert exported.settings.warp_depth_source == "model"
     for a, b in zip(exported.depth.parameters(), load_depth_model(tmp_path / "depth").parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
@@ -208,13 +216,7 @@ def test_fill_net_recipe_trains_with_its_fill_net_and_exports_it(tmp_path, defau
                            depth_model=str(tmp_path / "depth")), torch.device("cpu"))
     config = _config("stage1", default_data, tmp_path / "s1", preset="default-v4f", steps=2,
                      depth_model=str(tmp_path / "depth"), fill_model=str(tmp_path / "fill"))
-    stage = make_stage(config, torch.device("cpu"))
-    data = LatentClips(config.data, config.num_latent_frames)
-    Trainer(config, stage, data).run()
-    assert not any(p.requires_grad for p in stage.model.fill.parameters())  # frozen
-    before, after = _fits_one_batch(stage, data, "model", steps=20)
-    assert after < 0.7 * before, (before, after)
-    exported = load_model(str(tmp_path / "s1" / "model"))
+    exported = _trains_learns_and_exports(config, frozen="fill")
     assert exported.settings.warp_fill == "net"
     for a, b in zip(exported.fill.parameters(), load_fill_model(tmp_path / "fill").parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
