@@ -31,6 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder with a fill net (fill/)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--env-steps", type=int, default=0,
+                        help="also time N env steps of the turn (memory on, after 2 warm-up steps), with the fill "
+                             "net and with the border fill instead, two rounds")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     configure_process(None)
@@ -67,6 +70,17 @@ def main() -> None:
     base = results["warp only"]
     for name, ms in results.items():
         print(f"{name:>18}: {ms:7.1f} ms a chunk  ({ms / base:.2f}x the warp alone)")
+    if args.env_steps:
+        for name, m in (("border fill", border), ("fill net", model)):
+            for _ in range(2):
+                env = WorldModelEnv(model=m)
+                env.reset(seed=0)
+                for _ in range(2):
+                    env.step(turn)
+                ms = median_ms(lambda: env.step(turn), args.env_steps)
+                frames = stream.chunk_frames * model.codec.temporal_factor
+                print(f"env step, {name:>11}: {ms:6.1f} ms ({1000 * frames / ms:.0f} decoded frames/s)")
+                results.setdefault(f"env step ms, {name}", []).append(ms)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": torch.get_num_threads(), **results}, f, indent=2)
