@@ -193,3 +193,21 @@ def test_what_is_drawn_is_drawn_once_per_row_and_seen_from_every_camera():
     expected = warp_image(out[:, :3, 3], turned[:, 3], turned[:, :3], k, 2.0, "border")
     unseen = warped[:, 3:, :3].expand(-1, 3, -1, -1, -1) == 0
     torch.testing.assert_close(out[:, :3, :3][unseen], expected[unseen].float(), atol=1e-5, rtol=0)
+
+
+def test_fill_cost_benchmark_runs(tmp_path, monkeypatch, capsys):
+    """benchmarks/fill_cost.py on a fill-net model at tiny repeats: every figure printed and saved."""
+    import importlib.util
+    from pathlib import Path
+
+    _model().save_pretrained(tmp_path / "m")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fill_cost.py"
+    spec = importlib.util.spec_from_file_location("fill_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["fill_cost.py", "--model", str(tmp_path / "m"), "--repeats", "1",
+                                     "--env-steps", "1", "--json", str(tmp_path / "cost.json")])
+    module.main()
+    figures = json.loads((tmp_path / "cost.json").read_text())
+    assert all(figures[k] > 0 for k in ("warp only", "fill once a chunk", "fill every frame"))
+    assert len(figures["env step ms, fill net"]) == 2 and "decoded frames/s" in capsys.readouterr().out
