@@ -335,8 +335,9 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
     the filled warp's per-pixel generation and validity (B, 1, F·T, H, W) in RGB frames.
     ``reference_depth`` (B, H, W): ``depth_net``'s depth of the reference's last RGB frame,
     when the caller has it already (one reference frame per row). A ``fill_net``
-    (:class:`~minwm_env.fill.FillNet`) draws, RGB frame by RGB frame, what is still never seen
-    after the memory (docs/design.md §6); the validity stays that of the warp (and memory).
+    (:class:`~minwm_env.fill.FillNet`) draws what is still never seen after the memory, once per
+    reference frame (:func:`fill_views`, docs/design.md §6); the validity stays that of the warp
+    (and memory).
     """
     batch, _, num_refs = reference.shape[:3]
     num_frames = c2w.shape[1]
@@ -367,13 +368,14 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                 raise ValueError(f"generation must have shape (B, 1, H, W) = ({batch}, 1, {image.shape[2]}, "
                                  f"{image.shape[3]}), got {tuple(generation.shape)}")
             image = torch.cat([image, generation.to(image.device, image.dtype)], dim=1)
-        warped = warp(image, reference_c2w[:, 0], targets.flatten(1, 2), intrinsics[:, 0],
+        row_targets = targets.flatten(1, 2)  # (B, F·T, 4, 4): every RGB frame of the chunk
+        warped = warp(image, reference_c2w[:, 0], row_targets, intrinsics[:, 0],
                       validity or use_memory or fill_net is not None, reference_depth)
         if generation is not None:  # split the generation channel off; the warp is one more resampling
             warped_generation = warped[:, 3:4] + 1
             warped = torch.cat([warped[:, :3], warped[:, 4:]], dim=1)
         if use_memory:
-            filled = memory.composite(warped[:, :3], warped[:, 3:], targets.flatten(1, 2), intrinsics[:, 0], depth,
+            filled = memory.composite(warped[:, :3], warped[:, 3:], row_targets, intrinsics[:, 0], depth,
                                       memory_k, fill=fill, depth_net=depth_net,
                                       generation=None if generation is None else warped_generation,
                                       sharpen_distance=sharpen_distance)
@@ -381,7 +383,7 @@ def warped_reference(codec, reference: torch.Tensor, reference_c2w: torch.Tensor
                 generations = (filled.generation, filled.validity)
             warped = torch.cat([filled.colours, filled.validity], dim=1)
         if fill_net is not None:
-            warped = fill_views(fill_net, warped, targets.flatten(1, 2), intrinsics[:, 0], depth, depth_net)
+            warped = fill_views(fill_net, warped, row_targets, intrinsics[:, 0], depth, depth_net)
     else:  # one reference per frame: fold the frames into the batch
         rows = batch * num_frames
         warped = warp(images.transpose(1, 2).reshape(rows, *images.shape[1:2], *images.shape[3:]),
