@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -141,6 +142,7 @@ def _project_depth(depth: torch.Tensor, intrinsics: torch.Tensor, projection: to
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (workers, process id, pool)
+_POOL_PREFIX = "minwm-blocks"
 
 
 def parallel_map(function, items) -> list:
@@ -150,18 +152,19 @@ def parallel_map(function, items) -> list:
     one core because each is below its parallel grain: torch releases Python's lock inside an
     operation, so blocks in separate threads run on separate cores. Each thread runs under the
     caller's grad and inference modes (they are per thread in torch). With one torch thread, or
-    one item, it is the plain loop.
+    one item, or called from a block already running in the pool (its workers may all be busy
+    waiting on blocks: nested, it would deadlock), it is the plain loop.
     """
     global _POOL
     items = list(items)
     workers = min(torch.get_num_threads(), len(items))
-    if workers <= 1:
+    if workers <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
         return [function(item) for item in items]
     if _POOL is None or _POOL[:2] != (workers, os.getpid()):
         if _POOL is not None and _POOL[1] == os.getpid():
             _POOL[2].shutdown(wait=False)
         # a forked child inherits the pool without its threads: it builds its own
-        _POOL = (workers, os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minwm-blocks"))
+        _POOL = (workers, os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix=_POOL_PREFIX))
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def run(item):

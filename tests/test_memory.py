@@ -242,6 +242,50 @@ def test_rows_are_independent():
         torch.testing.assert_close(filled.validity[row], one.validity[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("through_depth", [False, True])
+def test_composite_in_blocks_of_rows_over_threads_equals_the_whole_batch(monkeypatch, through_depth):
+    """A batch of more rows than a block composites a block of rows per thread: bit for bit what
+    the whole batch in one block gives (colours, validity and, sharpening, generations), through
+    the plane or through a depth net; the stored frames' depths are computed once either way."""
+    from minwm_env import memory as memory_module
+
+    size, rows, num_targets = 16, 3, 3
+    generator = torch.Generator().manual_seed(5)
+    calls = []
+
+    def depth_net(frames):  # any positive depth that depends on the frame
+        calls.append(len(frames))
+        return 1.5 + frames.mean(1).abs()
+
+    def run(block_pixels, threads):
+        monkeypatch.setattr(memory_module, "BLOCK_PIXELS", block_pixels)
+        memory = ViewMemory(rows, 6, size, size)
+        g = torch.Generator().manual_seed(7)
+        for step in range(5):
+            frames = torch.rand(rows, 3, size, size, generator=g) * 2 - 1
+            c2w = torch.stack([_pose(0.1 * step, 0.05 * b, -30.0 + 11 * step + 7 * b) for b in range(rows)])
+            memory.add(frames, c2w, generations=torch.full((rows, size, size), float(step)))
+        colours, validity, targets = _composite_inputs(rows, num_targets, size, seed=2)
+        generation = torch.rand(validity.shape, generator=torch.Generator().manual_seed(3)) * 6
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return memory.composite(colours, validity, targets, _intrinsics(rows), DEPTH, 2, fill="border",
+                                    depth_net=depth_net if through_depth else None, generation=generation,
+                                    sharpen_distance=0.5), colours
+        finally:
+            torch.set_num_threads(before)
+
+    whole, colours = run(1 << 30, 1)
+    whole_calls = list(calls)
+    calls.clear()
+    blocked, _ = run(num_targets * size * size, 2)  # one row a block, two threads
+    assert not torch.equal(whole.colours, colours)  # the memory did something
+    for ours, theirs in zip(blocked, whole):
+        assert torch.equal(ours, theirs)
+    assert sum(calls) == sum(whole_calls)  # each stored frame's depth once, not once per block
+
+
 def test_an_empty_memory_returns_the_inputs_unchanged():
     size = 16
     colours, validity, targets = _composite_inputs(2, 2, size, seed=2)
