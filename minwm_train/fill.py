@@ -51,6 +51,7 @@ from minwm_env.world.scenes import SCENE_NAMES
 from .engine import load_torch_file
 
 PAIRS_FILE = "pairs.npz"
+TURNS_FILE = "turns.npz"
 CHECKPOINT_DIR = "checkpoint"
 INTRINSICS = (0.8660254037844386, 0.8660254037844386, 0.5, 0.5)
 """the renderer's 60° field of view, normalised (the default model's intrinsics)"""
@@ -82,6 +83,68 @@ def render_pairs(num_pairs: int, seed: int, scene_seeds: range, size: int = 64, 
         out["truth"].append(renderer.render(target_c2w))
         out["angle"].append(abs(angle))
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def render_turns(num_turns: int, seed: int, scene_seeds: range, steps: int, size: int = 64, turn=(8.0, 20.0),
+                 progress: bool = True) -> dict[str, np.ndarray]:
+    """``num_turns`` turns of ``steps`` steps each, one direction a turn, as a stream takes them:
+    ``frames`` (N, 1 + steps, H, W, 3) uint8, ``depth`` (N, 1 + steps, H, W) float32 (z-depth,
+    ``inf`` for the sky) and ``c2w`` (N, 1 + steps, 4, 4) float64; each step turns 8–20° (with a
+    small step forward and tilt); reproducible from ``seed``."""
+    if steps < 1:
+        raise ValueError(f"a turn needs at least one step, got {steps}")
+    rng = random.Random(f"fill-turns-{seed}")
+    out = {"frames": [], "depth": [], "c2w": []}
+    renderers = SceneRenderers(size)
+    for _ in tqdm(range(num_turns), desc="render turns", unit="turn", disable=not progress):
+        scene, renderer = renderers(rng.choice(SCENE_NAMES), rng.choice(scene_seeds))
+        path = random_path(scene, 2, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
+        poses = [torch.as_tensor(path.world_c2w()[0], dtype=torch.float64)]
+        sign = rng.choice((-1, 1))
+        for _ in range(steps):
+            delta = torch.tensor([0.0, 0.0, rng.uniform(0.0, 0.1), sign * rng.uniform(*turn), rng.uniform(-3, 3), 0.0])
+            poses.append(poses[-1] @ camera.delta_to_matrix(delta))
+        out["frames"].append(np.stack([renderer.render(c.numpy()) for c in poses]))
+        out["depth"].append(np.stack([renderer.render_depth(c.numpy()) for c in poses]).astype(np.float32))
+        out["c2w"].append(torch.stack(poses).numpy())
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def unroll(net: FillNet, turns: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream a batch of turns through the fill net, as the world model does chunk after chunk:
+    each step warps the previous step's filled frame (the start: the rendered frame) through that
+    view's true depth into the next camera, never-seen pixels blank, and the net draws them.
+    ``turns``: ``frames`` (B, 1 + K, 3, H, W) in [-1, 1], ``depth`` (B, 1 + K, H, W), ``c2w``
+    (B, 1 + K, 4, 4). Returns per step (filled frame (B, 3, H, W), validity (B, 1, H, W)); the
+    graph runs through every step, so a step's loss reaches the drawing it was warped from."""
+    frames, depth, c2w = turns["frames"], turns["depth"], turns["c2w"]
+    k = torch.tensor([INTRINSICS], dtype=torch.float32).expand(len(frames), 4)
+    image, out = frames[:, 0], []
+    for step in range(1, frames.shape[1]):
+        warped = warp_image_depth(image, depth[:, step - 1], c2w[:, step - 1], c2w[:, step, None], k, fill="blank",
+                                  with_validity=True)[:, :, 0]
+        validity = warped[:, 3:].detach()  # where the warp lands: no gradient to follow
+        image = net(torch.cat([warped[:, :3] * validity, validity], 1))
+        out.append((image, validity))
+    return out
+
+
+def turn_tensors(turns: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Turns as :func:`unroll` reads them (depth clamped finite: the sky far away)."""
+    depth = torch.from_numpy(turns["depth"]).nan_to_num(posinf=1e4).clamp(min=1e-3)
+    return {"frames": from_uint8(torch.from_numpy(turns["frames"])), "depth": depth,
+            "c2w": torch.from_numpy(turns["c2w"])}
+
+
+def evaluate_turns(net: FillNet, held: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L1 at the last step of the held-out turns on the pixels the start frame never saw (what
+    the stream drew over all its steps, its own drawings warped along), against the truth."""
+    with torch.no_grad():
+        last, _ = unroll(net, held)[-1]
+        k = torch.tensor([INTRINSICS], dtype=torch.float32).expand(len(last), 4)
+        direct = warp_image_depth(held["frames"][:, 0], held["depth"][:, 0], held["c2w"][:, 0], held["c2w"][:, -1, None],
+                                  k, fill="blank", with_validity=True)[:, 3:, 0]
+    return {"held_turn_l1": unseen_l1(last, held["frames"][:, -1], direct)}
 
 
 def as_tensors(pairs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -153,32 +216,39 @@ class FillTrainer:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, betas=(0.5, 0.999))
         self.step = 0
 
-    def train_step(self, train: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
-        index = torch.randint(len(train["warp"]), (batch_size,), generator=generator)
-        warp, truth = train["warp"][index], train["truth"][index]
-        flip = (torch.rand(batch_size, generator=generator) < 0.5)[:, None, None, None]
-        warp, truth = torch.where(flip, warp.flip(-1), warp), torch.where(flip, truth.flip(-1), truth)
-        validity = warp[:, 3:4]
+    @property
+    def playing(self) -> bool:
+        """Whether the critic plays at this step."""
+        return self.adversarial > 0 and self.step >= self.l1_steps
+
+    def _losses(self, drawn: torch.Tensor, truth: torch.Tensor, validity: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's L1 on never-seen pixels and, once the critic plays, its adversarial
+        term on the critic cells that hold never-seen pixels."""
         unseen = 1 - validity
-        self.net.train()
-        drawn = self.net(warp)
-        loss = ((drawn - truth).abs() * unseen).sum() / (3 * unseen.sum()).clamp_min(1)
-        record = {"l1": float(loss.detach())}
-        playing = self.adversarial > 0 and self.step >= self.l1_steps
-        if playing:
-            for group in self.optimizer.param_groups:
-                group["betas"] = (0.5, 0.999)
+        losses = {"l1": ((drawn - truth).abs() * unseen).sum() / (3 * unseen.sum()).clamp_min(1)}
+        if self.playing:
             weight = F.avg_pool2d(unseen, 8)[:, 0]  # the share of each critic cell never seen
-            adversarial = -(self.critic(drawn, validity) * weight).sum() / weight.sum().clamp_min(1)
-            loss = loss + self.adversarial * adversarial
-            record["adversarial"] = float(adversarial.detach())
+            losses["adversarial"] = -(self.critic(drawn, validity) * weight).sum() / weight.sum().clamp_min(1)
+        return losses
+
+    def _update(self, losses: list[dict[str, torch.Tensor]], critic_inputs: list[tuple]) -> dict[str, float]:
+        """One optimiser step of the net on the mean of ``losses``, then one of the critic on
+        ``critic_inputs`` ((truth, drawn, validity) each)."""
+        if self.playing:
+            for group in self.optimizer.param_groups:  # beta1 0.5 once the critic plays
+                group["betas"] = (0.5, 0.999)
+        record = {name: float(sum(float(x[name].detach()) for x in losses) / len(losses)) for name in losses[0]}
+        loss = sum(x["l1"] + self.adversarial * x.get("adversarial", 0.0) for x in losses) / len(losses)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if playing:
-            real, fake = self.critic(truth, validity), self.critic(drawn.detach(), validity)
-            hinge = ((F.relu(1 - real) + F.relu(1 + fake)) * weight).sum() / weight.sum().clamp_min(1)
+        if self.playing:
+            hinge = 0.0
+            for truth, drawn, validity in critic_inputs:
+                weight = F.avg_pool2d(1 - validity, 8)[:, 0]
+                real, fake = self.critic(truth, validity), self.critic(drawn.detach(), validity)
+                hinge = hinge + ((F.relu(1 - real) + F.relu(1 + fake)) * weight).sum() / weight.sum().clamp_min(1)
+            hinge = hinge / len(critic_inputs)
             self.critic_optimizer.zero_grad(set_to_none=True)
             hinge.backward()
             self.critic_optimizer.step()
@@ -186,6 +256,33 @@ class FillTrainer:
         self.step += 1
         record["step"] = self.step  # steps done
         return record
+
+    def _batch(self, size: int, batch_size: int) -> tuple[torch.Generator, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        return generator, torch.randint(size, (batch_size,), generator=generator)
+
+    def train_step(self, train: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+        """One step on a batch of pairs (a rendered view warped into a turned camera)."""
+        generator, index = self._batch(len(train["warp"]), batch_size)
+        warp, truth = train["warp"][index], train["truth"][index]
+        flip = (torch.rand(batch_size, generator=generator) < 0.5)[:, None, None, None]
+        warp, truth = torch.where(flip, warp.flip(-1), warp), torch.where(flip, truth.flip(-1), truth)
+        validity = warp[:, 3:4]
+        self.net.train()
+        drawn = self.net(warp)
+        return self._update([self._losses(drawn, truth, validity)], [(truth, drawn, validity)])
+
+    def rollout_step(self, turns: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+        """One step on a batch of turns streamed through the net (:func:`unroll`): every step's
+        losses, averaged, through every step's drawing, so the net learns from what its own
+        drawing becomes when it is warped along and drawn on again, as in a stream."""
+        _, index = self._batch(len(turns["frames"]), batch_size)
+        batch = {name: value[index] for name, value in turns.items()}
+        self.net.train()
+        steps = unroll(self.net, batch)
+        truths = batch["frames"][:, 1:].unbind(1)
+        return self._update([self._losses(drawn, truth, validity) for (drawn, validity), truth in zip(steps, truths)],
+                            [(truth, drawn, validity) for (drawn, validity), truth in zip(steps, truths)])
 
     def save(self, folder: Path) -> None:
         tmp = folder.with_name(folder.name + ".tmp")
@@ -215,8 +312,12 @@ class FillTrainer:
 
 def train(out: Path, pairs: dict[str, np.ndarray], held: dict[str, np.ndarray], *, steps: int, l1_steps: int,
           batch_size: int = 16, lr: float = 2e-4, critic_lr: float = 2e-4, adversarial: float = 0.05,
-          width: int = FillConfig.width, seed: int = 0, checkpoint_every: int = 500, progress: bool = True) -> FillNet:
-    """Train (or go on training) the fill net in ``out`` up to ``steps`` steps; returns it."""
+          width: int = FillConfig.width, seed: int = 0, checkpoint_every: int = 500, progress: bool = True,
+          turns: dict[str, np.ndarray] | None = None, held_turns: dict[str, np.ndarray] | None = None) -> FillNet:
+    """Train (or go on training) the fill net in ``out`` up to ``steps`` steps; returns it. With
+    ``turns`` (:func:`render_turns`) every step streams a batch of them through the net
+    (:meth:`FillTrainer.rollout_step`) instead of a batch of pairs, and ``held_turns`` adds
+    the last step's never-seen L1 (:func:`evaluate_turns`) to the log."""
     if steps < 1 or batch_size < 1 or l1_steps < 0 or checkpoint_every < 1 or adversarial < 0:
         raise ValueError(f"need steps, batch_size, checkpoint_every >= 1 and l1_steps, adversarial >= 0; got "
                          f"{steps}, {batch_size}, {checkpoint_every}, {l1_steps}, {adversarial}")
@@ -226,16 +327,23 @@ def train(out: Path, pairs: dict[str, np.ndarray], held: dict[str, np.ndarray], 
         trainer.load(checkpoint)
         print(f"resuming from {checkpoint} at step {trainer.step}")
     train_t, held_t = as_tensors(pairs), as_tensors(held)
+    turns_t = None if turns is None else turn_tensors(turns)
+    held_turns_t = None if held_turns is None else turn_tensors(held_turns)
     start = time.time()
     with open(out / "metrics.jsonl", "a") as log:
         bar = tqdm(total=steps, initial=min(trainer.step, steps), desc="fill net", unit="step", disable=not progress)
         while trainer.step < steps:
-            record = trainer.train_step(train_t, batch_size)
+            if turns_t is None:
+                record = trainer.train_step(train_t, batch_size)
+            else:
+                record = trainer.rollout_step(turns_t, batch_size)
             bar.update(1)
             last = trainer.step == steps
             if trainer.step % 100 == 0 or last:
                 trainer.net.eval()
                 record.update(evaluate(trainer.net, held_t), seconds=round(time.time() - start, 1))
+                if held_turns_t is not None:
+                    record.update(evaluate_turns(trainer.net, held_turns_t))
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.set_postfix(held_l1=f"{record['held_l1']:.3f}")
@@ -261,6 +369,20 @@ def load_or_render_pairs(out: Path, num_pairs: int, num_held_out: int, seed: int
     return pairs, held
 
 
+def load_or_render_turns(out: Path, num_turns: int, num_held_out: int, steps: int, seed: int, progress: bool):
+    """``turns.npz`` in ``out`` (rendered when missing or of other sizes): training and held-out turns."""
+    cache = out / TURNS_FILE
+    if cache.is_file():
+        data = np.load(cache)
+        if data["train_frames"].shape[:2] == (num_turns, 1 + steps) and len(data["held_frames"]) == num_held_out:
+            return ({k[6:]: data[k] for k in data.files if k.startswith("train_")},
+                    {k[5:]: data[k] for k in data.files if k.startswith("held_")})
+    turns = render_turns(num_turns, seed, range(100), steps, progress=progress)
+    held = render_turns(num_held_out, seed + 1, HELD_OUT_SEEDS, steps, progress=progress)
+    np.savez(cache, **{f"train_{k}": v for k, v in turns.items()}, **{f"held_{k}": v for k, v in held.items()})
+    return turns, held
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m minwm_train.fill", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -277,19 +399,32 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=FillConfig.width)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rollout-steps", type=int, default=0,
+                        help="K > 0: train on turns of K steps streamed through the net (its own drawings warped "
+                             "along and drawn on again) instead of pairs")
+    parser.add_argument("--num-turns", type=int, default=1000, help="turns rendered for --rollout-steps")
+    parser.add_argument("--held-out-turns", type=int, default=64, help="held-out turns (layouts 100..115)")
     parser.add_argument("--attach", default=None, help="copy the trained net into this world model folder's fill/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.num_pairs < 1 or args.held_out < 1:
             raise ValueError(f"need --num-pairs and --held-out >= 1, got {args.num_pairs}, {args.held_out}")
+        if args.rollout_steps < 0 or (args.rollout_steps and (args.num_turns < 1 or args.held_out_turns < 1)):
+            raise ValueError(f"need --rollout-steps >= 0 and, with it, --num-turns and --held-out-turns >= 1; got "
+                             f"{args.rollout_steps}, {args.num_turns}, {args.held_out_turns}")
         configure_process(None)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         pairs, held = load_or_render_pairs(out, args.num_pairs, args.held_out, args.seed, not args.no_progress)
+        turns = held_turns = None
+        if args.rollout_steps:
+            turns, held_turns = load_or_render_turns(out, args.num_turns, args.held_out_turns, args.rollout_steps,
+                                                     args.seed, not args.no_progress)
         net = train(out, pairs, held, steps=args.steps, l1_steps=args.l1_steps, batch_size=args.batch_size,
                     lr=args.lr, critic_lr=args.critic_lr, adversarial=args.adversarial, width=args.width,
-                    seed=args.seed, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                    seed=args.seed, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                    turns=turns, held_turns=held_turns)
         figures = evaluate(net, as_tensors(held))
         print(f"held-out pairs ({len(held['warp'])}): never-seen L1 {figures['held_l1']:.4f} "
               f"(row-mean fill {figures['row_mean_l1']:.4f}); picture {out / 'held_out.png'}")

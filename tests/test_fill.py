@@ -211,3 +211,39 @@ def test_fill_cost_benchmark_runs(tmp_path, monkeypatch, capsys):
     figures = json.loads((tmp_path / "cost.json").read_text())
     assert all(figures[k] > 0 for k in ("warp only", "fill once a chunk", "fill every frame"))
     assert len(figures["env step ms, fill net"]) == 2 and "decoded frames/s" in capsys.readouterr().out
+
+
+def test_rollout_training_streams_turns_through_the_net_and_learns_from_its_own_drawing(tmp_path, capsys):
+    """``--rollout-steps K`` renders turns of K steps and trains on them streamed through the
+    net (:func:`unroll`): each step warps the previous step's filled frame, so a later step's loss
+    reaches the net through what it drew before; the log gains the held-out turns' L1."""
+    turns = fill_training.render_turns(2, seed=0, scene_seeds=range(3), steps=2, progress=False)
+    assert turns["frames"].shape == (2, 3, 64, 64, 3) and turns["c2w"].shape == (2, 3, 4, 4)
+    tensors = fill_training.turn_tensors(turns)
+    torch.manual_seed(0)
+    net = FillNet(FillConfig(width=8))
+    steps = fill_training.unroll(net, tensors)
+    (first, first_validity), (second, second_validity) = steps
+    assert 0 < float(first_validity.mean()) < 1 and 0 < float(second_validity.mean()) < 1
+    # the first step's drawing is warped into the second step's seen pixels: its gradient flows
+    drawn_first = torch.autograd.grad((second * second_validity).sum(), first, retain_graph=True)[0]
+    assert float((drawn_first.abs() * (1 - first_validity)).sum()) > 0
+
+    out = tmp_path / "fill"
+    common = ["--out", str(out), "--num-pairs", "4", "--held-out", "2", "--l1-steps", "1", "--batch-size", "2",
+              "--width", "8", "--checkpoint-every", "2", "--rollout-steps", "2", "--num-turns", "3",
+              "--held-out-turns", "2", "--no-progress"]
+    fill_training.main([*common, "--steps", "2"])
+    saved = np.load(out / fill_training.TURNS_FILE)
+    assert saved["train_frames"].shape == (3, 3, 64, 64, 3) and saved["held_frames"].shape == (2, 3, 64, 64, 3)
+    before = load_fill_model(out / "model")
+    fill_training.main([*common, "--steps", "3"])
+    assert "at step 2" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3]
+    assert all(np.isfinite(r["held_turn_l1"]) and r["held_turn_l1"] > 0 for r in records)
+    assert "critic" in records[-1]
+    after = load_fill_model(out / "model")
+    assert not all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+    with pytest.raises(SystemExit):
+        fill_training.main([*common, "--steps", "3", "--rollout-steps", "-1"])
