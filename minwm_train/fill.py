@@ -2,6 +2,7 @@
 
     python -m minwm_train.fill --out runs/fill --num-pairs 3000 --l1-steps 2000 --steps 20000
     python -m minwm_train.fill --out runs/fill --attach runs/v6/stage2c/model
+    python -m minwm_train.fill --out runs/fill_roll --rollout-steps 3 --num-turns 800 --steps 40000
 
 Pairs of frames rendered in the worlds and layouts the world model's clips come from (every
 scene kind, scene seeds 0..99): a source view, and a target view from the same place turned
@@ -12,6 +13,15 @@ to draw the target's never-seen pixels from that warp and its validity: an L1 te
 8×8-pixel cells that hold never-seen pixels (``--adversarial``, the generator's weight of it).
 L1 alone draws each row's average; the critic is what makes it draw walls, floor, sky and
 objects (docs/default_model.md). Frames are flipped left-right half the time.
+
+Trained on pairs only, the net always draws next to a rendered frame; in a stream it draws next
+to its own drawing of the chunk before, and extends what it drew (a cylinder at the edge of its
+strip becomes a row of cylinders along a turn). ``--rollout-steps K`` trains on turns of K
+steps of 8–20° instead (``turns.npz``, ``--num-turns``): each step warps the previous step's
+filled frame through that view's true depth into the next camera and the net draws again, the
+losses of every step averaged, the gradient running back through the warps into earlier
+drawings (:func:`unroll`). The log then adds ``held_turn_l1``: the last step's L1 on what the
+start frame never saw, on held-out turns.
 
 Resumable: ``checkpoint/`` (the net, the critic, both optimisers, the step) is written every
 ``--checkpoint-every`` steps and read back on the next run with the same ``--out``; the pairs
