@@ -75,7 +75,7 @@ def render_pairs(num_pairs: int, seed: int, scene_seeds: range, size: int = 64, 
     rng = random.Random(f"fill-pairs-{seed}")
     out = {"warp": [], "seen": [], "truth": [], "angle": []}
     renderers = SceneRenderers(size)
-    k = torch.tensor([INTRINSICS], dtype=torch.float32)
+    k = _intrinsics(1)
     for _ in tqdm(range(num_pairs), desc="render pairs", unit="pair", disable=not progress):
         scene, renderer = renderers(rng.choice(SCENE_NAMES), rng.choice(scene_seeds))
         path = random_path(scene, 2, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
@@ -120,6 +120,10 @@ def render_turns(num_turns: int, seed: int, scene_seeds: range, steps: int, size
     return {k: np.stack(v) for k, v in out.items()}
 
 
+def _intrinsics(rows: int) -> torch.Tensor:
+    return torch.tensor([INTRINSICS], dtype=torch.float32).expand(rows, 4)
+
+
 def unroll(net: FillNet, turns: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Stream a batch of turns through the fill net, as the world model does chunk after chunk:
     each step warps the previous step's filled frame (the start: the rendered frame) through that
@@ -128,7 +132,7 @@ def unroll(net: FillNet, turns: dict[str, torch.Tensor]) -> list[tuple[torch.Ten
     (B, 1 + K, 4, 4). Returns per step (filled frame (B, 3, H, W), validity (B, 1, H, W)); the
     graph runs through every step, so a step's loss reaches the drawing it was warped from."""
     frames, depth, c2w = turns["frames"], turns["depth"], turns["c2w"]
-    k = torch.tensor([INTRINSICS], dtype=torch.float32).expand(len(frames), 4)
+    k = _intrinsics(len(frames))
     image, out = frames[:, 0], []
     for step in range(1, frames.shape[1]):
         warped = warp_image_depth(image, depth[:, step - 1], c2w[:, step - 1], c2w[:, step, None], k, fill="blank",
@@ -151,9 +155,8 @@ def evaluate_turns(net: FillNet, held: dict[str, torch.Tensor]) -> dict[str, flo
     the stream drew over all its steps, its own drawings warped along), against the truth."""
     with torch.no_grad():
         last, _ = unroll(net, held)[-1]
-        k = torch.tensor([INTRINSICS], dtype=torch.float32).expand(len(last), 4)
         direct = warp_image_depth(held["frames"][:, 0], held["depth"][:, 0], held["c2w"][:, 0], held["c2w"][:, -1, None],
-                                  k, fill="blank", with_validity=True)[:, 3:, 0]
+                                  _intrinsics(len(last)), fill="blank", with_validity=True)[:, 3:, 0]
     return {"held_turn_l1": unseen_l1(last, held["frames"][:, -1], direct)}
 
 
@@ -289,10 +292,9 @@ class FillTrainer:
         _, index = self._batch(len(turns["frames"]), batch_size)
         batch = {name: value[index] for name, value in turns.items()}
         self.net.train()
-        steps = unroll(self.net, batch)
-        truths = batch["frames"][:, 1:].unbind(1)
-        return self._update([self._losses(drawn, truth, validity) for (drawn, validity), truth in zip(steps, truths)],
-                            [(truth, drawn, validity) for (drawn, validity), truth in zip(steps, truths)])
+        steps = [(truth, drawn, validity) for (drawn, validity), truth in
+                 zip(unroll(self.net, batch), batch["frames"][:, 1:].unbind(1))]
+        return self._update([self._losses(drawn, truth, validity) for truth, drawn, validity in steps], steps)
 
     def save(self, folder: Path) -> None:
         tmp = folder.with_name(folder.name + ".tmp")
