@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import sys
@@ -96,24 +97,44 @@ def render_pairs(num_pairs: int, seed: int, scene_seeds: range, size: int = 64, 
 
 
 def render_turns(num_turns: int, seed: int, scene_seeds: range, steps: int, size: int = 64, turn=(8.0, 20.0),
-                 progress: bool = True) -> dict[str, np.ndarray]:
+                 orbit: float = 0.0, progress: bool = True) -> dict[str, np.ndarray]:
     """``num_turns`` turns of ``steps`` steps each, one direction a turn, as a stream takes them:
     ``frames`` (N, 1 + steps, H, W, 3) uint8, ``depth`` (N, 1 + steps, H, W) float32 (z-depth,
     ``inf`` for the sky) and ``c2w`` (N, 1 + steps, 4, 4) float64; each step turns 8–20° (with a
-    small step forward and tilt); reproducible from ``seed``."""
+    small step forward and tilt); reproducible from ``seed``.
+
+    A share ``orbit`` of them orbits instead: each step strafes 0.08–0.3 sideways and turns to
+    keep a point 0.8–2.5 ahead in view, as the camera circles an object. A turn on the spot
+    never looks behind anything; an orbit shows what a near object hid (the hole opens beside it,
+    and the truth there is the background, not the object's colour), so the net learns to draw
+    disocclusions as well as the strip at the frame's edge. An orbit that would leave the free
+    floor is drawn again from another start (after 20 tries, the turn turns on the spot)."""
     if steps < 1:
         raise ValueError(f"a turn needs at least one step, got {steps}")
+    if not 0.0 <= orbit <= 1.0:
+        raise ValueError(f"orbit must be a share in [0, 1], got {orbit}")
     rng = random.Random(f"fill-turns-{seed}")
     out = {"frames": [], "depth": [], "c2w": []}
     renderers = SceneRenderers(size)
     for _ in tqdm(range(num_turns), desc="render turns", unit="turn", disable=not progress):
         scene, renderer = renderers(rng.choice(SCENE_NAMES), rng.choice(scene_seeds))
-        path = random_path(scene, 2, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
-        poses = [torch.as_tensor(path.world_c2w()[0], dtype=torch.float64)]
-        sign = rng.choice((-1, 1))
-        for _ in range(steps):
-            delta = torch.tensor([0.0, 0.0, rng.uniform(0.0, 0.1), sign * rng.uniform(*turn), rng.uniform(-3, 3), 0.0])
-            poses.append(poses[-1] @ camera.delta_to_matrix(delta))
+        orbiting = orbit > 0 and rng.random() < orbit
+        for attempt in range(20 if orbiting else 1):
+            path = random_path(scene, 2, kind=rng.choice(PATH_KINDS), seed=rng.randrange(1 << 30))
+            poses = [torch.as_tensor(path.world_c2w()[0], dtype=torch.float64)]
+            sign = rng.choice((-1, 1))
+            pivot = rng.uniform(0.8, 2.5) if orbiting else 0.0
+            for _ in range(steps):
+                if orbiting:
+                    side = sign * rng.uniform(0.08, 0.3)  # strafing s at distance d turns the bearing by s / d
+                    delta = torch.tensor([side, 0.0, 0.0, -math.degrees(side / pivot), rng.uniform(-3, 3), 0.0])
+                else:
+                    delta = torch.tensor([0.0, 0.0, rng.uniform(0.0, 0.1), sign * rng.uniform(*turn),
+                                          rng.uniform(-3, 3), 0.0])
+                poses.append(poses[-1] @ camera.delta_to_matrix(delta))
+            if not orbiting or all(scene.is_free(float(c[0, 3]), float(c[1, 3]), 0.3) for c in poses):
+                break
+            orbiting = attempt < 18  # the last try turns on the spot
         out["frames"].append(np.stack([renderer.render(c.numpy()) for c in poses]))
         out["depth"].append(np.stack([renderer.render_depth(c.numpy()) for c in poses]).astype(np.float32))
         out["c2w"].append(torch.stack(poses).numpy())
@@ -381,17 +402,22 @@ def load_or_render_pairs(out: Path, num_pairs: int, num_held_out: int, seed: int
     return pairs, held
 
 
-def load_or_render_turns(out: Path, num_turns: int, num_held_out: int, steps: int, seed: int, progress: bool):
-    """``turns.npz`` in ``out`` (rendered when missing or of other sizes): training and held-out turns."""
+def load_or_render_turns(out: Path, num_turns: int, num_held_out: int, steps: int, seed: int, progress: bool,
+                         orbit: float = 0.0):
+    """``turns.npz`` in ``out`` (rendered when missing, of other sizes or another orbit share):
+    training and held-out turns."""
     cache = out / TURNS_FILE
     if cache.is_file():
         data = np.load(cache)
-        if data["train_frames"].shape[:2] == (num_turns, 1 + steps) and len(data["held_frames"]) == num_held_out:
+        same = float(data["orbit"]) if "orbit" in data.files else 0.0
+        if (data["train_frames"].shape[:2] == (num_turns, 1 + steps) and len(data["held_frames"]) == num_held_out
+                and same == orbit):
             return ({k[6:]: data[k] for k in data.files if k.startswith("train_")},
                     {k[5:]: data[k] for k in data.files if k.startswith("held_")})
-    turns = render_turns(num_turns, seed, range(100), steps, progress=progress)
-    held = render_turns(num_held_out, seed + 1, HELD_OUT_SEEDS, steps, progress=progress)
-    np.savez(cache, **{f"train_{k}": v for k, v in turns.items()}, **{f"held_{k}": v for k, v in held.items()})
+    turns = render_turns(num_turns, seed, range(100), steps, orbit=orbit, progress=progress)
+    held = render_turns(num_held_out, seed + 1, HELD_OUT_SEEDS, steps, orbit=orbit, progress=progress)
+    np.savez(cache, orbit=np.float64(orbit), **{f"train_{k}": v for k, v in turns.items()},
+             **{f"held_{k}": v for k, v in held.items()})
     return turns, held
 
 
@@ -416,6 +442,8 @@ def main(argv=None) -> None:
                              "along and drawn on again) instead of pairs")
     parser.add_argument("--num-turns", type=int, default=1000, help="turns rendered for --rollout-steps")
     parser.add_argument("--held-out-turns", type=int, default=64, help="held-out turns (layouts 100..115)")
+    parser.add_argument("--orbit", type=float, default=0.0,
+                        help="share of the turns that orbit (strafe while turning: holes beside near objects)")
     parser.add_argument("--attach", default=None, help="copy the trained net into this world model folder's fill/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -425,6 +453,8 @@ def main(argv=None) -> None:
         if args.rollout_steps < 0 or (args.rollout_steps and (args.num_turns < 1 or args.held_out_turns < 1)):
             raise ValueError(f"need --rollout-steps >= 0 and, with it, --num-turns and --held-out-turns >= 1; got "
                              f"{args.rollout_steps}, {args.num_turns}, {args.held_out_turns}")
+        if not 0.0 <= args.orbit <= 1.0:
+            raise ValueError(f"--orbit is a share of the turns, in [0, 1]; got {args.orbit}")
         configure_process(None)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -432,7 +462,7 @@ def main(argv=None) -> None:
         turns = held_turns = None
         if args.rollout_steps:
             turns, held_turns = load_or_render_turns(out, args.num_turns, args.held_out_turns, args.rollout_steps,
-                                                     args.seed, not args.no_progress)
+                                                     args.seed, not args.no_progress, orbit=args.orbit)
         net = train(out, pairs, held, steps=args.steps, l1_steps=args.l1_steps, batch_size=args.batch_size,
                     lr=args.lr, critic_lr=args.critic_lr, adversarial=args.adversarial, width=args.width,
                     seed=args.seed, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,

@@ -247,3 +247,39 @@ def test_rollout_training_streams_turns_through_the_net_and_learns_from_its_own_
     assert not all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
     with pytest.raises(SystemExit):
         fill_training.main([*common, "--steps", "3", "--rollout-steps", "-1"])
+
+
+def _interior_holes(validity: torch.Tensor) -> int:
+    """Never-seen pixels with seen pixels further along their row on both sides (a hole beside
+    an object, not the strip at the frame's edge)."""
+    seen = validity[:, 0] > 0.5  # (B, H, W)
+    left = seen.int().cummax(-1).values.bool()
+    right = seen.flip(-1).int().cummax(-1).values.bool().flip(-1)
+    return int((~seen & left & right).sum())
+
+
+def test_orbiting_turns_strafe_around_a_point_and_open_holes_beside_objects(tmp_path):
+    """``--orbit`` turns strafe 0.08–0.3 a step while turning, on free floor, and so show what
+    near objects hid; turns on the spot barely move the camera and open few such holes."""
+    orbits = fill_training.render_turns(6, seed=3, scene_seeds=range(3), steps=3, orbit=1.0, progress=False)
+    turns = fill_training.render_turns(6, seed=3, scene_seeds=range(3), steps=3, progress=False)
+    for data, low, high in ((orbits, 0.08, 0.3), (turns, 0.0, 0.1)):
+        c2w = data["c2w"]
+        moves = np.linalg.norm(c2w[:, 1:, :3, 3] - c2w[:, :-1, :3, 3], axis=-1)
+        assert ((moves >= low - 1e-6) & (moves <= high + 1e-6)).all()
+    with torch.no_grad():
+        net = FillNet(FillConfig(width=8))
+        holes = [sum(_interior_holes(v) for _, v in fill_training.unroll(net, fill_training.turn_tensors(d)))
+                 for d in (orbits, turns)]
+    assert holes[0] > 5 * max(holes[1], 1), holes
+    with pytest.raises(ValueError, match="orbit"):
+        fill_training.render_turns(1, seed=0, scene_seeds=range(1), steps=1, orbit=1.5, progress=False)
+    # the cache knows its orbit share: another share renders the turns again
+    out = tmp_path / "fill"
+    out.mkdir()
+    first = fill_training.load_or_render_turns(out, 2, 1, 1, seed=0, progress=False, orbit=0.0)
+    again = fill_training.load_or_render_turns(out, 2, 1, 1, seed=0, progress=False, orbit=1.0)
+    assert not np.array_equal(first[0]["c2w"], again[0]["c2w"])
+    assert float(np.load(out / fill_training.TURNS_FILE)["orbit"]) == 1.0
+    with pytest.raises(SystemExit):
+        fill_training.main(["--out", str(out), "--rollout-steps", "1", "--orbit", "-0.1", "--no-progress"])
