@@ -62,3 +62,22 @@ def test_gpu_suite_runs_its_cpu_path_and_writes_one_json(tmp_path):
     assert split["transformer_s"] > 0 and split["vae_decode_s"] > 0
     plan = suite["steps"]["memory_plan"]["result"]["plan"]
     assert plan["cache_bytes"] == plan["cache_formula_bytes"] and plan["total_bytes"] > 0
+
+
+def test_five_looks_draws_every_model_above_the_truth(tmp_path):
+    """benchmarks/five_looks.py: one picture per look, a row per model and the truth's last
+    (64-px frames at scale 1, 2-px gaps), and each model's last-frame PSNR in looks.md; the
+    shipped model holds still for 100 idle steps as the truth does."""
+    import imageio.v3 as iio
+    out = tmp_path / "looks"
+    proc = subprocess.run([sys.executable, "benchmarks/five_looks.py", "--models", "minwm-default", "default",
+                           "--looks", "turn120", "idle", "--scale", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    turn, idle = iio.imread(out / "turn120.png"), iio.imread(out / "idle.png")
+    assert turn.shape == (3 * 64 + 2 * 2, 11 * 64 + 10 * 2, 3)  # start + ten steps, two models and the truth
+    assert idle.shape == (3 * 64 + 2 * 2, 8 * 64 + 7 * 2, 3)  # steps 0, 1, 5, 10, 25, 50, 75, 100
+    rows = {line.split("|")[1].strip(): line for line in (out / "looks.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| look")}
+    assert set(rows) == {"turn120", "idle"}
+    assert float(rows["idle"].split("|")[2]) >= 30.0
