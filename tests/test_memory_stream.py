@@ -38,7 +38,8 @@ def test_memory_off_streams_exactly_as_before(shipped):
     the memory fill something)."""
     actions = [np.repeat(a[None], 4, 0) for a in (TURN, TURN, -TURN, -TURN)]
     assert shipped.settings.memory_frames > 0
-    without = WorldModel(shipped.backbone, shipped.codec, replace(shipped.settings, memory_frames=0), shipped.depth)
+    without = WorldModel(shipped.backbone, shipped.codec, replace(shipped.settings, memory_frames=0), shipped.depth,
+                         shipped.fill)
     plain = _rollout(WorldModelEnv(model=without, obs_mode="chunk"), actions)
     off = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk", memory=False), actions)
     on = _rollout(WorldModelEnv(model=shipped, obs_mode="chunk"), actions)
@@ -133,7 +134,7 @@ def test_stage2c_learns_with_the_reference_the_stream_fills_from_memory():
 
 def _sharpening(shipped, distance=0.5):
     return WorldModel(shipped.backbone, shipped.codec, replace(shipped.settings, memory_sharpen=distance),
-                      shipped.depth)
+                      shipped.depth, shipped.fill)
 
 
 def test_sharpening_memory_warps_a_still_view_from_the_start_frame_alone(shipped):
@@ -170,18 +171,26 @@ def test_sharpening_memory_brings_a_view_back_closer_than_filling_alone(shipped)
 def test_each_frame_s_depth_is_computed_once(shipped):
     """The depth net runs once a frame the stream keeps (the start frame, each chunk's last):
     the warp of the next chunk and the memory share it, on a path that turns back so the memory
-    is used."""
-    model = _sharpening(shipped)
-    calls = []
-    hook = model.depth.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    try:
-        env = WorldModelEnv(model=model, obs_mode="chunk")
-        env.reset(seed=2)
-        for action in (TURN, TURN, -TURN, -TURN):
-            env.step(np.repeat(action[None], 4, 0))
-    finally:
-        hook.remove()
-    assert calls == [1] * 5, calls
+    is used. The fill net's drawing is a new image: a chunk that draws adds one call for it (to
+    carry the drawing into the chunk's other cameras), and only such a chunk."""
+    def depth_calls(model):
+        calls = []
+        hook = model.depth.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        try:
+            env = WorldModelEnv(model=model, obs_mode="chunk")
+            env.reset(seed=2)
+            for action in (TURN, TURN, -TURN, -TURN):
+                env.step(np.repeat(action[None], 4, 0))
+        finally:
+            hook.remove()
+        return calls
+
+    border = _sharpening(shipped)
+    border = WorldModel(border.backbone, border.codec, replace(border.settings, warp_fill="border"), border.depth)
+    assert depth_calls(border) == [1] * 5
+    drawn = depth_calls(_sharpening(shipped))
+    # turning away twice brings never-seen pixels into both chunks; turning back, the memory covers them
+    assert drawn == [1] * 7, drawn
 
 
 def test_sharpening_inputs_are_checked(shipped):
