@@ -22,6 +22,9 @@ filled frame through that view's true depth into the next camera and the net dra
 losses of every step averaged, the gradient running back through the warps into earlier
 drawings (:func:`unroll`). The log then adds ``held_turn_l1``: the last step's L1 on what the
 start frame never saw, on held-out turns.
+``--orbit S`` makes a share S of those turns orbit (strafe while turning, :func:`render_turns`):
+a turn on the spot never opens a hole beside a near object, and a net that never saw one paints
+it in the object's colour.
 
 Resumable: ``checkpoint/`` (the net, the critic, both optimisers, the step) is written every
 ``--checkpoint-every`` steps and read back on the next run with the same ``--out``; the pairs
