@@ -10,6 +10,11 @@ sky is 0) with an L1 loss, on frames flipped left-right half the time. The held-
 the frames gives the figures printed at the end: L1 of inverse depth and the fraction of pixels
 within 25% of the true depth. ``--attach MODEL`` copies the trained net into a world model
 folder's ``depth/`` (what ``warp_depth_source = "model"`` reads).
+
+Resumable: ``checkpoint/state.pt`` is written every ``--checkpoint-every`` steps, and a rerun
+with the same ``--out`` and ``--steps`` goes on from it (a long run can span sessions).
+``--init FOLDER`` starts from a trained depth net instead of random weights (to train the
+shipped one further, on more frames).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from minwm_env.world.renderer import SceneRenderers
 from minwm_env.world.scenes import SCENE_NAMES
 
 FRAMES_FILE = "frames.npz"
+CHECKPOINT_FILE = "checkpoint/state.pt"
 
 
 def render_frames(num_frames: int, seed: int = 0, num_scene_seeds: int = 100, per_path: int = 9,
@@ -72,18 +78,41 @@ def evaluate(net: DepthNet, frames: np.ndarray, inverse: np.ndarray) -> dict[str
 
 
 def train_depth(frames: np.ndarray, inverse: np.ndarray, steps: int, batch_size: int = 32, lr: float = 2e-3,
-                seed: int = 0, config: DepthConfig = DepthConfig(), progress: bool = True) -> DepthNet:
+                seed: int = 0, config: DepthConfig = DepthConfig(), progress: bool = True,
+                checkpoint: Path | None = None, checkpoint_every: int = 500,
+                init: DepthNet | None = None) -> DepthNet:
     """A :class:`DepthNet` trained on ``frames`` and their ``inverse`` depth (L1, cosine
-    learning rate, left-right flips)."""
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    learning rate, left-right flips). ``init``: start from that net's weights (same config).
+    ``checkpoint``: the run's folder; its ``checkpoint/state.pt`` keeps the net, the optimiser,
+    the schedule, the batch generator and the step, written every ``checkpoint_every`` steps
+    and read back when present, so an interrupted run goes on exactly where it stopped."""
+    if steps < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"steps, batch_size and checkpoint_every must be >= 1, got {steps}, {batch_size}, "
+                         f"{checkpoint_every}")
     torch.manual_seed(seed)
     net = DepthNet(config)
+    if init is not None:
+        if init.config != config:
+            raise ValueError(f"--init's depth net has config {init.config}, this run asks for {config}")
+        net.load_state_dict(init.state_dict())
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     generator = torch.Generator().manual_seed(seed)
+    start = 0
+    state_file = None if checkpoint is None else Path(checkpoint) / CHECKPOINT_FILE
+    if state_file is not None and state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        if state["steps"] != steps:
+            raise ValueError(f"{state_file} belongs to a run of {state['steps']} steps (its learning-rate schedule), "
+                             f"not {steps}")
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        start = state["step"]
+        print(f"resuming from {state_file} at step {start}")
     images, targets = _images(frames), torch.from_numpy(inverse)
-    bar = tqdm(range(steps), desc="depth", unit="step", disable=not progress)
+    bar = tqdm(range(start, steps), desc="depth", unit="step", disable=not progress)
     for step in bar:
         net.train()
         index = torch.randint(len(images), (batch_size,), generator=generator)
@@ -98,6 +127,12 @@ def train_depth(frames: np.ndarray, inverse: np.ndarray, steps: int, batch_size:
         schedule.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if state_file is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "generator": generator.get_state(), "step": step + 1,
+                        "steps": steps}, state_file.with_suffix(".tmp"))
+            state_file.with_suffix(".tmp").replace(state_file)  # never a half-written checkpoint
     return net.eval()
 
 
@@ -113,12 +148,17 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--width", type=int, default=DepthConfig.width)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=500,
+                        help="steps between checkpoints (a rerun with the same --out and --steps goes on from the last)")
+    parser.add_argument("--init", default=None, help="a depth model folder to start from (fine-tuning it)")
     parser.add_argument("--attach", default=None, help="copy the trained net into this world model folder's depth/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         if not 0 < args.held_out < 1 or args.num_frames < 20:
             raise ValueError(f"need --held-out in (0, 1) and --num-frames >= 20, got {args.held_out}, {args.num_frames}")
+        if args.steps < 1 or args.checkpoint_every < 1:
+            raise ValueError(f"need --steps and --checkpoint-every >= 1, got {args.steps}, {args.checkpoint_every}")
         configure_process(None)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -132,8 +172,11 @@ def main(argv=None) -> None:
                 frames, inverse = render_frames(args.num_frames, args.seed, progress=not args.no_progress)
                 np.savez(cache, frames=frames, inverse=inverse)
             split = len(frames) - max(1, int(len(frames) * args.held_out))
+            init = None if args.init is None else load_depth_model(args.init)
+            config = DepthConfig(width=args.width) if init is None else init.config
             net = train_depth(frames[:split], inverse[:split], args.steps, args.batch_size, args.lr, args.seed,
-                              DepthConfig(width=args.width), progress=not args.no_progress)
+                              config, progress=not args.no_progress, checkpoint=out,
+                              checkpoint_every=args.checkpoint_every, init=init)
             net.save(model_dir)
             figures = evaluate(net, frames[split:], inverse[split:])
             print(f"held-out frames ({len(frames) - split}): inverse-depth L1 {figures['inverse_depth_l1']:.4f}, "

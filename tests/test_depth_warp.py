@@ -3,6 +3,7 @@ renders, the depth net (minwm_env/depth.py) and its training (minwm_train/depth.
 model whose warp reads its own depth net."""
 
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -296,3 +297,30 @@ def _map_in_child():
 
     assert torch.get_num_threads() == 2  # inherited: the child maps over threads too
     return warp_module.parallel_map(abs, [-1, -2, -3])
+
+
+def test_depth_training_resumes_exactly_and_starts_from_a_given_net(tmp_path):
+    """A run interrupted after its checkpoint goes on to the same weights as one that was not;
+    ``init`` starts from a given net; a checkpoint of another run length is refused."""
+    frames, inverse = depth_training.render_frames(8, seed=5, progress=False)
+    config = DepthConfig(width=4, levels=2)
+    whole = depth_training.train_depth(frames, inverse, 6, 4, config=config, progress=False,
+                                       checkpoint=tmp_path / "a", checkpoint_every=3)
+    assert torch.load(tmp_path / "a" / depth_training.CHECKPOINT_FILE, weights_only=False)["step"] == 3
+    (tmp_path / "b" / "checkpoint").mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / depth_training.CHECKPOINT_FILE, tmp_path / "b" / depth_training.CHECKPOINT_FILE)
+    resumed = depth_training.train_depth(frames, inverse, 6, 4, config=config, progress=False,
+                                         checkpoint=tmp_path / "b", checkpoint_every=3)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    fresh = depth_training.train_depth(frames, inverse, 6, 4, config=config, progress=False)  # no checkpoints
+    for a, b in zip(whole.parameters(), fresh.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    started = depth_training.train_depth(frames, inverse, 1, 4, lr=0.0, config=config, progress=False, init=whole)
+    for a, b in zip(whole.parameters(), started.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="belongs to a run of 6 steps"):
+        depth_training.train_depth(frames, inverse, 9, 4, config=config, progress=False, checkpoint=tmp_path / "b")
+    with pytest.raises(ValueError, match="config"):
+        depth_training.train_depth(frames, inverse, 1, 4, config=DepthConfig(width=8, levels=2), progress=False,
+                                   init=whole)
