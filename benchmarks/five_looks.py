@@ -67,11 +67,6 @@ def shown(look: str, frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(metrics.capped(metrics.psnr_from_mse(mse)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["minwm-default"],
@@ -97,11 +92,11 @@ def main() -> None:
             truth_frames = truth_run.last_frames()
             frames = model_run.last_frames()
             rows.append(shown(look, frames))
-            scores.append(psnr_db(frames[-1], truth_frames[-1]))
+            scores.append(metrics.pooled_psnr(frames[-1:], truth_frames[-1:]))
         rows.append(shown(look, truth_frames))
         rows = [np.repeat(np.repeat(row, args.scale, 1), args.scale, 2) for row in rows]
         iio.imwrite(out / f"{look}.png", contact_sheet(rows))
-        repeat = psnr_db(truth_frames[0], truth_frames[-1])
+        repeat = metrics.pooled_psnr(truth_frames[:1], truth_frames[-1:])
         table.append(f"| {look} | " + " | ".join(f"{s:.2f}" for s in scores) + f" | {repeat:.2f} |")
         print(f"{look}: last frame PSNR against the truth " + ", ".join(
             f"{name} {s:.2f} dB" for name, s in zip(args.models, scores)) + f" (repeat start {repeat:.2f})")
