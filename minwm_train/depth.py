@@ -101,9 +101,14 @@ def train_depth(frames: np.ndarray, inverse: np.ndarray, steps: int, batch_size:
     start = 0
     state_file = None if checkpoint is None else Path(checkpoint) / CHECKPOINT_FILE
     if state_file is not None and state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
-        if state["steps"] != steps:
-            raise ValueError(f"{state_file} belongs to a run of {state['steps']} steps (its learning-rate schedule), "
+        try:
+            state = torch.load(state_file, weights_only=False)
+            steps_saved = state["steps"]
+        except Exception as err:  # truncated, or not ours: say which file, keep nothing half-loaded
+            raise ValueError(f"{state_file} is not a depth-training checkpoint ({err}); delete it to start over") \
+                from err
+        if steps_saved != steps:
+            raise ValueError(f"{state_file} belongs to a run of {steps_saved} steps (its learning-rate schedule), "
                              f"not {steps}")
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])

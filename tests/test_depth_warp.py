@@ -321,6 +321,12 @@ def test_depth_training_resumes_exactly_and_starts_from_a_given_net(tmp_path):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ValueError, match="belongs to a run of 6 steps"):
         depth_training.train_depth(frames, inverse, 9, 4, config=config, progress=False, checkpoint=tmp_path / "b")
+    (tmp_path / "b" / depth_training.CHECKPOINT_FILE).write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="not a depth-training checkpoint"):
+        depth_training.train_depth(frames, inverse, 6, 4, config=config, progress=False, checkpoint=tmp_path / "b")
+    with pytest.raises(SystemExit):
+        depth_training.main(["--out", str(tmp_path / "c"), "--checkpoint-every", "0", "--no-progress"])
+    assert not (tmp_path / "c" / depth_training.FRAMES_FILE).exists()  # refused before rendering anything
     with pytest.raises(ValueError, match="config"):
         depth_training.train_depth(frames, inverse, 1, 4, config=DepthConfig(width=8, levels=2), progress=False,
                                    init=whole)
