@@ -8,7 +8,14 @@ through one plane 2 units ahead (`warp_image`, the reference the shipped model i
 through the start frame's truth depth (`warp_image_depth`: what a perfect depth head would
 give), and through a depth model's prediction of it (``--depth-model``). Each is scored per
 latent-frame horizon on the pixels the start frame showed (the truth's depth decides, as in
-the evaluation), and the depth warp's coverage of those pixels is reported.
+the evaluation), and each depth warp's coverage of those pixels is reported (a seen pixel no
+point of the splat lands on is a hole the stream's fill net must draw).
+
+    python benchmarks/depth_warp_probe.py --kinds orbit --paths 3 --latent-frames 13 \
+        --depth-model minwm_env/assets/minwm-default/depth
+
+``--kinds orbit`` takes the novel-view suite's orbits instead (strafing around a near object
+while turning to keep it centred), where depth errors on the object tear it apart.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import numpy as np
 import torch
 
 from minwm_env.eval import quality
+from minwm_env.eval.generation import novel_view_path
 from minwm_env.warp import warp_image, warp_image_depth
 from minwm_env.world.paths import random_path, rgb_frame_poses
 from minwm_env.world.renderer import WorldRenderer
 from minwm_env.world.scenes import make_scene
 
 KINDS = ("walk", "turn", "look_around", "zigzag", "out_and_back")
+ORBIT = "orbit"  # the novel-view suite's orbit: strafe while turning to keep a near object centred
 
 
 def _psnr(mse: float) -> float:
@@ -46,6 +55,8 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["room:100", "gallery:100", "courtyard:100", "pillars:100"])
     parser.add_argument("--paths", type=int, default=2, help="seeds per path kind and layout")
     parser.add_argument("--latent-frames", type=int, default=17)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=[*KINDS, ORBIT],
+                        help="path kinds (orbit: the novel-view suite's orbit around a near object)")
     parser.add_argument("--depth-model", default=None, help="a depth model folder (minwm_env.depth) to score too")
     parser.add_argument("--out", default="outputs/depth_warp_probe.json")
     parser.add_argument("--picture", default=None,
@@ -60,15 +71,19 @@ def main() -> None:
     sq = {n: np.zeros(horizons) for n in names}
     count = np.zeros(horizons)
     covered = np.zeros(horizons)
+    covered_model = np.zeros(horizons)
     tiles = []
     for layout in args.layouts:
         name, seed = layout.split(":")
         scene = make_scene(name, int(seed))
         renderer = WorldRenderer(scene)
         k = torch.tensor(renderer.intrinsics)[None]
-        for kind in KINDS:
+        for kind in args.kinds:
             for p in range(args.paths):
-                path = random_path(scene, args.latent_frames, kind=kind, seed=1000 + p)
+                if kind == ORBIT:
+                    path = novel_view_path(scene, ORBIT, args.latent_frames - 1, seed=1000 + p)
+                else:
+                    path = random_path(scene, args.latent_frames, kind=kind, seed=1000 + p)
                 poses = path.start_c2w @ rgb_frame_poses(path.relative_c2w()).numpy()  # (1 + 4·H, 4, 4)
                 last = poses[4::4]  # each latent frame's last RGB frame
                 truth = np.stack([renderer.render(c) for c in last]).astype(np.float64)
@@ -81,8 +96,10 @@ def main() -> None:
                 truth_warp = warp_image_depth(image, torch.from_numpy(depth[:1]), src, tgt, k, with_validity=True)
                 warps["truth_depth"] = truth_warp[:, :3]
                 if predictor:
-                    warps["model_depth"] = warp_image_depth(image, predictor.predict(start[None]), src, tgt, k)
-                if predictor and args.picture and kind == KINDS[0] and p == 0:
+                    model_warp = warp_image_depth(image, predictor.predict(start[None]), src, tgt, k, with_validity=True)
+                    warps["model_depth"] = model_warp[:, :3]
+                    covered_model += ((model_warp[0, 3].numpy() > 0.5) & seen).sum((1, 2))
+                if predictor and args.picture and kind == args.kinds[0] and p == 0:
                     tiles.append(_depth_tiles(start, predictor.predict(start[None])[0].numpy(), depth[0]))
                 valid = truth_warp[0, 3].numpy() > 0.5
                 for n, w in warps.items():
@@ -101,11 +118,15 @@ def main() -> None:
     result = {n: [_psnr(sq[n][h] / count[h]) for h in range(horizons)] for n in names}
     result.update({n + "_pooled": _psnr(sq[n].sum() / count.sum()) for n in names})
     result["truth_depth_coverage_of_seen"] = (covered / count).round(3).tolist()
+    if predictor:
+        result["model_depth_coverage_of_seen"] = (covered_model / count).round(3).tolist()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     for n in names:
         print(f"{n:12s} pooled {result[n + '_pooled']:.2f} dB  per horizon " + " ".join(f"{x:.1f}" for x in result[n]))
     print("coverage of seen by the truth-depth splat:", result["truth_depth_coverage_of_seen"])
+    if predictor:
+        print("coverage of seen by the model-depth splat:", result["model_depth_coverage_of_seen"])
 
 
 if __name__ == "__main__":

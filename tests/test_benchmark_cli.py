@@ -81,3 +81,22 @@ def test_five_looks_draws_every_model_above_the_truth(tmp_path):
             if line.startswith("| ") and not line.startswith("| look")}
     assert set(rows) == {"turn120", "idle"}
     assert float(rows["idle"].split("|")[2]) >= 30.0
+
+
+def test_depth_warp_probe_scores_orbits_and_coverage(tmp_path):
+    """benchmarks/depth_warp_probe.py --kinds orbit: per-horizon scores of the three warps and
+    the coverage of the start frame's seen pixels by both depth splats; the true depth covers
+    almost all of them and warps closer than one plane."""
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, "benchmarks/depth_warp_probe.py", "--layouts", "room:100", "--kinds", "orbit",
+                           "--paths", "1", "--latent-frames", "5", "--depth-model", "minwm_env/assets/minwm-default/depth",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert all(len(result[name]) == 4 for name in ("plane", "truth_depth", "model_depth"))
+    assert min(result["truth_depth_coverage_of_seen"]) > 0.95
+    assert all(0 < c <= 1 for c in result["model_depth_coverage_of_seen"])
+    assert result["truth_depth_pooled"] > result["plane_pooled"]
+    bad = subprocess.run([sys.executable, "benchmarks/depth_warp_probe.py", "--kinds", "spiral"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode != 0 and "spiral" in bad.stderr
