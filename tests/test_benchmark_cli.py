@@ -100,3 +100,23 @@ def test_depth_warp_probe_scores_orbits_and_coverage(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/depth_warp_probe.py", "--kinds", "spiral"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode != 0 and "spiral" in bad.stderr
+
+
+def test_detail_split_scores_models_and_the_true_depth_warp(tmp_path):
+    """benchmarks/detail_split.py at a tiny size: per-horizon detail ratios of the model and of
+    the start frame warped once through the true depth, on all, seen and new pixels; the first
+    horizon's seen share is a fraction, and bad sizes are refused."""
+    out = tmp_path / "split.json"
+    proc = subprocess.run([sys.executable, "benchmarks/detail_split.py", "--layouts", "room:100", "--steps", "2",
+                           "--paths", "1", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["detail_ratio"]) == {"minwm-default", "true-depth warp"}
+    for parts in result["detail_ratio"].values():
+        assert set(parts) == {"all", "seen", "new"} and all(len(v) == 2 for v in parts.values())
+    assert 0 < result["seen_share"][0] <= 1
+    # warped once through the true depth, the seen pixels keep most of the truth's detail one step on
+    assert result["detail_ratio"]["true-depth warp"]["seen"][0] > 0.5
+    bad = subprocess.run([sys.executable, "benchmarks/detail_split.py", "--steps", "0"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode != 0 and "--steps" in bad.stderr
