@@ -12,6 +12,7 @@ recorded when it was written, a tensor holding NaN or inf (:mod:`minwm_env.integ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -99,6 +100,10 @@ class ModelSettings:
     residual_gate: bool = False
     """the output only changes what the warp never saw: it is scaled by 1 - validity pixel by
     pixel before it is added to the warped reference (needs ``warp_validity``; a Wan backbone)"""
+    residual_smooth: float | None = None
+    """pixels: the output is blurred by a Gaussian of this σ in pixel space before the gate, so
+    its correction of what the warp never saw changes colours without tiling the drawing with
+    the transformer's 8×8-pixel blocks (needs ``residual_gate``; None: not blurred)"""
     memory_frames: int = 0
     """past frames a stream keeps by place (the env's ``memory`` default; 0: no memory)"""
     memory_k: int = 2
@@ -140,6 +145,11 @@ class ModelSettings:
                              f"{settings.warp_validity} need warp_reference")
         if settings.residual_gate and not settings.warp_validity:
             raise ValueError(f"{source}: residual_gate needs warp_validity (the gate is 1 - each pixel's validity)")
+        if settings.residual_smooth is not None and not (settings.residual_gate and
+                                                         math.isfinite(settings.residual_smooth) and
+                                                         settings.residual_smooth > 0):
+            raise ValueError(f"{source}: residual_smooth must be a positive number of pixels or null, and needs "
+                             f"residual_gate, got {settings.residual_smooth} with residual_gate={settings.residual_gate}")
         if settings.memory_frames < 0 or settings.memory_k < 0:
             raise ValueError(f"{source}: memory_frames and memory_k must be >= 0, got {settings.memory_frames}, "
                              f"{settings.memory_k}")
@@ -189,7 +199,7 @@ def _backbone(backbone_class: type, transformer, settings: ModelSettings, condit
     if backbone_class is not CausalWan:
         raise ValueError(f"residual_gate is built for the Wan backbone, not {backbone_class.__name__}")
     return backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference,
-                          residual_gate=codec.temporal_factor)
+                          residual_gate=codec.temporal_factor, residual_smooth=settings.residual_smooth)
 
 
 def backbone_family(transformer_folder: Path) -> str:

@@ -206,6 +206,77 @@ def test_gated_residual_keeps_every_seen_pixel_and_draws_the_rest():
     assert float((unpack(plain) - warped)[seen].abs().mean()) > 0.05
 
 
+def test_low_pass_blurs_the_pixels_a_pixel_latent_packs():
+    """The smoothing of residual_smooth, on the latent, is a Gaussian blur of the frames the
+    space-to-depth codec packs (replicated edges), written here as one 2-D convolution."""
+    from minwm_env.backbones.wan import _low_pass
+    from minwm_env.codec import SpaceToDepthCodec
+    codec = SpaceToDepthCodec(spatial_factor=4, temporal_factor=4, scale=2.0)
+    frames = torch.rand(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sigma, radius = 1.5, 5
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    kernel = (taps[:, None] * taps[None, :])[None, None]  # (1, 1, 11, 11)
+    flat = frames.transpose(1, 2).reshape(-1, 1, 32, 32)
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (radius,) * 4, mode="replicate"), kernel)
+    expected = codec.pack(blurred.reshape(2, 8, 3, 32, 32).transpose(1, 2))
+    torch.testing.assert_close(_low_pass(codec.pack(frames), taps, factor=4, frames=4), expected, atol=1e-5, rtol=0)
+    constant = torch.full((1, 192, 1, 8, 8), 0.3)
+    torch.testing.assert_close(_low_pass(constant, taps, factor=4, frames=4), constant)
+
+
+def test_smoothed_gated_residual_blurs_only_what_the_warp_never_saw():
+    """residual_smooth: seen pixels still come out exactly as warped; never-seen ones take the
+    network's correction blurred in pixel space, which has less pixel-to-pixel change than the
+    unblurred one."""
+    from minwm_env.backbones.wan import _low_pass
+    model = build_preset("default-v4g", warp_depth_source="plane", residual_smooth=2.0)
+    assert model.settings.residual_smooth == 2.0 and model.backbone.residual_smooth == 2.0
+    randomize_(model.backbone, seed=5)
+    turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0.1, 25.0, 5.0, 0]).double())
+    c2w = torch.stack([turn, turn @ turn])[None].expand(2, 2, 4, 4)
+    previous = torch.cat([torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), c2w[:, :1]], dim=1)
+    start = torch.randn(2, 192, 1, 16, 16, generator=torch.Generator().manual_seed(2)).clamp(-2, 2)
+    reference = model.residual_reference(start, torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), previous, c2w,
+                                         torch.tensor(model.settings.intrinsics).expand(2, 2, 4))
+    x = torch.randn(2, 192, 2, 16, 16, generator=torch.Generator().manual_seed(3))
+    prompt = prompt_state(model, {}, 2)
+    backbone = model.backbone
+    with torch.no_grad():
+        smoothed = backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference)
+        backbone.residual_smooth = None
+        sharp = backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference)
+        backbone.residual_gate = 0
+        raw = backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference) - reference[:, :192]
+    unpack = model.codec.unpack
+    validity = unpack(reference[:, 192:] * model.codec.scale)[:, :1]
+    seen = (validity == 1).expand(-1, 3, -1, -1, -1)
+    warped = unpack(reference[:, :192])
+    assert torch.equal(unpack(smoothed)[seen], warped[seen])
+    backbone.residual_gate = 4
+    expected = reference[:, :192] + _low_pass(raw, backbone.smooth_taps, 4, 4) * backbone._gate(reference[:, 192:])
+    torch.testing.assert_close(smoothed, expected, atol=1e-5, rtol=0)
+
+    def roughness(latent):  # mean change between horizontal neighbours of the correction, in pixels
+        delta = (latent - reference[:, :192]) / model.codec.scale  # (unpack would clamp it to [-1, 1])
+        pixels = torch.nn.functional.pixel_shuffle(delta.transpose(1, 2).reshape(-1, 48, 16, 16), 4)
+        return float((pixels[..., 1:] - pixels[..., :-1]).abs().mean())
+    assert roughness(smoothed) < 0.5 * roughness(sharp)
+
+
+def test_residual_smooth_is_checked():
+    with pytest.raises(ValueError, match="residual_smooth must be a positive number of pixels or null, and needs "
+                                         "residual_gate"):
+        ModelSettings.from_dict({"residual_reference": True, "warp_reference": True, "residual_smooth": 2.0}, "minwm.json")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="residual_smooth must be a positive number"):
+            ModelSettings.from_dict({"residual_reference": True, "warp_reference": True, "warp_validity": True,
+                                     "residual_gate": True, "residual_smooth": bad}, "minwm.json")
+    gated = build_preset("default-v4g", warp_depth_source="plane")
+    with pytest.raises(ValueError, match="residual_smooth needs residual_gate"):
+        CausalWan(gated.backbone.transformer, "x0", residual_reference=True, residual_smooth=2.0)
+
+
 def test_residual_gate_needs_the_validity():
     with pytest.raises(ValueError, match="residual_gate needs warp_validity"):
         ModelSettings.from_dict({"residual_reference": True, "warp_reference": True, "residual_gate": True}, "minwm.json")

@@ -17,6 +17,8 @@ Both processors fall back to diffusers' own behaviour when called by the unmodif
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
@@ -158,7 +160,7 @@ class CausalWan(CausalBackbone):
 
     def __init__(self, transformer: WanTransformer3DModel, prediction_type: str = "v",
                  conditioning: ConditioningConfig | None = None, residual_reference: bool = False,
-                 residual_gate: int = 0):
+                 residual_gate: int = 0, residual_smooth: float | None = None):
         super().__init__()
         config = transformer.config
         if tuple(config.patch_size)[0] != 1:
@@ -182,6 +184,24 @@ class CausalWan(CausalBackbone):
                              f"({channels} + {channels // 3} channels beside the latent, in {residual_gate} groups); "
                              f"this one takes {extra} (residual_reference={residual_reference})")
         self.residual_gate = residual_gate
+        # residual_smooth = σ: the output is low-passed in pixel space (a Gaussian of σ pixels)
+        # before the gate. The network's correction of what the warp never saw comes a token at a
+        # time, so unsmoothed it tiles a drawing with 8×8-pixel blocks of its own colours; the
+        # colour it corrects towards passes, the tiling does not (docs/default_model.md, v6.1).
+        self.residual_smooth = residual_smooth
+        if residual_smooth is not None:
+            if not residual_gate:
+                raise ValueError("residual_smooth needs residual_gate (a pixel latent whose frames the gate groups)")
+            if not (math.isfinite(residual_smooth) and residual_smooth > 0):
+                raise ValueError(f"residual_smooth must be a positive number of pixels, got {residual_smooth}")
+            factor = math.isqrt(channels // (3 * residual_gate))
+            if 3 * residual_gate * factor * factor != channels:
+                raise ValueError(f"residual_smooth needs a pixel latent of {residual_gate} frames of 3·f² channels, "
+                                 f"got {channels} channels")
+            radius = max(1, math.ceil(3 * residual_smooth))
+            taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * residual_smooth ** 2))
+            self.register_buffer("smooth_taps", taps / taps.sum(), persistent=False)
+            self.pixel_factor = factor
         self.rotary = FramePositionRotary(config.attention_head_dim)
         self.gradient_checkpointing = False
         self.conditioning = None
@@ -414,11 +434,30 @@ def _transform(backbone: CausalWan, hidden_states, timestep, uniform: bool, rays
     x = model.proj_out(x)  # (B, L, C·ph·pw)
     x = x.reshape(batch, num_frames, post_h, post_w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
     out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    if backbone.residual_smooth is not None:
+        out = _low_pass(out, backbone.smooth_taps.to(out.dtype), backbone.pixel_factor, backbone.residual_gate)
     if gate is not None:
         out = out * gate.to(out.dtype)
     if reference is not None:
         out = out + reference[:, :out.shape[1]].to(out.dtype)
     return out
+
+
+def _low_pass(latent: torch.Tensor, taps: torch.Tensor, factor: int, frames: int) -> torch.Tensor:
+    """A pixel latent (B, frames·3·f², F, h, w) blurred in pixel space by the separable kernel
+    ``taps`` (edges replicated): unpacked as the space-to-depth codec packs it
+    (:meth:`~minwm_env.codec.SpaceToDepthCodec.pack`), blurred per colour, packed back."""
+    batch, channels, num_frames, height, width = latent.shape
+    per_frame = channels // frames
+    x = latent.transpose(1, 2).reshape(batch * num_frames * frames, per_frame, height, width)
+    x = F.pixel_shuffle(x, factor)  # (N, 3, H, W)
+    images, colours, full_h, full_w = x.shape
+    x = x.reshape(images * colours, 1, full_h, full_w)
+    radius = (taps.shape[0] - 1) // 2
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+    x = F.pixel_unshuffle(x.reshape(images, colours, full_h, full_w), factor)
+    return x.reshape(batch, num_frames, channels, height, width).transpose(1, 2)
 
 
 _COMPILED: dict = {}
