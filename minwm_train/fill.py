@@ -24,7 +24,10 @@ drawings (:func:`unroll`). The log then adds ``held_turn_l1``: the last step's L
 start frame never saw, on held-out turns.
 ``--orbit S`` makes a share S of those turns orbit (strafe while turning, :func:`render_turns`):
 a turn on the spot never opens a hole beside a near object, and a net that never saw one paints
-it in the object's colour.
+it in the object's colour. ``--depth-model FOLDER`` warps those turns through a depth net's
+depth of each frame warped (the start, then the net's own drawings), as the stream does, instead
+of the true depth: the depth net's blurred object edges open holes *inside* objects, which a net
+trained on true-depth warps fills with background (an orbited cylinder torn apart).
 
 Resumable: ``checkpoint/`` (the net, the critic, both optimisers, the step) is written every
 ``--checkpoint-every`` steps and read back on the next run with the same ``--out``; the pairs
@@ -148,18 +151,32 @@ def _intrinsics(rows: int) -> torch.Tensor:
     return torch.tensor([INTRINSICS], dtype=torch.float32).expand(rows, 4)
 
 
-def unroll(net: FillNet, turns: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def predicted_depth(depth_net, images: torch.Tensor) -> torch.Tensor:
+    """A depth net's z-depth (B, H, W) float32 of frames in [-1, 1] (B, 3, H, W), made finite as
+    :func:`turn_tensors` makes the true depth (the sky far away); no gradient."""
+    with torch.no_grad():
+        return depth_net.depth(images.detach()).float().nan_to_num(posinf=1e4).clamp(min=1e-3, max=1e4)
+
+
+def unroll(net: FillNet, turns: dict[str, torch.Tensor], depth_net=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Stream a batch of turns through the fill net, as the world model does chunk after chunk:
     each step warps the previous step's filled frame (the start: the rendered frame) through that
     view's true depth into the next camera, never-seen pixels blank, and the net draws them.
     ``turns``: ``frames`` (B, 1 + K, 3, H, W) in [-1, 1], ``depth`` (B, 1 + K, H, W), ``c2w``
     (B, 1 + K, 4, 4). Returns per step (filled frame (B, 3, H, W), validity (B, 1, H, W)); the
-    graph runs through every step, so a step's loss reaches the drawing it was warped from."""
+    graph runs through every step, so a step's loss reaches the drawing it was warped from.
+
+    ``depth_net`` (a :class:`~minwm_env.depth.DepthNet`): each step warps through that net's
+    depth of the frame it warps (the start frame, then the net's own drawings), as the world
+    model's stream does, instead of the true depth: its errors open holes inside objects (a
+    blurred edge tears an orbited cylinder), which the net must then learn to close in the
+    object's colour, where true-depth warps only open holes beside objects."""
     frames, depth, c2w = turns["frames"], turns["depth"], turns["c2w"]
     k = _intrinsics(len(frames))
     image, out = frames[:, 0], []
     for step in range(1, frames.shape[1]):
-        warped = warp_image_depth(image, depth[:, step - 1], c2w[:, step - 1], c2w[:, step, None], k, fill="blank",
+        source_depth = depth[:, step - 1] if depth_net is None else predicted_depth(depth_net, image)
+        warped = warp_image_depth(image, source_depth, c2w[:, step - 1], c2w[:, step, None], k, fill="blank",
                                   with_validity=True)[:, :, 0]
         validity = warped[:, 3:].detach()  # where the warp lands: no gradient to follow
         image = net(torch.cat([warped[:, :3] * validity, validity], 1))
@@ -174,11 +191,12 @@ def turn_tensors(turns: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
             "c2w": torch.from_numpy(turns["c2w"])}
 
 
-def evaluate_turns(net: FillNet, held: dict[str, torch.Tensor]) -> dict[str, float]:
+def evaluate_turns(net: FillNet, held: dict[str, torch.Tensor], depth_net=None) -> dict[str, float]:
     """L1 at the last step of the held-out turns on the pixels the start frame never saw (what
-    the stream drew over all its steps, its own drawings warped along), against the truth."""
+    the stream drew over all its steps, its own drawings warped along), against the truth
+    (streamed as :func:`unroll` streams with ``depth_net``; the pixels are the true depth's)."""
     with torch.no_grad():
-        last, _ = unroll(net, held)[-1]
+        last, _ = unroll(net, held, depth_net)[-1]
         direct = warp_image_depth(held["frames"][:, 0], held["depth"][:, 0], held["c2w"][:, 0], held["c2w"][:, -1, None],
                                   _intrinsics(len(last)), fill="blank", with_validity=True)[:, 3:, 0]
     return {"held_turn_l1": unseen_l1(last, held["frames"][:, -1], direct)}
@@ -309,15 +327,16 @@ class FillTrainer:
         drawn = self.net(warp)
         return self._update([self._losses(drawn, truth, validity)], [(truth, drawn, validity)])
 
-    def rollout_step(self, turns: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-        """One step on a batch of turns streamed through the net (:func:`unroll`): every step's
-        losses, averaged, through every step's drawing, so the net learns from what its own
-        drawing becomes when it is warped along and drawn on again, as in a stream."""
+    def rollout_step(self, turns: dict[str, torch.Tensor], batch_size: int, depth_net=None) -> dict[str, float]:
+        """One step on a batch of turns streamed through the net (:func:`unroll`, through
+        ``depth_net``'s depth if given): every step's losses, averaged, through every step's
+        drawing, so the net learns from what its own drawing becomes when it is warped along and
+        drawn on again, as in a stream."""
         _, index = self._batch(len(turns["frames"]), batch_size)
         batch = {name: value[index] for name, value in turns.items()}
         self.net.train()
         steps = [(truth, drawn, validity) for (drawn, validity), truth in
-                 zip(unroll(self.net, batch), batch["frames"][:, 1:].unbind(1))]
+                 zip(unroll(self.net, batch, depth_net), batch["frames"][:, 1:].unbind(1))]
         return self._update([self._losses(drawn, truth, validity) for truth, drawn, validity in steps], steps)
 
     def save(self, folder: Path) -> None:
@@ -349,11 +368,15 @@ class FillTrainer:
 def train(out: Path, pairs: dict[str, np.ndarray], held: dict[str, np.ndarray], *, steps: int, l1_steps: int,
           batch_size: int = 16, lr: float = 2e-4, critic_lr: float = 2e-4, adversarial: float = 0.05,
           width: int = FillConfig.width, seed: int = 0, checkpoint_every: int = 500, progress: bool = True,
-          turns: dict[str, np.ndarray] | None = None, held_turns: dict[str, np.ndarray] | None = None) -> FillNet:
+          turns: dict[str, np.ndarray] | None = None, held_turns: dict[str, np.ndarray] | None = None,
+          depth_net=None) -> FillNet:
     """Train (or go on training) the fill net in ``out`` up to ``steps`` steps; returns it. With
     ``turns`` (:func:`render_turns`) every step streams a batch of them through the net
     (:meth:`FillTrainer.rollout_step`) instead of a batch of pairs, and ``held_turns`` adds
-    the last step's never-seen L1 (:func:`evaluate_turns`) to the log."""
+    the last step's never-seen L1 (:func:`evaluate_turns`) to the log; ``depth_net``: those
+    streams warp through its depth (:func:`unroll`)."""
+    if depth_net is not None and turns is None:
+        raise ValueError("a depth net streams turns through its depth: it needs turns (--rollout-steps)")
     if steps < 1 or batch_size < 1 or l1_steps < 0 or checkpoint_every < 1 or adversarial < 0:
         raise ValueError(f"need steps, batch_size, checkpoint_every >= 1 and l1_steps, adversarial >= 0; got "
                          f"{steps}, {batch_size}, {checkpoint_every}, {l1_steps}, {adversarial}")
@@ -372,14 +395,14 @@ def train(out: Path, pairs: dict[str, np.ndarray], held: dict[str, np.ndarray], 
             if turns_t is None:
                 record = trainer.train_step(train_t, batch_size)
             else:
-                record = trainer.rollout_step(turns_t, batch_size)
+                record = trainer.rollout_step(turns_t, batch_size, depth_net)
             bar.update(1)
             last = trainer.step == steps
             if trainer.step % 100 == 0 or last:
                 trainer.net.eval()
                 record.update(evaluate(trainer.net, held_t), seconds=round(time.time() - start, 1))
                 if held_turns_t is not None:
-                    record.update(evaluate_turns(trainer.net, held_turns_t))
+                    record.update(evaluate_turns(trainer.net, held_turns_t, depth_net))
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.set_postfix(held_l1=f"{record['held_l1']:.3f}")
@@ -447,6 +470,9 @@ def main(argv=None) -> None:
     parser.add_argument("--held-out-turns", type=int, default=64, help="held-out turns (layouts 100..115)")
     parser.add_argument("--orbit", type=float, default=0.0,
                         help="share of the turns that orbit (strafe while turning: holes beside near objects)")
+    parser.add_argument("--depth-model", default=None,
+                        help="with --rollout-steps: warp the turns through this depth net's depth (a world model's "
+                             "depth/ folder) instead of the true depth, as the stream does")
     parser.add_argument("--attach", default=None, help="copy the trained net into this world model folder's fill/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -458,6 +484,12 @@ def main(argv=None) -> None:
                              f"{args.rollout_steps}, {args.num_turns}, {args.held_out_turns}")
         if not 0.0 <= args.orbit <= 1.0:
             raise ValueError(f"--orbit is a share of the turns, in [0, 1]; got {args.orbit}")
+        if args.depth_model and not args.rollout_steps:
+            raise ValueError("--depth-model warps the turns of --rollout-steps; pairs warp through the true depth")
+        depth_net = None
+        if args.depth_model:
+            from minwm_env.depth import load_depth_model
+            depth_net = load_depth_model(args.depth_model).eval()  # before rendering: a bad folder fails fast
         configure_process(None)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -469,7 +501,7 @@ def main(argv=None) -> None:
         net = train(out, pairs, held, steps=args.steps, l1_steps=args.l1_steps, batch_size=args.batch_size,
                     lr=args.lr, critic_lr=args.critic_lr, adversarial=args.adversarial, width=args.width,
                     seed=args.seed, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                    turns=turns, held_turns=held_turns)
+                    turns=turns, held_turns=held_turns, depth_net=depth_net)
         figures = evaluate(net, as_tensors(held))
         print(f"held-out pairs ({len(held['warp'])}): never-seen L1 {figures['held_l1']:.4f} "
               f"(row-mean fill {figures['row_mean_l1']:.4f}); picture {out / 'held_out.png'}")

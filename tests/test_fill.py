@@ -283,3 +283,35 @@ def test_orbiting_turns_strafe_around_a_point_and_open_holes_beside_objects(tmp_
     assert float(np.load(out / fill_training.TURNS_FILE)["orbit"]) == 1.0
     with pytest.raises(SystemExit):
         fill_training.main(["--out", str(out), "--rollout-steps", "1", "--orbit", "-0.1", "--no-progress"])
+
+
+def test_depth_net_streams_turns_through_its_own_depth(tmp_path):
+    """``--depth-model``: each step of a turn warps through the depth net's depth of the frame it
+    warps, as the stream does; on orbits that leaves holes where the true depth's warp sees (the
+    depth net's soft object edges tear what they stretch), which the net is then trained on."""
+    from minwm_env.depth import load_depth_model
+    from minwm_env.models import SHIPPED_MODELS
+    depth_net = load_depth_model(SHIPPED_MODELS["minwm-default"] / "depth")
+    orbits = fill_training.turn_tensors(fill_training.render_turns(4, seed=3, scene_seeds=range(3), steps=2,
+                                                                   orbit=1.0, progress=False))
+    with torch.no_grad():
+        net = FillNet(FillConfig(width=8))
+        true_steps = fill_training.unroll(net, orbits)
+        net_steps = fill_training.unroll(net, orbits, depth_net)
+        again = fill_training.unroll(net, orbits, depth_net)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(net_steps, again))  # deterministic
+    assert not torch.equal(true_steps[0][1], net_steps[0][1])
+    torn = sum(int(((t > 0.5) & (n < 0.5)).sum()) for (_, t), (_, n) in zip(true_steps, net_steps))
+    assert torn > 50, torn
+    out = tmp_path / "fill"
+    common = ["--out", str(out), "--num-pairs", "4", "--held-out", "2", "--l1-steps", "1", "--batch-size", "2",
+              "--width", "8", "--checkpoint-every", "1", "--no-progress"]
+    with pytest.raises(SystemExit):  # pairs warp through the true depth: refused before rendering
+        fill_training.main([*common, "--steps", "1", "--depth-model", str(SHIPPED_MODELS["minwm-default"] / "depth")])
+    assert not (out / fill_training.PAIRS_FILE).exists()
+    with pytest.raises(SystemExit):
+        fill_training.main([*common, "--steps", "1", "--rollout-steps", "1", "--depth-model", str(tmp_path / "none")])
+    fill_training.main([*common, "--steps", "1", "--rollout-steps", "1", "--num-turns", "2", "--held-out-turns", "1",
+                        "--depth-model", str(SHIPPED_MODELS["minwm-default"] / "depth")])
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and np.isfinite(record["held_turn_l1"])
