@@ -443,20 +443,27 @@ def _transform(backbone: CausalWan, hidden_states, timestep, uniform: bool, rays
     return out
 
 
+def _blur_matrix(taps: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, size): row i holds the kernel ``taps`` centred on i, taps past an edge added to
+    the edge pixel (replicated edges), so ``matrix @ column`` blurs a column."""
+    radius = (taps.shape[0] - 1) // 2
+    index = (torch.arange(size, device=taps.device)[:, None] + torch.arange(-radius, radius + 1, device=taps.device))
+    matrix = torch.zeros(size, size, dtype=taps.dtype, device=taps.device)
+    return matrix.scatter_add_(1, index.clamp(0, size - 1), taps.expand(size, -1))
+
+
 def _low_pass(latent: torch.Tensor, taps: torch.Tensor, factor: int, frames: int) -> torch.Tensor:
     """A pixel latent (B, frames·3·f², F, h, w) blurred in pixel space by the separable kernel
     ``taps`` (edges replicated): unpacked as the space-to-depth codec packs it
-    (:meth:`~minwm_env.codec.SpaceToDepthCodec.pack`), blurred per colour, packed back."""
+    (:meth:`~minwm_env.codec.SpaceToDepthCodec.pack`), blurred per colour, packed back. The blur
+    is two small matrix products (rows, then columns): measured 15× faster on a CPU than the
+    same kernel as a convolution of one-channel images, which CPU kernels run poorly."""
     batch, channels, num_frames, height, width = latent.shape
     per_frame = channels // frames
     x = latent.transpose(1, 2).reshape(batch * num_frames * frames, per_frame, height, width)
     x = F.pixel_shuffle(x, factor)  # (N, 3, H, W)
-    images, colours, full_h, full_w = x.shape
-    x = x.reshape(images * colours, 1, full_h, full_w)
-    radius = (taps.shape[0] - 1) // 2
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    x = F.pixel_unshuffle(x.reshape(images, colours, full_h, full_w), factor)
+    x = _blur_matrix(taps, x.shape[-2]) @ x @ _blur_matrix(taps, x.shape[-1]).T
+    x = F.pixel_unshuffle(x, factor)
     return x.reshape(batch, num_frames, channels, height, width).transpose(1, 2)
 
 
