@@ -195,6 +195,9 @@ def _backbone(backbone_class: type, transformer, settings: ModelSettings, condit
     """The causal adapter around ``transformer`` as ``settings`` ask (the gate groups its
     validity by the codec's frames per latent frame)."""
     if not settings.residual_gate:
+        if settings.residual_smooth is not None:
+            raise ValueError(f"residual_smooth={settings.residual_smooth} needs residual_gate (set it to None without "
+                             f"the gate)")
         return backbone_class(transformer, settings.prediction_type, conditioning, settings.residual_reference)
     if backbone_class is not CausalWan:
         raise ValueError(f"residual_gate is built for the Wan backbone, not {backbone_class.__name__}")

@@ -275,6 +275,8 @@ def test_residual_smooth_is_checked():
     gated = build_preset("default-v4g", warp_depth_source="plane")
     with pytest.raises(ValueError, match="residual_smooth needs residual_gate"):
         CausalWan(gated.backbone.transformer, "x0", residual_reference=True, residual_smooth=2.0)
+    with pytest.raises(ValueError, match="residual_smooth=2.0 needs residual_gate"):
+        build_preset("default-v4g", warp_depth_source="plane", residual_gate=False, residual_smooth=2.0)
 
 
 def test_residual_gate_needs_the_validity():
