@@ -177,12 +177,9 @@ def test_warp_settings_and_inputs_are_checked(tiny_model):
                                       torch.eye(4)[None, None], torch.ones(1, 1, 4))
 
 
-def test_gated_residual_keeps_every_seen_pixel_and_draws_the_rest():
-    """default-v4g: pixels the warp saw (validity 1) come out exactly as warped, never-seen ones
-    (validity 0) are the network's; the same weights without the gate change both."""
-    model = build_preset("default-v4g", warp_depth_source="plane")  # (the gate does not care where depth comes from)
-    assert model.backbone.residual_gate == model.codec.temporal_factor == 4
-    randomize_(model.backbone, seed=5)
+def _turning_chunk(model):
+    """Two rows of a two-latent-frame chunk turning away from a random start latent: the warped
+    reference with its validity, a noisy latent and the prompt state, for a 64-px pixel model."""
     turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0.1, 25.0, 5.0, 0]).double())
     c2w = torch.stack([turn, turn @ turn])[None].expand(2, 2, 4, 4)
     previous = torch.cat([torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), c2w[:, :1]], dim=1)
@@ -190,7 +187,16 @@ def test_gated_residual_keeps_every_seen_pixel_and_draws_the_rest():
     reference = model.residual_reference(start, torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), previous, c2w,
                                          torch.tensor(model.settings.intrinsics).expand(2, 2, 4))
     x = torch.randn(2, 192, 2, 16, 16, generator=torch.Generator().manual_seed(3))
-    prompt = prompt_state(model, {}, 2)
+    return reference, x, prompt_state(model, {}, 2)
+
+
+def test_gated_residual_keeps_every_seen_pixel_and_draws_the_rest():
+    """default-v4g: pixels the warp saw (validity 1) come out exactly as warped, never-seen ones
+    (validity 0) are the network's; the same weights without the gate change both."""
+    model = build_preset("default-v4g", warp_depth_source="plane")  # (the gate does not care where depth comes from)
+    assert model.backbone.residual_gate == model.codec.temporal_factor == 4
+    randomize_(model.backbone, seed=5)
+    reference, x, prompt = _turning_chunk(model)
     with torch.no_grad():
         gated = model.backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference)
         model.backbone.residual_gate = 0
@@ -233,14 +239,7 @@ def test_smoothed_gated_residual_blurs_only_what_the_warp_never_saw():
     model = build_preset("default-v4g", warp_depth_source="plane", residual_smooth=2.0)
     assert model.settings.residual_smooth == 2.0 and model.backbone.residual_smooth == 2.0
     randomize_(model.backbone, seed=5)
-    turn = camera.delta_to_matrix(torch.tensor([0.0, 0, 0.1, 25.0, 5.0, 0]).double())
-    c2w = torch.stack([turn, turn @ turn])[None].expand(2, 2, 4, 4)
-    previous = torch.cat([torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), c2w[:, :1]], dim=1)
-    start = torch.randn(2, 192, 1, 16, 16, generator=torch.Generator().manual_seed(2)).clamp(-2, 2)
-    reference = model.residual_reference(start, torch.eye(4, dtype=torch.float64).expand(2, 1, 4, 4), previous, c2w,
-                                         torch.tensor(model.settings.intrinsics).expand(2, 2, 4))
-    x = torch.randn(2, 192, 2, 16, 16, generator=torch.Generator().manual_seed(3))
-    prompt = prompt_state(model, {}, 2)
+    reference, x, prompt = _turning_chunk(model)
     backbone = model.backbone
     with torch.no_grad():
         smoothed = backbone(x, torch.full((2, 2), 500.0), torch.arange(2), prompt, reference=reference)
