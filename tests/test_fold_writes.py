@@ -46,7 +46,12 @@ def test_folded_writes_with_guidance_and_the_shipped_model():
     shipped = load_model("minwm-default", memory_frames=0)  # restart anchors, residual reference with validity
     folded, _ = _rollout(shipped, True, chunks=6, sampler=FewStepSampler(timesteps=(1000.0,), shift=5.0))
     separate, _ = _rollout(shipped, False, chunks=6, sampler=FewStepSampler(timesteps=(1000.0,), shift=5.0))
-    torch.testing.assert_close(folded, separate, **TOL)
+    # The shipped model streams through its depth net, a z-buffered splat and a fill net: a rounding
+    # difference of 1e-7 in one chunk (a batch of another size) moves a splatted point across a pixel
+    # edge now and then, and the next chunks carry it on. Measured (2026-12-04, v6.1 and v6 alike): the
+    # largest difference grows chunk by chunk, 0, 2e-7, 6e-6, 1e-5, 1.4e-5, 1.6e-5 here, and reached
+    # 2.5e-5 in a fresh clone's suite; a fold that writes its clean frames at t = 10 instead of 0 is off by 0.07.
+    torch.testing.assert_close(folded, separate, atol=1e-4, rtol=1e-4)
 
 
 def test_a_fold_is_counted_and_separate_passes_are_not_run():
