@@ -96,11 +96,12 @@ def main() -> None:
                 truth_warp = warp_image_depth(image, torch.from_numpy(depth[:1]), src, tgt, k, with_validity=True)
                 warps["truth_depth"] = truth_warp[:, :3]
                 if predictor:
-                    model_warp = warp_image_depth(image, predictor.predict(start[None]), src, tgt, k, with_validity=True)
+                    predicted = predictor.predict(start[None])
+                    model_warp = warp_image_depth(image, predicted, src, tgt, k, with_validity=True)
                     warps["model_depth"] = model_warp[:, :3]
                     covered_model += ((model_warp[0, 3].numpy() > 0.5) & seen).sum((1, 2))
-                if predictor and args.picture and kind == args.kinds[0] and p == 0:
-                    tiles.append(_depth_tiles(start, predictor.predict(start[None])[0].numpy(), depth[0]))
+                    if args.picture and kind == args.kinds[0] and p == 0:
+                        tiles.append(_depth_tiles(start, predicted[0].numpy(), depth[0]))
                 valid = truth_warp[0, 3].numpy() > 0.5
                 for n, w in warps.items():
                     frames = w[0].permute(1, 2, 3, 0).numpy()

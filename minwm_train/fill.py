@@ -60,7 +60,7 @@ from minwm_env.codec import from_uint8, to_uint8
 from minwm_env.fill import FILL_DIR, FillConfig, FillNet, load_fill_model
 from minwm_env.integrity import attach_small_net
 from minwm_env.threads import configure_process
-from minwm_env.warp import warp_image_depth
+from minwm_env.warp import FAR_DEPTH, warp_image_depth
 from minwm_env.world.paths import PATH_KINDS, random_path
 from minwm_env.world.renderer import SceneRenderers
 from minwm_env.world.scenes import SCENE_NAMES
@@ -92,7 +92,7 @@ def render_pairs(num_pairs: int, seed: int, scene_seeds: range, size: int = 64, 
         target_c2w = (torch.as_tensor(source_c2w, dtype=torch.float64) @ camera.delta_to_matrix(delta)).numpy()
         source = from_uint8(torch.as_tensor(renderer.render(source_c2w)))[None]
         depth = torch.as_tensor(renderer.render_depth(source_c2w), dtype=torch.float32)[None]
-        warped = warp_image_depth(source, depth.nan_to_num(posinf=1e4).clamp(min=1e-3),
+        warped = warp_image_depth(source, finite_depth(depth),
                                   torch.as_tensor(source_c2w)[None], torch.as_tensor(target_c2w)[None, None], k,
                                   fill="blank", with_validity=True)[0, :, 0]
         out["warp"].append(to_uint8(warped[None, :3, None])[0, 0].numpy())
@@ -151,11 +151,16 @@ def _intrinsics(rows: int) -> torch.Tensor:
     return torch.tensor([INTRINSICS], dtype=torch.float32).expand(rows, 4)
 
 
+def finite_depth(depth: torch.Tensor) -> torch.Tensor:
+    """z-depth as the warps here take it: the sky (inf) far away, nothing nearer than 1e-3."""
+    return depth.nan_to_num(posinf=FAR_DEPTH).clamp(min=1e-3)
+
+
 def predicted_depth(depth_net, images: torch.Tensor) -> torch.Tensor:
     """A depth net's z-depth (B, H, W) float32 of frames in [-1, 1] (B, 3, H, W), made finite as
-    :func:`turn_tensors` makes the true depth (the sky far away); no gradient."""
-    with torch.no_grad():
-        return depth_net.depth(images.detach()).float().nan_to_num(posinf=1e4).clamp(min=1e-3, max=1e4)
+    the true depth is (:func:`finite_depth`); :meth:`~minwm_env.depth.DepthNet.depth` runs
+    without gradient."""
+    return finite_depth(depth_net.depth(images).float())
 
 
 def unroll(net: FillNet, turns: dict[str, torch.Tensor], depth_net=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -186,7 +191,7 @@ def unroll(net: FillNet, turns: dict[str, torch.Tensor], depth_net=None) -> list
 
 def turn_tensors(turns: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Turns as :func:`unroll` reads them (depth clamped finite: the sky far away)."""
-    depth = torch.from_numpy(turns["depth"]).nan_to_num(posinf=1e4).clamp(min=1e-3)
+    depth = finite_depth(torch.from_numpy(turns["depth"]))
     return {"frames": from_uint8(torch.from_numpy(turns["frames"])), "depth": depth,
             "c2w": torch.from_numpy(turns["c2w"])}
 
